@@ -1,0 +1,134 @@
+"""The key schema: every Redis key shardqa reads or writes is named here, and nowhere else.
+
+Keys that belong to a partition carry the partition's hash tag, so that all of a
+partition's state (passages, index, streams, model copy) lives in one slot on one master
+and a Lua function can touch all of it in one call. Keys without a tag (the answer cache,
+redis-cli answer keys) spread over the whole cluster by their own hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "sq"
+
+#: The documented prefix for redis-cli: ``GET "sq:qa:<question>"`` is answered by keymiss.
+ASK_PREFIX = f"{PREFIX}:qa:"
+
+#: Hash tag of cluster-wide metadata (partition map, corpus generation, worker heartbeats).
+META_TAG = "sq"
+
+#: Consumer group every shard worker joins on ingest and request streams.
+WORKER_GROUP = "workers"
+
+
+# --- cluster-wide metadata -------------------------------------------------------------
+
+def partition_map() -> str:
+    """JSON partition map: the one record of which hash tag each partition uses."""
+    return f"{PREFIX}:{{{META_TAG}}}:partitions"
+
+
+def generation() -> str:
+    """Corpus generation counter; bumped whenever the indexed corpus changes."""
+    return f"{PREFIX}:{{{META_TAG}}}:generation"
+
+
+def generation_channel() -> str:
+    """Pub/sub channel announcing a new generation (a hint; readers also poll)."""
+    return f"{PREFIX}:generation"
+
+
+def workers() -> str:
+    """Hash worker id -> JSON heartbeat (master, partitions, time, counters)."""
+    return f"{PREFIX}:{{{META_TAG}}}:workers"
+
+
+# --- per-partition keys ----------------------------------------------------------------
+
+def doc(tag: str, doc_key: str) -> str:
+    """Hash describing one ingested document: id, digest, number of passages, source."""
+    return f"{PREFIX}:{{{tag}}}:doc:{doc_key}"
+
+
+def passage(tag: str, pid: str) -> str:
+    """Hash of one passage: text, title, doc id, and its packed tokenization."""
+    return f"{PREFIX}:{{{tag}}}:psg:{pid}"
+
+
+def passage_prefix(tag: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:psg:"
+
+
+def ingest_stream(tag: str) -> str:
+    """Stream of passage puts/deletes for the shard worker to tokenize and index."""
+    return f"{PREFIX}:{{{tag}}}:ingest"
+
+
+def request_stream(tag: str) -> str:
+    """Stream of read requests (question + passage ids) routed to this partition."""
+    return f"{PREFIX}:{{{tag}}}:requests"
+
+
+def index_term(tag: str, term: str) -> str:
+    """Sorted set of postings for one term: member passage id, score term frequency."""
+    return f"{PREFIX}:{{{tag}}}:ix:t:{term}"
+
+
+def index_term_prefix(tag: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:ix:t:"
+
+
+def index_lengths(tag: str) -> str:
+    """Hash passage id -> number of index terms (BM25 document length)."""
+    return f"{PREFIX}:{{{tag}}}:ix:len"
+
+
+def index_df(tag: str) -> str:
+    """Hash term -> document frequency in this partition."""
+    return f"{PREFIX}:{{{tag}}}:ix:df"
+
+
+def index_stats(tag: str) -> str:
+    """Hash with ``n`` (passages) and ``total`` (sum of lengths) for this partition."""
+    return f"{PREFIX}:{{{tag}}}:ix:stats"
+
+
+def index_doc_terms(tag: str, pid: str) -> str:
+    """The exact terms last indexed for a passage, so re-indexing can remove them first."""
+    return f"{PREFIX}:{{{tag}}}:ix:doc:{pid}"
+
+
+def model_current(tag: str) -> str:
+    """JSON pointer to the current reader model copy held under this tag."""
+    return f"{PREFIX}:{{{tag}}}:model:current"
+
+
+def model_meta(tag: str, name: str, version: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:model:{name}:{version}:meta"
+
+
+def model_chunk(tag: str, name: str, version: str, index: int) -> str:
+    return f"{PREFIX}:{{{tag}}}:model:{name}:{version}:chunk:{index}"
+
+
+def model_prefix(tag: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:model:"
+
+
+# --- the question path -----------------------------------------------------------------
+
+def answer_cache(generation: int, k: int, normalized_question: str) -> str:
+    """Answer cache entry; the generation in the key invalidates answers without a scan."""
+    digest = hashlib.sha1(normalized_question.encode("utf-8")).hexdigest()
+    return f"{PREFIX}:ans:{generation}:{k}:{digest}"
+
+
+def ask_key(question: str) -> str:
+    """The redis-cli answer key; a GET that misses it is answered by the owning worker."""
+    return f"{ASK_PREFIX}{question}"
+
+
+def reply_list(ask_id: str) -> str:
+    """List the shard workers push their replies to; the asker BLPOPs it."""
+    return f"{PREFIX}:reply:{{{ask_id}}}"

@@ -1,0 +1,325 @@
+"""A local Redis Cluster from real ``redis-server`` processes: the embedded default.
+
+Each node lives in its own folder under the cluster folder (config, AOF, log, pid file).
+``cluster.json`` in the cluster folder records what was started, so ``down`` stops exactly
+those processes by PID and ``up`` on an existing folder restarts the same nodes with their
+data (AOF) and their cluster identity (nodes.conf).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import redis
+
+from cluster.errors import ShardqaError
+
+STATE_FILE = "cluster.json"
+ALL_SLOTS = 16384
+
+
+class ClusterError(ShardqaError):
+    """The local cluster could not be started, stopped or reached."""
+
+    http_status = 503
+
+
+@dataclass
+class NodeSpec:
+    port: int
+    role: str  # "master" or "replica"
+    master_port: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.port}"
+
+
+@dataclass
+class ClusterSpec:
+    masters: int = 3
+    replicas: int = 0
+    port_base: int = 7000
+    host: str = "127.0.0.1"
+    node_timeout_ms: int = 5000
+    nodes: list[NodeSpec] = field(default_factory=list)
+
+    def plan(self) -> None:
+        """Fill ``nodes``: masters on port_base.., then replicas after them."""
+        self.nodes = [NodeSpec(self.port_base + i, "master") for i in range(self.masters)]
+        port = self.port_base + self.masters
+        for i in range(self.masters):
+            for _ in range(self.replicas):
+                self.nodes.append(NodeSpec(port, "replica", self.port_base + i))
+                port += 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, raw: str) -> ClusterSpec:
+        data = json.loads(raw)
+        nodes = [NodeSpec(**n) for n in data.pop("nodes", [])]
+        return cls(**data, nodes=nodes)
+
+
+def find_redis_server() -> str:
+    """``$SHARDQA_REDIS_SERVER`` or ``redis-server`` on PATH, else a clear error."""
+    explicit = os.environ.get("SHARDQA_REDIS_SERVER")
+    if explicit:
+        if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
+            raise ClusterError(f"SHARDQA_REDIS_SERVER={explicit} is not an executable file")
+        return explicit
+    found = shutil.which("redis-server")
+    if not found:
+        raise ClusterError(
+            "redis-server not found: install it (Debian/Ubuntu: 'apt-get install redis-server') "
+            "or set SHARDQA_REDIS_SERVER to its path"
+        )
+    return found
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def process_alive(pid: int) -> bool:
+    """True for a live process; a zombie (State: Z) counts as gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("State:"):
+            return "Z" not in line.split(":", 1)[1].split()[0]
+    return True
+
+
+class LocalCluster:
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory).resolve()
+
+    # --- state -------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def exists(self) -> bool:
+        return self.state_path.is_file()
+
+    def spec(self) -> ClusterSpec:
+        if not self.exists():
+            raise ClusterError(f"no local cluster in {self.dir} (run 'shardqa cluster up')")
+        return ClusterSpec.from_json(self.state_path.read_text())
+
+    def node_dir(self, node: NodeSpec) -> Path:
+        return self.dir / node.name
+
+    def pid_of(self, node: NodeSpec) -> int | None:
+        try:
+            return int((self.node_dir(node) / "redis.pid.shardqa").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def running_nodes(self) -> list[NodeSpec]:
+        if not self.exists():
+            return []
+        return [n for n in self.spec().nodes if (pid := self.pid_of(n)) and process_alive(pid)]
+
+    def is_running(self) -> bool:
+        return bool(self.running_nodes())
+
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        spec = self.spec()
+        return [(spec.host, n.port) for n in spec.nodes]
+
+    # --- up ----------------------------------------------------------------------------
+
+    def up(self, masters: int = 3, replicas: int = 0, port_base: int = 7000,
+           node_timeout_ms: int = 5000, timeout: float = 30.0) -> ClusterSpec:
+        """Start (or restart) the nodes and create the cluster if it is new.
+
+        Raises ClusterError with a one-line message; on failure nothing is left running.
+        """
+        server = find_redis_server()
+        if self.exists():
+            spec = self.spec()  # restart what is recorded; flags apply only to a new cluster
+            new = False
+        else:
+            if masters < 1:
+                raise ClusterError("--masters must be at least 1")
+            if replicas < 0:
+                raise ClusterError("--replicas must not be negative")
+            spec = ClusterSpec(masters=masters, replicas=replicas, port_base=port_base,
+                               node_timeout_ms=node_timeout_ms)
+            spec.plan()
+            new = True
+        alive = {n.port for n in self.running_nodes()} if not new else set()
+        to_start = [n for n in spec.nodes if n.port not in alive]
+        busy = [n.port for n in to_start if port_in_use(n.port, spec.host)]
+        if busy:
+            raise ClusterError(
+                f"port {busy[0]} is already in use on {spec.host}; choose another --port-base"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        started: list[NodeSpec] = []
+        try:
+            for node in to_start:
+                self._start_node(server, spec, node)
+                started.append(node)
+            for node in spec.nodes:
+                self._wait_ping(spec.host, node.port, timeout)
+            if new:
+                self._create(spec, timeout)
+                self.state_path.write_text(spec.to_json())
+            self.wait_ok(spec, timeout)
+        except BaseException:
+            self._stop_nodes(started)
+            if new:
+                # a half-created cluster is worth nothing; don't leave it to confuse 'up'
+                for node in started:
+                    shutil.rmtree(self.node_dir(node), ignore_errors=True)
+                self.state_path.unlink(missing_ok=True)
+            raise
+        return spec
+
+    def _config(self, spec: ClusterSpec, node: NodeSpec) -> str:
+        return "\n".join([
+            f"port {node.port}",
+            f"bind {spec.host}",
+            "protected-mode no",
+            "daemonize no",
+            "cluster-enabled yes",
+            "cluster-config-file nodes.conf",
+            f"cluster-node-timeout {spec.node_timeout_ms}",
+            # E: keyevent channel; m: key-miss (answers on demand); t: stream events (wakes
+            # the shard worker when a request or ingest entry lands on its shard)
+            'notify-keyspace-events "Etm"',
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            f"dir {self.node_dir(node)}",
+            "logfile redis.log",
+            "",
+        ])
+
+    def _start_node(self, server: str, spec: ClusterSpec, node: NodeSpec) -> None:
+        ndir = self.node_dir(node)
+        ndir.mkdir(parents=True, exist_ok=True)
+        conf = ndir / "redis.conf"
+        conf.write_text(self._config(spec, node))
+        proc = subprocess.Popen(
+            [server, str(conf)], cwd=ndir, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        (ndir / "redis.pid.shardqa").write_text(str(proc.pid))
+
+    def _wait_ping(self, host: str, port: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if redis.Redis(host=host, port=port, socket_timeout=1).ping():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(f"redis-server on port {port} did not start (see its redis.log)")
+            time.sleep(0.05)
+
+    def _create(self, spec: ClusterSpec, timeout: float) -> None:
+        """ADDSLOTSRANGE + MEET + REPLICATE: what ``redis-cli --cluster create`` does."""
+        conns = {n.port: redis.Redis(host=spec.host, port=n.port) for n in spec.nodes}
+        masters = [n for n in spec.nodes if n.role == "master"]
+        per = ALL_SLOTS // len(masters)
+        for i, node in enumerate(masters):
+            lo = i * per
+            hi = ALL_SLOTS - 1 if i == len(masters) - 1 else (i + 1) * per - 1
+            conns[node.port].execute_command("CLUSTER ADDSLOTSRANGE", lo, hi)
+            conns[node.port].execute_command("CLUSTER SET-CONFIG-EPOCH", i + 1)
+        first = spec.nodes[0].port
+        for node in spec.nodes[1:]:
+            conns[node.port].execute_command("CLUSTER MEET", spec.host, first)
+        ids = {p: c.execute_command("CLUSTER MYID").decode() for p, c in conns.items()}
+        deadline = time.monotonic() + timeout
+        for node in spec.nodes:
+            if node.role != "replica":
+                continue
+            while True:
+                try:
+                    conns[node.port].execute_command("CLUSTER REPLICATE", ids[node.master_port])
+                    break
+                except redis.ResponseError:
+                    if time.monotonic() > deadline:
+                        raise ClusterError(f"replica {node.port} could not join its master")
+                    time.sleep(0.1)
+
+    def wait_ok(self, spec: ClusterSpec | None = None, timeout: float = 30.0) -> None:
+        spec = spec or self.spec()
+        deadline = time.monotonic() + timeout
+        pending = [n.port for n in spec.nodes]
+        while pending:
+            port = pending[0]
+            try:
+                info = redis.Redis(host=spec.host, port=port).cluster("INFO")
+                if str(info.get("cluster_state")) == "ok":
+                    pending.pop(0)
+                    continue
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(f"cluster did not reach cluster_state:ok (node {port})")
+            time.sleep(0.05)
+
+    # --- down --------------------------------------------------------------------------
+
+    def down(self, purge: bool = False, timeout: float = 15.0) -> list[int]:
+        """Stop exactly the processes this folder started; returns the ports stopped."""
+        if not self.exists():
+            if purge and self.dir.exists():
+                shutil.rmtree(self.dir)
+            return []
+        spec = self.spec()
+        stopped = self._stop_nodes(spec.nodes, timeout)
+        if purge:
+            shutil.rmtree(self.dir)
+        return stopped
+
+    def _stop_nodes(self, nodes: list[NodeSpec], timeout: float = 15.0) -> list[int]:
+        stopped: list[tuple[NodeSpec, int]] = []
+        for node in nodes:
+            pid = self.pid_of(node)
+            if pid and process_alive(pid):
+                try:
+                    os.kill(pid, signal.SIGTERM)  # redis flushes the AOF on SIGTERM
+                    stopped.append((node, pid))
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for node, pid in stopped:
+            while process_alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.02)
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.1)
+            _reap(pid)
+            (self.node_dir(node) / "redis.pid.shardqa").unlink(missing_ok=True)
+        return [node.port for node, _ in stopped]
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
