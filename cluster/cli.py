@@ -1,4 +1,4 @@
-"""``shardqa cluster ...``: start, stop and inspect the cluster; the shared --dir/--redis options."""
+"""``shardqa cluster``: start, stop and inspect the cluster; the shared --dir/--redis options."""
 
 from __future__ import annotations
 

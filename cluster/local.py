@@ -261,7 +261,7 @@ class LocalCluster:
                     break
                 except redis.ResponseError:
                     if time.monotonic() > deadline:
-                        raise ClusterError(f"replica {node.port} could not join its master")
+                        raise ClusterError(f"replica {node.port} did not join") from None
                     time.sleep(0.1)
 
     def wait_ok(self, spec: ClusterSpec | None = None, timeout: float = 30.0) -> None:

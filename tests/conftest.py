@@ -1,4 +1,4 @@
-"""Shared fixtures: a real 3-master Redis Cluster from ``redis-server``, started once per session."""
+"""Shared fixtures: a real 3-master Redis Cluster from redis-server, started once a session."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from cluster import functions, partitions
 from cluster.cli import bring_up
 from cluster.connection import Target, connect
 from cluster.local import LocalCluster, port_in_use
+from tests.model_fixtures import *  # noqa: F403 - the tiny reader model fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,1 @@
+"""Session fixtures that build tiny reader models (random weights, real WordPiece tokenizer)."""
