@@ -1,0 +1,40 @@
+"""``shardqa serve``: the API under waitress, a production WSGI server."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from cluster.cli import target_options
+from cluster.connection import connect
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="SHARDQA_API_HOST")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              envvar="SHARDQA_API_PORT")
+@click.option("--threads", default=32, show_default=True, type=click.IntRange(1, 512),
+              envvar="SHARDQA_API_THREADS", help="request threads (concurrent questions)")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 600),
+              envvar="SHARDQA_ASK_TIMEOUT", help="seconds to wait for shard workers")
+@click.option("--cache-ttl", default=3600, show_default=True, type=click.IntRange(1),
+              envvar="SHARDQA_CACHE_TTL", help="answer cache TTL in seconds")
+@click.option("--token", default=None, envvar="SHARDQA_API_TOKEN",
+              help="require 'Authorization: Bearer TOKEN' on /qa [env SHARDQA_API_TOKEN]")
+@click.option("--rate-limit", default=0.0, show_default=True, type=click.FloatRange(0),
+              envvar="SHARDQA_RATE_LIMIT", help="requests/s per client address (0: off)")
+@target_options
+def serve_command(host, port, threads, timeout, cache_ttl, token, rate_limit, target):
+    """Serve the QA API (GET/POST /qa, /health, /metrics, /openapi.json)."""
+    from waitress import serve
+
+    from api.app import create_app
+    from gears.asker import Asker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    client = connect(target, max_connections=4 * threads)
+    app = create_app(Asker(client, timeout_s=timeout, cache_ttl_s=cache_ttl), token=token,
+                     rate_limit=rate_limit)
+    click.echo(f"shardqa API on http://{host}:{port}")
+    serve(app, host=host, port=port, threads=threads, ident="shardqa")

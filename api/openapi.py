@@ -1,0 +1,75 @@
+"""The OpenAPI 3 description of the API (served at /openapi.json, used by schemathesis)."""
+
+from __future__ import annotations
+
+from gears.asker import MAX_K, MAX_QUESTION_CHARS
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(c): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+            for c in codes}
+
+
+def spec() -> dict:
+    answer_ok = {"description": "the answer", "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Answer"}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "shardqa", "version": "0.1.0",
+                 "description": "Extractive question answering over a Redis Cluster"},
+        "paths": {
+            "/qa": {
+                "get": {
+                    "summary": "Answer a question",
+                    "parameters": [
+                        {"name": "q", "in": "query", "required": True,
+                         "schema": {"type": "string", "minLength": 1,
+                                    "maxLength": MAX_QUESTION_CHARS}},
+                        {"name": "k", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K,
+                                    "default": 5}},
+                    ],
+                    "responses": {"200": answer_ok, **_errors(400, 401, 429, 503)},
+                },
+                "post": {
+                    "summary": "Answer a question (JSON body)",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Question"}}}},
+                    "responses": {"200": answer_ok, **_errors(400, 401, 413, 415, 429, 503)},
+                },
+            },
+            "/health": {"get": {"summary": "Cluster and workers", "responses": {
+                "200": {"description": "healthy", "content": {"application/json": {
+                    "schema": {"type": "object"}}}},
+                "503": {"description": "degraded or down", "content": {"application/json": {
+                    "schema": {"type": "object"}}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+                "200": {"description": "metrics", "content": {"text/plain": {
+                    "schema": {"type": "string"}}}}}}},
+        },
+        "components": {"schemas": {
+            "Question": {"type": "object", "required": ["question"], "properties": {
+                "question": {"type": "string", "minLength": 1, "maxLength": MAX_QUESTION_CHARS},
+                "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 5}}},
+            "Answer": {"type": "object", "properties": {
+                "question": {"type": "string"},
+                "answer": {"type": "string", "nullable": True},
+                "score": {"type": "number", "nullable": True},
+                "passage": {"type": "object", "nullable": True, "properties": {
+                    "id": {"type": "string"}, "title": {"type": "string", "nullable": True},
+                    "text": {"type": "string", "nullable": True}}},
+                "start": {"type": "integer", "nullable": True},
+                "end": {"type": "integer", "nullable": True},
+                "cached": {"type": "boolean"},
+                "k": {"type": "integer"},
+                "generation": {"type": "integer"},
+                "passages_read": {"type": "array", "items": {"type": "string"}},
+                "timings_ms": {"type": "object",
+                               "additionalProperties": {"type": "number"}}}},
+            "Error": {"type": "object", "required": ["error"], "properties": {
+                "error": {"type": "object", "properties": {
+                    "status": {"type": "integer"}, "message": {"type": "string"}}}}},
+        }},
+    }

@@ -1,0 +1,235 @@
+"""Ask: the client side of the shard protocol, used by the API, the CLI and the workers.
+
+cache -> rank -> route -> wait -> merge. A cache hit costs one GET (the corpus generation
+is remembered for ``generation_max_age_s``); a miss ranks every partition (two pipelined
+fan-outs, one round trip per master each), sends one read request per partition that holds
+one of the best k passages, waits on one reply list, keeps the best span and caches it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import redis
+
+from cluster import keys, partitions
+from cluster.errors import ShardqaError
+from gears import ranking
+from gears.protocol import ReadReply, ReadRequest, now_ms
+
+log = logging.getLogger("shardqa.ask")
+
+MAX_QUESTION_CHARS = 1000
+MAX_K = 50
+
+
+class QuestionError(ShardqaError):
+    """The question itself is unusable (empty, too long, bad k)."""
+
+    http_status = 400
+    exit_code = 2
+
+
+class NoReply(ShardqaError):
+    """A shard did not answer in time, even after one retry."""
+
+    http_status = 503
+
+
+def normalize(question: str) -> str:
+    """Whitespace collapsed; what the reader sees."""
+    return " ".join(question.split())
+
+
+def cache_form(question: str) -> str:
+    """Case-folded too; what the cache key is made of."""
+    return normalize(question).casefold()
+
+
+def validate(question, k) -> tuple[str, int]:
+    if not isinstance(question, str):
+        raise QuestionError("the question must be a string")
+    q = normalize("".join(ch if ch.isprintable() else " " for ch in question))
+    if not q:
+        raise QuestionError("the question is empty")
+    if len(q) > MAX_QUESTION_CHARS:
+        raise QuestionError(f"the question is longer than {MAX_QUESTION_CHARS} characters")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise QuestionError(f"k must be an integer from 1 to {MAX_K}")
+    return q, k
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str | None
+    score: float | None
+    passage_id: str | None
+    title: str | None
+    passage_text: str | None
+    start: int | None
+    end: int | None
+    cached: bool = False
+    generation: int = 0
+    k: int = 5
+    passages_read: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Answer:
+        return cls(**json.loads(raw))
+
+    def public(self) -> dict:
+        """The API's answer body."""
+        return {
+            "question": self.question, "answer": self.answer, "score": self.score,
+            "passage": None if self.passage_id is None else {
+                "id": self.passage_id, "title": self.title, "text": self.passage_text},
+            "start": self.start, "end": self.end, "cached": self.cached, "k": self.k,
+            "generation": self.generation, "passages_read": self.passages_read,
+            "timings_ms": self.timings_ms,
+        }
+
+
+class Asker:
+    """Thread-safe; one per process is plenty."""
+
+    def __init__(self, client, *, timeout_s: float = 10.0, cache_ttl_s: int = 3600,
+                 generation_max_age_s: float = 0.25):
+        self.client = client
+        self.timeout_s = timeout_s
+        self.cache_ttl_s = cache_ttl_s
+        self.generation_max_age_s = generation_max_age_s
+        self._pmap = None
+        self._generation = (0, -1.0)  # (value, monotonic time read)
+        self._lock = threading.Lock()
+
+    @property
+    def pmap(self) -> partitions.PartitionMap:
+        if self._pmap is None:
+            self._pmap = partitions.load(self.client)
+        return self._pmap
+
+    def generation(self, fresh: bool = False) -> int:
+        value, at = self._generation
+        now = time.monotonic()
+        if fresh or now - at > self.generation_max_age_s:
+            value = int(self.client.get(keys.generation()) or 0)
+            self._generation = (value, now)
+        return value
+
+    def ask(self, question, k: int = 5, *, use_cache: bool = True) -> Answer:
+        t0 = time.perf_counter()
+        q, k = validate(question, k)
+        gen = self.generation()
+        cache_key = keys.answer_cache(gen, k, cache_form(q))
+        if use_cache:
+            hit = self.client.get(cache_key)
+            if hit is not None:
+                answer = Answer.from_json(hit)
+                answer.cached = True
+                answer.timings_ms = {"total": _ms(t0)}
+                return answer
+        t_rank = time.perf_counter()
+        ranked = ranking.rank(self.client, self.pmap, q, k)
+        rank_ms = _ms(t_rank)
+        answer = Answer(q, None, None, None, None, None, None, None, generation=gen, k=k,
+                        passages_read=[r.pid for r in ranked])
+        if ranked:
+            replies, wait_ms = self._read(q, ranked)
+            self._merge(answer, ranked, replies)
+            answer.timings_ms = {
+                "rank": rank_ms, "wait": wait_ms,
+                "queue": max((r.queue_ms for r in replies), default=0.0),
+                "read": max((r.read_ms for r in replies), default=0.0),
+            }
+        else:
+            answer.timings_ms = {"rank": rank_ms}
+        self.client.set(cache_key, answer.to_json(), ex=self.cache_ttl_s)
+        answer.timings_ms["total"] = _ms(t0)
+        return answer
+
+    # --- routing -------------------------------------------------------------------------
+
+    def _read(self, question: str, ranked: list[ranking.Ranked]) -> tuple[list[ReadReply], float]:
+        t0 = time.perf_counter()
+        by_partition: dict[int, list[str]] = {}
+        for r in ranked:
+            by_partition.setdefault(r.partition, []).append(r.pid)
+        ask_id = uuid.uuid4().hex[:16]
+        reply_to = keys.reply_list(ask_id)
+        replies: dict[int, ReadReply] = {}
+        # half the budget for the first try, the rest for the one retry
+        budget = [self.timeout_s / 2, self.timeout_s / 2]
+        for attempt, seconds in enumerate(budget):
+            missing = {p: pids for p, pids in by_partition.items() if p not in replies}
+            if not missing:
+                break
+            self._send(ask_id, question, missing, reply_to, seconds)
+            self._wait(reply_to, replies, set(missing), seconds)
+            if attempt == 0 and len(replies) < len(by_partition):
+                log.warning("ask %s: %d partition(s) silent, retrying once", ask_id,
+                            len(by_partition) - len(replies))
+        self.client.delete(reply_to)
+        if len(replies) < len(by_partition):
+            silent = sorted(set(by_partition) - set(replies))
+            raise NoReply(f"no reply from the shard worker(s) of partition(s) {silent} within "
+                          f"{self.timeout_s:g}s; are the workers running ('shardqa status')?")
+        errors = [r.error for r in replies.values() if r.error]
+        if errors:
+            raise NoReply(f"a shard worker could not read: {errors[0]}")
+        return list(replies.values()), _ms(t0)
+
+    def _send(self, ask_id, question, missing, reply_to, seconds) -> None:
+        deadline = now_ms() + int(seconds * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        for index, pids in missing.items():
+            p = self.pmap[index]
+            request = ReadRequest(ask_id, index, question, pids, reply_to, deadline)
+            pipe.xadd(keys.request_stream(p.tag), request.fields(), maxlen=100_000,
+                      approximate=True)
+        pipe.execute()
+
+    def _wait(self, reply_to: str, replies: dict[int, ReadReply], want: set[int],
+              seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not want <= set(replies):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                got = self.client.blpop([reply_to], timeout=max(0.01, remaining))
+            except redis.TimeoutError:
+                return
+            if got is None:
+                return
+            reply = ReadReply.from_json(got[1])
+            replies.setdefault(reply.partition, reply)
+
+    def _merge(self, answer: Answer, ranked: list[ranking.Ranked],
+               replies: list[ReadReply]) -> None:
+        spans = [span for reply in replies for span in reply.spans]
+        answer.batch_sizes = sorted(r.batch_requests for r in replies)
+        if not spans:
+            return
+        # deterministic whatever order the replies came in: score, then passage, then offset
+        best = min(spans, key=lambda s: (-s.score, s.pid, s.start, s.end))
+        answer.answer, answer.score = best.text, best.score
+        answer.start, answer.end, answer.passage_id = best.start, best.end, best.pid
+        tag = self.pmap.for_passage(best.pid).tag
+        title, text = self.client.hmget(keys.passage(tag, best.pid), ["title", "text"])
+        answer.title = title.decode("utf-8") if title is not None else None
+        answer.passage_text = text.decode("utf-8") if text is not None else None
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)

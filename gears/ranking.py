@@ -1,0 +1,82 @@
+"""Ranking a question over every partition with BM25 and global term statistics.
+
+Two fan-outs, each one round trip per master: ``stats`` gathers every partition's passage
+count, total length and the query terms' document frequencies (summed: global IDF and mean
+length), then ``rank`` scores each partition inside Redis with those global weights, so
+scores from different partitions compare and the best k overall can be taken.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from cluster import keys
+from cluster.partitions import PartitionMap
+from gears import analyzer, fanout
+
+K1 = 1.2
+B = 0.75
+
+
+@dataclass(frozen=True)
+class Ranked:
+    pid: str
+    partition: int
+    score: float
+
+
+@dataclass
+class GlobalStats:
+    passages: int
+    avgdl: float
+    df: dict[str, int]
+
+    def idf(self, term: str) -> float:
+        """BM25 IDF (Lucene's form, never negative)."""
+        df = self.df.get(term, 0)
+        return math.log(1 + (self.passages - df + 0.5) / (df + 0.5))
+
+
+def global_stats(client, pmap: PartitionMap, terms: list[str]) -> GlobalStats:
+    replies = fanout.run(client, pmap.partitions, lambda pipe, p: pipe.fcall_ro(
+        "stats", 2, keys.index_stats(p.tag), keys.index_df(p.tag), *terms))
+    passages = 0
+    total = 0
+    df = dict.fromkeys(terms, 0)
+    for reply in replies.values():
+        if isinstance(reply, Exception):
+            raise reply
+        passages += int(reply[0])
+        total += int(reply[1])
+        for term, value in zip(terms, reply[2:], strict=True):
+            df[term] += int(value)
+    return GlobalStats(passages, (total / passages) if passages else 1.0, df)
+
+
+def rank(client, pmap: PartitionMap, question: str, k: int = 5,
+         stats: GlobalStats | None = None) -> list[Ranked]:
+    """The best ``k`` passages across the cluster, best first (ties by passage id)."""
+    terms = analyzer.query_terms(question)
+    if not terms:
+        return []
+    stats = stats or global_stats(client, pmap, terms)
+    terms = [t for t in terms if stats.df.get(t)]
+    if not terms or not stats.passages:
+        return []
+    weights = [repr(stats.idf(t)) for t in terms]
+
+    def build(pipe, p):
+        pipe.fcall_ro("rank", 1 + len(terms), keys.index_lengths(p.tag),
+                      *[keys.index_term(p.tag, t) for t in terms],
+                      k, K1, B, repr(stats.avgdl), *weights)
+
+    found: list[Ranked] = []
+    for index, reply in fanout.run(client, pmap.partitions, build).items():
+        if isinstance(reply, Exception):
+            raise reply
+        for i in range(0, len(reply), 2):
+            pid = reply[i].decode() if isinstance(reply[i], bytes) else reply[i]
+            found.append(Ranked(pid, index, float(reply[i + 1])))
+    found.sort(key=lambda r: (-r.score, r.pid))
+    return found[:k]

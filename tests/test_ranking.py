@@ -1,0 +1,133 @@
+"""Issue 4: the BM25 index kept by the shard worker and the Lua rank function."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster import keys, partitions
+from gears import analyzer, index, ranking
+
+CORPUS = {
+    "alpha": ("Alpha", "The quick brown fox jumps over the lazy dog. The fox is quick."),
+    "beta": ("Beta", "A lazy afternoon: the dog sleeps and the cat watches the dog."),
+    "gamma": ("Gamma", "Quantum chromodynamics describes the strong interaction of quarks."),
+    "delta": ("Delta", "The fox and the hound were friends; the hound was a dog."),
+    "eps": ("Epsilon", "Brown bears eat salmon in the rivers of Alaska every summer."),
+    "zeta": ("Zeta", "Salmon swim upstream; bears wait for salmon at the waterfalls."),
+}
+
+
+def put_corpus(client, pmap, corpus):
+    """Index passages the way the worker does: group by partition, one apply per partition."""
+    by_tag: dict[str, dict] = {}
+    pids = {}
+    for doc_id, (title, text) in corpus.items():
+        pid = partitions.passage_id(doc_id, 0)
+        pids[doc_id] = pid
+        tag = pmap.for_passage(pid).tag
+        client.hset(keys.passage(tag, pid), mapping={"title": title, "text": text,
+                                                     "doc_id": doc_id, "pos": 0})
+        by_tag.setdefault(tag, {})[pid] = index.passage_terms(title, text)
+    for tag, puts in by_tag.items():
+        node = client.get_redis_connection(client.get_node_from_key(keys.index_stats(tag)))
+        index.apply(node, tag, puts, [])
+    return pids
+
+
+def reference_bm25(corpus, question, k1=ranking.K1, b=ranking.B):
+    docs = {d: index.passage_terms(t, x) for d, (t, x) in corpus.items()}
+    n = len(docs)
+    avgdl = sum(sum(tf.values()) for tf in docs.values()) / n
+    scores = {}
+    for d, tf in docs.items():
+        dl = sum(tf.values())
+        s = 0.0
+        for term in analyzer.query_terms(question):
+            df = sum(1 for other in docs.values() if term in other)
+            if not df or term not in tf:
+                continue
+            idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+            s += idf * tf[term] * (k1 + 1) / (tf[term] + k1 * (1 - b + b * dl / avgdl))
+        if s > 0:
+            scores[d] = s
+    return scores
+
+
+@pytest.fixture
+def indexed(cluster):
+    client = cluster.client()
+    pmap = partitions.load(client)
+    pids = put_corpus(client, pmap, CORPUS)
+    return client, pmap, pids
+
+
+def test_rare_term_ranks_first(indexed):
+    client, pmap, pids = indexed
+    ranked = ranking.rank(client, pmap, "Which interaction do quarks have?", k=3)
+    assert ranked[0].pid == pids["gamma"]
+    assert ranked[0].partition == pmap.for_passage(pids["gamma"]).index
+
+
+@pytest.mark.parametrize("question", [
+    "the lazy dog", "quick brown fox", "salmon bears", "Where do bears eat salmon?", "hound dog",
+])
+def test_scores_match_reference(indexed, question):
+    client, pmap, pids = indexed
+    expected = reference_bm25(CORPUS, question)
+    ranked = ranking.rank(client, pmap, question, k=10)
+    got = {d: r.score for r in ranked for d, pid in pids.items() if pid == r.pid}
+    assert set(got) == set(expected)
+    for d, score in expected.items():
+        assert got[d] == pytest.approx(score, rel=1e-9)
+    assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
+
+
+def test_stopword_only_and_unknown_terms_rank_nothing(indexed):
+    client, pmap, _ = indexed
+    assert ranking.rank(client, pmap, "what is the", k=5) == []
+    assert ranking.rank(client, pmap, "xylophone", k=5) == []
+
+
+def test_reindex_is_idempotent_and_replacement_leaves_index(indexed):
+    client, pmap, pids = indexed
+    before = snapshot(client, pmap)
+    put_corpus(client, pmap, CORPUS)  # same passages again: same state
+    assert snapshot(client, pmap) == before
+    changed = dict(CORPUS, gamma=("Gamma", "Gluons bind quarks; nothing about interaction."))
+    put_corpus(client, pmap, changed)
+    assert ranking.rank(client, pmap, "chromodynamics", k=5) == []
+    assert ranking.rank(client, pmap, "gluons", k=5)[0].pid == pids["gamma"]
+    # delete: leaves the index and the passage is gone
+    pid = pids["gamma"]
+    tag = pmap.for_passage(pid).tag
+    node = client.get_redis_connection(client.get_node_from_key(keys.index_stats(tag)))
+    index.apply(node, tag, {}, [pid])
+    assert ranking.rank(client, pmap, "gluons", k=5) == []
+    assert not client.exists(keys.passage(tag, pid))
+    stats = ranking.global_stats(client, pmap, ["quarks"])
+    assert stats.passages == len(CORPUS) - 1 and stats.df["quarks"] == 0
+
+
+def snapshot(client, pmap):
+    state = {}
+    for p in pmap:
+        state[p.tag] = (
+            client.hgetall(keys.index_stats(p.tag)), client.hgetall(keys.index_lengths(p.tag)),
+            {k: v for k, v in client.hgetall(keys.index_df(p.tag)).items() if int(v)},
+        )
+    return state
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=200))
+def test_analyzer_is_total_and_consistent(text):
+    terms = analyzer.terms(text)
+    assert all(t and t not in analyzer.STOPWORDS for t in terms)
+    assert all(len(t) <= analyzer.MAX_TERM_CHARS for t in terms)
+    assert Counter(terms) == analyzer.term_frequencies(text)
+    assert set(analyzer.query_terms(text)) <= set(terms)
