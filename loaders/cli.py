@@ -1,0 +1,113 @@
+"""``shardqa ingest``: load documents into the cluster's partitions for the workers to index."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cluster import partitions
+from cluster.cli import target_options
+from cluster.connection import connect
+from cluster.errors import ShardqaError
+from loaders.documents import FORMATS, BadRecord, Document, InputUnit, input_units, read_unit
+from loaders.writer import IngestReport, ingest, stderr, wait_indexed
+
+console = Console(highlight=False)
+#: Errors listed one by one in the summary; the rest are only counted.
+ERRORS_SHOWN = 20
+
+
+class IngestAborted(ShardqaError):
+    """``--on-error abort`` met a malformed record; nothing from its file was written."""
+
+    exit_code = 2
+    http_status = 400
+
+
+@click.command("ingest")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+              help="input format; auto goes by extension (.jsonl/.ndjson, .json = SQuAD, .csv, "
+              "folders and .txt/.md = text); ovos-wiki takes no PATH")
+@click.option("--id-field", default="id", show_default=True, help="JSONL/CSV document id field")
+@click.option("--text-field", default="text", show_default=True, help="JSONL/CSV text field")
+@click.option("--title-field", default="title", show_default=True, help="JSONL/CSV title field")
+@click.option("--on-error", type=click.Choice(["skip", "abort"]), default="skip",
+              show_default=True, help="skip: report malformed records and go on; abort: stop "
+              "before writing anything from a file that has one (exit 2)")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="wait until the shard workers have tokenized and indexed everything")
+@click.option("--timeout", type=click.FloatRange(0), default=600, show_default=True,
+              help="seconds --wait waits for the workers")
+@click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
+              help="passages per written batch")
+@target_options
+def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait, timeout,
+                   batch_size, target):
+    """Read documents from PATH... (files or folders), split them into passages and write
+    them into their partitions. Re-ingesting the same input changes nothing."""
+    units = input_units(list(paths), fmt)
+    client = connect(target)
+    try:
+        try:
+            partitions.load(client)
+        except partitions.NoPartitionMap as exc:
+            raise ShardqaError(str(exc)) from None
+        fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field}
+        reader = _abort_on_error if on_error == "abort" else _skip_errors
+        report = ingest(client, reader(units, fields), batch_size=batch_size,
+                        progress=stderr.is_terminal)
+        print_report(report)
+        if wait:
+            wait_indexed(client, timeout=timeout, progress=stderr.is_terminal)
+            console.print("indexed: the workers consumed every ingest entry")
+    finally:
+        client.close()
+
+
+def _skip_errors(units: list[InputUnit], fields: dict) -> Iterator[Document | BadRecord]:
+    for unit in units:
+        for item in read_unit(unit, **fields):
+            if isinstance(item, BadRecord):
+                stderr.print(f"skipped {item}", markup=False)
+            yield item
+
+
+def _abort_on_error(units: list[InputUnit], fields: dict) -> Iterator[Document]:
+    """Each file is read and checked in full before the first of its documents is yielded."""
+    for unit in units:
+        items = list(read_unit(unit, **fields))
+        bad = next((item for item in items if isinstance(item, BadRecord)), None)
+        if bad is not None:
+            more = sum(isinstance(item, BadRecord) for item in items) - 1
+            extra = f" (and {more} more malformed)" if more else ""
+            raise IngestAborted(f"{bad}{extra}; nothing from {unit.path} was written "
+                                "(--on-error abort)")
+        yield from items
+
+
+def print_report(report: IngestReport) -> None:
+    rate = report.passages / report.elapsed if report.elapsed > 0 else 0.0
+    table = Table(title="ingest", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("documents", f"{report.documents:,} ({report.documents_written:,} written)")
+    table.add_row("passages written", f"{report.written:,}")
+    table.add_row("passages unchanged", f"{report.unchanged:,}")
+    table.add_row("passages deleted", f"{report.deleted:,}")
+    table.add_row("bytes of text", f"{report.bytes:,}")
+    table.add_row("errors", f"{len(report.errors):,}")
+    table.add_row("elapsed", f"{report.elapsed:.2f}s ({rate:,.0f} passages/s)")
+    console.print(table)
+    if report.per_partition:
+        parts = Table("partition", "passages written", title="per partition")
+        for index in sorted(report.per_partition):
+            parts.add_row(str(index), f"{report.per_partition[index]:,}")
+        console.print(parts)
+    for error in report.errors[:ERRORS_SHOWN]:
+        console.print(f"error: {error}", markup=False)
+    if len(report.errors) > ERRORS_SHOWN:
+        console.print(f"... and {len(report.errors) - ERRORS_SHOWN} more errors")
