@@ -117,7 +117,3 @@ def register(cli: click.Group) -> None:
         pass
     else:
         cli.add_command(eval_command)
-    from gears.stack import down_command, up_command
-
-    cli.add_command(up_command)
-    cli.add_command(down_command)

@@ -9,6 +9,7 @@ import redis
 
 from cluster.cli import cluster_group
 from cluster.errors import ShardqaError
+from shardqa import demo, stack
 
 
 class ShardqaGroup(click.Group):
@@ -38,6 +39,9 @@ def cli() -> None:
 
 
 cli.add_command(cluster_group)
+cli.add_command(stack.up_command)
+cli.add_command(stack.down_command)
+cli.add_command(demo.demo_command)
 
 
 def _add_optional_groups() -> None:

