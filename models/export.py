@@ -1,0 +1,305 @@
+"""Export a Hugging Face extractive-QA checkpoint to a TorchScript reader artifact.
+
+The artifact is what the model store pushes to every master: TorchScript (no pickle, no
+transformers needed to run it), the fast tokenizer's JSON, and a metadata file. Nothing is
+written unless the traced module agrees with the eager model on padded inputs of several
+batch sizes and lengths: tracing can silently bake in a shape or a branch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cluster.errors import ShardqaError
+from models.decoding import best_span
+from models.reader import special_ids
+from models.tokenization import load_tokenizer, plain
+
+METADATA = "shardqa-model.json"
+TOKENIZER = "tokenizer.json"
+VARIANT_FILES = {"fp32": "reader.pt", "int8": "reader-int8.pt"}
+MAX_QUESTION_TOKENS = 64
+FP32_TOLERANCE = 1e-4
+#: (batch, length) of the parity inputs; the last length is replaced by max_seq_len.
+PARITY_SHAPES = ((1, 9), (2, 33), (4, 128), (8, None))
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ExportError(ShardqaError):
+    """The checkpoint cannot be exported (missing, not a QA checkpoint, or parity failed)."""
+
+
+class _QAOutputs(torch.nn.Module):
+    """Calls the HF model with keywords and returns exactly (start_logits, end_logits)."""
+
+    def __init__(self, model: torch.nn.Module, with_token_types: bool):
+        super().__init__()
+        self.model = model
+        self.with_token_types = with_token_types
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        if self.with_token_types:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids)
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return out[0], out[1]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise ExportError(
+            f"model name {name!r} must be 1-64 characters of letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+# --- loading the checkpoint ---------------------------------------------------------------
+
+def _resolve_source(source: str | Path) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, is_local). Clear errors for anything unusable."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ExportError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
+        weights = [p for p in path.iterdir()
+                   if p.name.endswith((".safetensors", ".bin")) or p.name.endswith(".index.json")]
+        if not weights:
+            raise ExportError(f"{path} has no model weights (model.safetensors / *.bin)")
+        if not ((path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()):
+            raise ExportError(f"{path} has no tokenizer (tokenizer.json or vocab.txt)")
+        return str(path.resolve()), True
+    if path.exists():
+        raise ExportError(f"{path} is a file; SOURCE must be a checkpoint folder or a hub id")
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" \
+        and os.sep in text
+    if looks_like_path or not _HUB_ID.match(text):
+        raise ExportError(f"no such checkpoint folder: {text}")
+    offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if offline:
+        raise ExportError(
+            f"{text!r} is not a local folder and the hub is off (HF_HUB_OFFLINE): "
+            "pass a local checkpoint folder"
+        )
+    return text, False
+
+
+def _load(source: str, local: bool):
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    torch.manual_seed(0)  # a fresh (random) QA head is the same on every export
+    try:
+        model, info = AutoModelForQuestionAnswering.from_pretrained(
+            source, local_files_only=local, return_dict=False, output_loading_info=True,
+        )
+        hf_tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        where = "folder" if local else "hub id (is the machine online?)"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"cannot load an extractive-QA model from {where} {source}: "
+                          f"{first}") from exc
+    backend = getattr(hf_tok, "backend_tokenizer", None)
+    if backend is None:
+        raise ExportError(f"{source} has no fast tokenizer (tokenizer.json); shardqa needs one")
+    tokenizer = load_tokenizer(plain(backend).to_str())
+    try:
+        special_ids(tokenizer)
+    except ShardqaError as exc:
+        raise ExportError(f"{source}: {exc}") from exc
+    model.eval()
+    missing = [k for k in info.get("missing_keys", []) if "qa_outputs" in k]
+    return model, tokenizer, bool(missing)
+
+
+# --- parity ---------------------------------------------------------------------------
+
+def sample_inputs(vocab_size: int, specials: tuple[int, int, int], batch: int, length: int,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padded [CLS] q [SEP] c [SEP] rows of random tokens; row 0 is full length, others shorter."""
+    cls_id, sep_id, pad_id = specials
+    rng = np.random.default_rng(seed)
+    ids = np.full((batch, length), pad_id, dtype=np.int64)
+    mask = np.zeros((batch, length), dtype=np.int64)
+    types = np.zeros((batch, length), dtype=np.int64)
+    low = min(999, vocab_size - 1) if vocab_size > 1000 else 5
+    for row in range(batch):
+        n = length if row == 0 else int(rng.integers(max(5, length // 3), length + 1))
+        nq = max(1, min(n - 4, int(rng.integers(1, 17))))
+        body = rng.integers(low, vocab_size, size=n)
+        body[0], body[nq + 1], body[n - 1] = cls_id, sep_id, sep_id
+        ids[row, :n] = body
+        mask[row, :n] = 1
+        types[row, nq + 2:n] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types)
+
+
+def _spans(start: torch.Tensor, end: torch.Tensor, mask: torch.Tensor, types: torch.Tensor):
+    out = []
+    for row in range(start.shape[0]):
+        ctx = np.nonzero((types[row] == 1).numpy() & (mask[row] == 1).numpy())[0]
+        out.append(best_span(start[row].numpy(), end[row].numpy(), int(ctx[0]),
+                             int(ctx[-1]), 30)[:2])  # last context position is the final [SEP]
+    return out
+
+
+def parity(reference: Callable, candidate: Callable, inputs: list) -> dict:
+    """Max |logit difference| (over real tokens) and how often the best span agrees."""
+    worst = 0.0
+    same = total = 0
+    with torch.inference_mode():
+        for ids, mask, types in inputs:
+            ref = reference(ids, mask, types)
+            got = candidate(ids, mask, types)
+            real = mask.bool()
+            for a, b in ((ref[0], got[0]), (ref[1], got[1])):
+                worst = max(worst, float((a - b).abs()[real].max()))
+            pa = _spans(ref[0], ref[1], mask, types)
+            pb = _spans(got[0], got[1], mask, types)
+            same += sum(x == y for x, y in zip(pa, pb, strict=True))
+            total += len(pa)
+    return {"max_abs_diff": worst, "span_agreement": same / total if total else 1.0,
+            "pairs": total}
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 Linear layers with per-channel weights; the QA output layer (hidden x 2,
+    negligible cost) stays fp32 since its outputs are the logits themselves."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    spec = {name: per_channel_dynamic_qconfig for name, mod in model.named_modules()
+            if isinstance(mod, torch.nn.Linear) and not name.endswith("qa_outputs")}
+    return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
+
+
+def _trace(wrapper: torch.nn.Module, example) -> torch.jit.ScriptModule:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            return torch.jit.trace(wrapper, example, check_trace=False, strict=False)
+
+
+# --- export ---------------------------------------------------------------------------
+
+def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
+           max_seq_len: int = 384, log: Callable[[str], None] | None = None) -> Path:
+    """Trace SOURCE to TorchScript, check parity, write the artifact folder ``out``."""
+    say = log or (lambda _msg: None)
+    check_name(name)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / METADATA).is_file():
+        raise ExportError(f"--out {out} is a non-empty folder that is not a shardqa artifact")
+    resolved, local = _resolve_source(source)
+    say(f"loading {resolved}")
+    model, tokenizer, random_head = _load(resolved, local)
+    config = model.config
+    limit = int(getattr(config, "max_position_embeddings", max_seq_len))
+    if not 8 <= max_seq_len <= limit:
+        raise ExportError(f"--max-seq-len must be in [8, {limit}] for this model, got "
+                          f"{max_seq_len}")
+    if max_seq_len - MAX_QUESTION_TOKENS - 3 < 16:
+        raise ExportError(f"--max-seq-len {max_seq_len} leaves too little room for passages")
+    with_types = "token_type_ids" in inspect.signature(model.forward).parameters
+    if with_types and int(getattr(config, "type_vocab_size", 2)) < 2:
+        raise ExportError("the model has a single token type; shardqa's [CLS] q [SEP] c [SEP] "
+                          "layout needs two")
+    specials = special_ids(tokenizer)
+    vocab = int(config.vocab_size)
+    shapes = [(b, n or max_seq_len) for b, n in PARITY_SHAPES]
+    inputs = [sample_inputs(vocab, specials, b, min(n, max_seq_len), seed=i)
+              for i, (b, n) in enumerate(shapes)]
+
+    wrapper = _QAOutputs(model, with_types).eval()
+    say("tracing fp32")
+    traced = _trace(wrapper, sample_inputs(vocab, specials, 2, 16, seed=99))
+    fp32 = parity(wrapper, traced, inputs)
+    say(f"fp32 parity: max |diff| {fp32['max_abs_diff']:.3g} over {fp32['pairs']} padded pairs "
+        f"(shapes {shapes})")
+    if not fp32["max_abs_diff"] <= FP32_TOLERANCE:
+        raise ExportError(f"TorchScript disagrees with the eager model: max |logit diff| "
+                          f"{fp32['max_abs_diff']:.3g} > {FP32_TOLERANCE}; nothing written")
+    report = {"fp32": fp32, "shapes": shapes, "tolerance": FP32_TOLERANCE}
+    traced_int8 = None
+    if int8:
+        say("quantizing int8 (dynamic, per-channel)")
+        qmodel = quantize_int8(model)
+        traced_int8 = _trace(_QAOutputs(qmodel, with_types).eval(),
+                             sample_inputs(vocab, specials, 2, 16, seed=99))
+        q = parity(wrapper, traced_int8, inputs)
+        report["int8"] = q
+        say(f"int8: best span equals fp32's on {q['span_agreement']:.1%} of {q['pairs']} pairs; "
+            f"max |logit diff| {q['max_abs_diff']:.3g}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        variants = {}
+        for variant, module, dtype in (("fp32", traced, "float32"),
+                                       ("int8", traced_int8, "qint8")):
+            if module is None:
+                continue
+            path = tmp / VARIANT_FILES[variant]
+            torch.jit.save(module, str(path))
+            variants[variant] = {"file": path.name, "sha256": sha256_file(path),
+                                 "size": path.stat().st_size, "dtype": dtype}
+        (tmp / TOKENIZER).write_text(tokenizer.to_str(), encoding="utf-8")
+        meta = {
+            "name": name,
+            "version": variants["fp32"]["sha256"][:12],
+            "source": resolved,
+            "max_seq_len": max_seq_len,
+            "max_question_tokens": MAX_QUESTION_TOKENS,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "random_qa_head": random_head,
+            "parity": report,
+            "variants": variants,
+        }
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"wrote {out} (version {meta['version']})")
+    return out
+
+
+def read_metadata(artifact: Path) -> dict:
+    """The artifact's metadata, with a clear error if the folder is not an artifact."""
+    path = Path(artifact) / METADATA
+    if not path.is_file():
+        raise ExportError(f"{artifact} is not a shardqa model artifact (no {METADATA}); "
+                          "make one with 'shardqa model export'")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path} is not valid JSON: {exc}") from exc

@@ -1,0 +1,203 @@
+"""The reader runtime: (question, passage window) pairs in, best answer spans out.
+
+Pairs are run in padded batches grouped by length, so a batch pads to its own longest pair
+and short windows don't pay for long ones. Passages arrive pre-tokenized (``PassageTokens``),
+so only the question is tokenized here, once per question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tokenizers
+import torch
+
+from cluster.errors import ShardqaError
+from models.decoding import best_span, span_chars
+from models.tokenization import PassageTokens, plain
+
+#: Special tokens of the input layout, BERT names first, then RoBERTa-style fallbacks.
+_SPECIALS = {"cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"), "pad": ("[PAD]", "<pad>")}
+
+
+class ReaderInputError(ShardqaError):
+    """The reader was given something it cannot read (bad tokenizer, bad configuration)."""
+
+
+@dataclass(frozen=True)
+class Span:
+    passage: int      # index into the passages list given for that question
+    window: int       # window index inside that passage
+    start: int        # character offsets into the passage text; text == passage_text[start:end]
+    end: int
+    text: str
+    score: float      # start logit + end logit
+
+
+def special_ids(tokenizer: tokenizers.Tokenizer) -> tuple[int, int, int]:
+    """(cls, sep, pad) ids from the tokenizer's vocabulary."""
+    found = []
+    for role, names in _SPECIALS.items():
+        ids = [tokenizer.token_to_id(n) for n in names]
+        ids = [i for i in ids if i is not None]
+        if not ids:
+            raise ReaderInputError(
+                f"the tokenizer has no {role} token (looked for {', '.join(names)})"
+            )
+        found.append(ids[0])
+    return found[0], found[1], found[2]
+
+
+@dataclass
+class _Pair:
+    job: int
+    passage: int
+    window: int
+    question: np.ndarray
+    context: np.ndarray
+    context_offset: int  # token index of the window's first token inside the passage
+
+    @property
+    def length(self) -> int:
+        return len(self.question) + len(self.context) + 3
+
+
+class Reader:
+    """Runs a TorchScript QA module called as module(input_ids, attention_mask, token_type_ids)
+    returning (start_logits, end_logits)."""
+
+    def __init__(self, module: torch.jit.ScriptModule, tokenizer: tokenizers.Tokenizer, *,
+                 max_seq_len: int = 384, max_question_tokens: int = 64,
+                 max_answer_tokens: int = 30, max_batch_pairs: int = 32,
+                 threads: int | None = None):
+        if max_seq_len < 8:
+            raise ReaderInputError(f"max_seq_len must be at least 8, got {max_seq_len}")
+        if not 1 <= max_question_tokens <= max_seq_len - 4:
+            raise ReaderInputError(
+                f"max_question_tokens must be in [1, {max_seq_len - 4}], got {max_question_tokens}"
+            )
+        if max_answer_tokens < 1 or max_batch_pairs < 1:
+            raise ReaderInputError("max_answer_tokens and max_batch_pairs must be >= 1")
+        self.module = module
+        self.tokenizer = plain(tokenizer)
+        self.max_seq_len = max_seq_len
+        self.max_question_tokens = max_question_tokens
+        self.max_answer_tokens = max_answer_tokens
+        self.max_batch_pairs = max_batch_pairs
+        self.cls_id, self.sep_id, self.pad_id = special_ids(tokenizer)
+        if threads is not None:
+            torch.set_num_threads(max(1, int(threads)))
+
+    def question_ids(self, question: str) -> np.ndarray:
+        """Question token ids without special tokens, cut to max_question_tokens."""
+        enc = self.tokenizer.encode(question, add_special_tokens=False)
+        return np.asarray(enc.ids[: self.max_question_tokens], dtype=np.int64)
+
+    # --- batching ----------------------------------------------------------------------
+
+    def _pairs(self, jobs) -> list[_Pair]:
+        pairs: list[_Pair] = []
+        for j, (question, passages) in enumerate(jobs):
+            if not passages:
+                continue
+            q = self.question_ids(question)
+            room = self.max_seq_len - len(q) - 3
+            for p, (_text, tokens) in enumerate(passages):
+                if tokens is None:
+                    continue
+                for w, (lo, hi) in enumerate(np.asarray(tokens.windows).reshape(-1, 2)):
+                    lo, hi = int(lo), int(hi)
+                    hi = min(hi, lo + room)  # a window cut for a shorter question budget
+                    if hi <= lo:
+                        continue
+                    pairs.append(_Pair(j, p, w, q, np.asarray(tokens.ids[lo:hi]), lo))
+        return pairs
+
+    def _batches(self, pairs: list[_Pair]):
+        """Pairs sorted by length, cut into batches of at most max_batch_pairs."""
+        order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
+        for k in range(0, len(order), self.max_batch_pairs):
+            yield [pairs[i] for i in order[k:k + self.max_batch_pairs]]
+
+    def encode_batch(self, batch: list[_Pair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[CLS] question [SEP] window [SEP], padded to the longest pair of this batch."""
+        width = max(p.length for p in batch)
+        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for row, p in enumerate(batch):
+            nq, nc = len(p.question), len(p.context)
+            ids[row, 0] = self.cls_id
+            ids[row, 1:1 + nq] = p.question
+            ids[row, 1 + nq] = self.sep_id
+            ids[row, 2 + nq:2 + nq + nc] = p.context
+            ids[row, 2 + nq + nc] = self.sep_id
+            mask[row, :p.length] = 1
+            types[row, 2 + nq:p.length] = 1
+        return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types)
+
+    def _forward(self, batch: list[_Pair]) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            out = self.module(*self.encode_batch(batch))
+        start, end = out[0], out[1]
+        return start.float().numpy(), end.float().numpy()
+
+    # --- reading -----------------------------------------------------------------------
+
+    def read_many(self, jobs: list[tuple[str, list[tuple[str, PassageTokens]]]]
+                  ) -> list[list[Span | None]]:
+        """jobs: (question, [(passage_text, passage_tokens), ...]). Returns for each job, for each
+        passage, the best span over its windows (None if it has no windows). All pairs of all
+        jobs run in padded batches of at most max_batch_pairs pairs, grouped by length so each
+        batch pads to its own longest pair (never to max_seq_len); each question is tokenized
+        once."""
+        results: list[list[Span | None]] = [[None] * len(passages) for _q, passages in jobs]
+        pairs = self._pairs(jobs)
+        for batch in self._batches(pairs):
+            start_logits, end_logits = self._forward(batch)
+            for row, p in enumerate(batch):
+                c0 = len(p.question) + 2
+                found = best_span(start_logits[row], end_logits[row], c0, c0 + len(p.context),
+                                  self.max_answer_tokens)
+                if found is None:
+                    continue
+                i, j, score = found
+                text, tokens = jobs[p.job][1][p.passage]
+                lo, hi = span_chars(tokens.offsets, p.context_offset + i - c0,
+                                    p.context_offset + j - c0)
+                span = Span(p.passage, p.window, lo, hi, text[lo:hi], score)
+                if _better(span, results[p.job][p.passage]):
+                    results[p.job][p.passage] = span
+        return results
+
+    def read(self, question: str, passages: list[tuple[str, PassageTokens]]) -> Span | None:
+        """The best span over all passages (ties: the earliest passage, then window)."""
+        return best_of(self.read_many([(question, passages)])[0])
+
+    def warm_up(self) -> None:
+        """One small forward (twice: TorchScript optimizes on its second call) so the first
+        real request isn't slow."""
+        pair = _Pair(0, 0, 0, np.asarray([self.cls_id], dtype=np.int64),
+                     np.asarray([self.sep_id] * 4, dtype=np.int64), 0)
+        for _ in range(2):
+            self._forward([pair, pair])
+
+
+def _better(candidate: Span, incumbent: Span | None) -> bool:
+    """Higher score wins; on a tie the earlier (passage, window, start, end) stays."""
+    if incumbent is None:
+        return True
+    if candidate.score != incumbent.score:
+        return candidate.score > incumbent.score
+    return ((candidate.passage, candidate.window, candidate.start, candidate.end)
+            < (incumbent.passage, incumbent.window, incumbent.start, incumbent.end))
+
+
+def best_of(spans: list[Span | None]) -> Span | None:
+    """The best of several spans (None entries skipped), ties to the earliest."""
+    best = None
+    for span in spans:
+        if span is not None and _better(span, best):
+            best = span
+    return best
