@@ -298,12 +298,13 @@ def _squad_article(article, path: str, where: str) -> Document:
 
 
 def _line_of_article(text: str, article) -> int:
-    """Best effort: the line where the article's title appears in the file."""
+    """Best effort: the line of the article's ``"title": ...`` in the file, else 1."""
     title = article.get("title") if isinstance(article, dict) else None
     if isinstance(title, str) and title:
-        at = text.find(json.dumps(title)[1:-1])
-        if at >= 0:
-            return text.count("\n", 0, at) + 1
+        for spelled in {json.dumps(title, ensure_ascii=False), json.dumps(title)}:
+            found = re.search(r'"title"\s*:\s*' + re.escape(spelled), text)
+            if found:
+                return text.count("\n", 0, found.start()) + 1
     return 1
 
 
