@@ -72,7 +72,7 @@ def _skip_errors(units: list[InputUnit], fields: dict) -> Iterator[Document | Ba
     for unit in units:
         for item in read_unit(unit, **fields):
             if isinstance(item, BadRecord):
-                stderr.print(f"skipped {item}", markup=False)
+                stderr.print(f"skipped {item}", markup=False, soft_wrap=True)
             yield item
 
 
@@ -108,6 +108,6 @@ def print_report(report: IngestReport) -> None:
             parts.add_row(str(index), f"{report.per_partition[index]:,}")
         console.print(parts)
     for error in report.errors[:ERRORS_SHOWN]:
-        console.print(f"error: {error}", markup=False)
+        console.print(f"error: {error}", markup=False, soft_wrap=True)
     if len(report.errors) > ERRORS_SHOWN:
         console.print(f"... and {len(report.errors) - ERRORS_SHOWN} more errors")
