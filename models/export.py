@@ -116,6 +116,7 @@ def _load(source: str, local: bool):
     try:
         model, info = AutoModelForQuestionAnswering.from_pretrained(
             source, local_files_only=local, return_dict=False, output_loading_info=True,
+            dtype=torch.float32,  # a checkpoint stored in fp16 is traced and quantized in fp32
         )
         hf_tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -1,0 +1,131 @@
+"""``shardqa model``: export a reader, push it to every master, list and repair the copies."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.table import Table
+
+from cluster.cli import target_options
+from cluster.connection import connect
+
+console = Console(highlight=False)
+
+
+@click.group("model")
+def model_group() -> None:
+    """Export, push, list and sync the reader model."""
+
+
+@model_group.command("export")
+@click.argument("source")
+@click.option("--name", required=True, help="model name (letters, digits, . _ -)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="artifact folder [default: artifacts/NAME]")
+@click.option("--int8", is_flag=True, help="also write a dynamically quantized int8 variant")
+@click.option("--max-seq-len", default=384, show_default=True, type=click.IntRange(8, 8192))
+def export_command(source, name, out_dir, int8, max_seq_len):
+    """Trace SOURCE (a Hugging Face extractive-QA checkpoint folder) to TorchScript."""
+    from models.export import check_name, export
+
+    check_name(name)
+    out = Path(out_dir) if out_dir else Path("artifacts") / name
+    with console.status("exporting") as status:
+        def say(message: str) -> None:
+            status.update(message)
+            console.print(message)
+
+        path = export(source, name, out, int8=int8, max_seq_len=max_seq_len, log=say)
+    console.print(f"artifact: {path}")
+
+
+def _progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                    console=console, transient=True)
+
+
+@model_group.command("push")
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+              show_default=True)
+@click.option("--chunk-mb", type=click.FloatRange(0.001, 64), default=64, show_default=True,
+              help="chunk size in MB (at most 64)")
+@target_options
+def push_command(artifact, variant, chunk_mb, target):
+    """Write ARTIFACT to every master, verify it, then switch each master to it."""
+    from models import store
+    from models.export import read_metadata
+
+    info = read_metadata(Path(artifact))
+    size = info.get("variants", {}).get(variant, {}).get("size", 0)
+    client = connect(target)
+    try:
+        masters = len(store.master_tags(client))
+        with _progress_bar() as bar:
+            task = bar.add_task(f"pushing {info.get('name')} {variant}", total=size * masters)
+            meta = store.push(client, Path(artifact), variant=variant,
+                              chunk_size=int(chunk_mb * (1 << 20)),
+                              progress=lambda n: bar.advance(task, n))
+    finally:
+        client.close()
+    if meta["written"]:
+        console.print(f"{meta['name']} {meta['version']} ({variant}, {meta['size']:,} bytes, "
+                      f"{meta['chunks']} chunks) is current on {', '.join(meta['written'])}")
+    else:
+        console.print(f"{meta['name']} {meta['version']} ({variant}) is already current on "
+                      f"every master; nothing to do")
+
+
+@model_group.command("list")
+@target_options
+def list_command(target):
+    """Stored models: names, versions, sizes, and which masters hold them."""
+    from models import store
+
+    client = connect(target)
+    try:
+        rows = store.list_models(client)
+        masters = sorted(store.master_tags(client))
+    finally:
+        client.close()
+    if not rows:
+        console.print("no reader model stored; run 'shardqa model push ARTIFACT'")
+        return
+    table = Table("name", "version", "variant", "size", "chunks", "pushed", "held by",
+                  "current on", title="reader models")
+    for row in rows:
+        held = "all" if sorted(row["masters"]) == masters else ", ".join(row["masters"])
+        current = ("all" if sorted(row["current_on"]) == masters
+                   else ", ".join(row["current_on"]) or "-")
+        pushed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["pushed"]))
+        table.add_row(row["name"], row["version"], row["variant"], f"{row['size']:,}",
+                      str(row["chunks"]), pushed, held, current)
+    console.print(table)
+    missing = [m for m in masters if not any(m in r["current_on"] for r in rows)]
+    if missing:
+        console.print(f"no current model on {', '.join(missing)}: run 'shardqa model sync'")
+    console.print(f"each master keeps its current version and the one before it; older "
+                  f"versions are deleted at push ({len(masters)} masters)")
+
+
+@model_group.command("sync")
+@target_options
+def sync_command(target):
+    """Copy the current model to masters that lack it (e.g. after adding a master)."""
+    from models import store
+
+    client = connect(target)
+    try:
+        with _progress_bar() as bar:
+            task = bar.add_task("syncing", total=None)
+            repaired = store.sync(client, progress=lambda n: bar.advance(task, n))
+    finally:
+        client.close()
+    if repaired:
+        console.print(f"repaired {', '.join(repaired)}")
+    else:
+        console.print("every master already holds the current model; nothing to do")
