@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from cluster.errors import ShardqaError
 
@@ -150,23 +151,23 @@ def read_unit(unit: InputUnit, *, id_field: str = "id", text_field: str = "text"
     if unit.fmt == OVOS_WIKI:
         yield from read_ovos_wiki(unit.path)
         return
-    try:
-        data = Path(unit.path).read_bytes()
-    except OSError as exc:
-        yield BadRecord(unit.path, 0, f"cannot read: {exc.strerror or exc}")
-        return
-    fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field}
-    if unit.fmt == "jsonl":
-        yield from parse_jsonl(data, unit.path, **fields)
-    elif unit.fmt == "squad":
-        yield from parse_squad(data, unit.path)
-    elif unit.fmt == "csv":
-        yield from parse_csv(data, unit.path, **fields)
-    elif unit.fmt == "text":
-        rel = os.path.relpath(unit.path, unit.root) if unit.root else unit.path
-        yield from parse_text(data, unit.path, doc_id=Path(rel).as_posix())
-    else:
+    if unit.fmt not in ("jsonl", "squad", "csv", "text"):
         raise InputError(f"unknown format {unit.fmt!r}")
+    fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field}
+    try:
+        with open(unit.path, "rb") as file:
+            # line formats stream (files of any size); the others need the whole file
+            if unit.fmt == "jsonl":
+                yield from parse_jsonl(file, unit.path, **fields)
+            elif unit.fmt == "csv":
+                yield from parse_csv(file, unit.path, **fields)
+            elif unit.fmt == "squad":
+                yield from parse_squad(file.read(), unit.path)
+            else:
+                rel = os.path.relpath(unit.path, unit.root) if unit.root else unit.path
+                yield from parse_text(file.read(), unit.path, doc_id=Path(rel).as_posix())
+    except OSError as exc:
+        yield BadRecord(unit.path, 1, f"cannot read: {exc.strerror or exc}")
 
 
 # --- field handling ----------------------------------------------------------------------
@@ -213,14 +214,16 @@ def _record_document(record, path: str, line: int, default_id: str, *, id_field:
 
 # --- JSONL -------------------------------------------------------------------------------
 
-def parse_jsonl(data: bytes, path: str, *, id_field: str = "id", text_field: str = "text",
-                title_field: str = "title") -> Iterator[Document | BadRecord]:
+def parse_jsonl(data: bytes | BinaryIO, path: str, *, id_field: str = "id",
+                text_field: str = "text", title_field: str = "title"
+                ) -> Iterator[Document | BadRecord]:
     """One JSON object a line; blank lines are skipped; a line without an id gets
-    ``<file name>:<line>``."""
+    ``<file name>:<line>``. ``data`` is the file's bytes or the open binary file."""
     name = Path(path).name
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    lines = io.BytesIO(data) if isinstance(data, bytes) else data
+    for number, raw in enumerate(lines, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
         if not raw.strip():
             continue
         try:
@@ -318,17 +321,26 @@ def _line_of(data: bytes, offset: int) -> int:
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
 
 
-def parse_csv(data: bytes, path: str, *, id_field: str = "id", text_field: str = "text",
-              title_field: str = "title") -> Iterator[Document | BadRecord]:
-    """A header row, then one document a row; line numbers are those of the row's start."""
+def parse_csv(data: bytes | BinaryIO, path: str, *, id_field: str = "id",
+              text_field: str = "text", title_field: str = "title"
+              ) -> Iterator[Document | BadRecord]:
+    """A header row, then one document a row; line numbers are those of the row's start.
+    ``data`` is the file's bytes or the open binary file."""
     if csv.field_size_limit() < CSV_FIELD_LIMIT:
         csv.field_size_limit(CSV_FIELD_LIMIT)
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    binary = io.BytesIO(data) if isinstance(data, bytes) else data
     # Undecodable bytes survive as lone surrogates, so the row that holds them is reported.
-    text = data.decode("utf-8", errors="surrogateescape")
-    stream = io.StringIO(text, newline="")
-    reader = csv.reader(stream)
+    stream = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape",
+                              newline="")
+    try:
+        yield from _csv_rows(csv.reader(stream), path, id_field=id_field,
+                             text_field=text_field, title_field=title_field)
+    finally:
+        stream.detach()  # the caller owns the file
+
+
+def _csv_rows(reader, path: str, *, id_field: str, text_field: str, title_field: str
+              ) -> Iterator[Document | BadRecord]:
     name = Path(path).name
     header: list[str] | None = None
     start = 1
