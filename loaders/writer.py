@@ -138,7 +138,7 @@ def ingest(client, documents: Iterable[Document | BadRecord], *, source: str = "
                 item = next(iterator)
             except StopIteration:
                 break
-            except BaseException:
+            except Exception:
                 flush()
                 raise
             if isinstance(item, BadRecord):
@@ -230,7 +230,7 @@ def _stored_state(client, batch: list[_Pending]) -> list[tuple[str | None, int]]
                 raw[i] = value
 
         _on_owner(client, tags[0], queue, transaction=False)
-    return [(d.decode() if d is not None else None, int(n) if n is not None else 0)
+    return [(_text(d) if d is not None else None, int(n) if n is not None else 0)
             for d, n in raw]
 
 
