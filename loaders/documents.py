@@ -333,7 +333,7 @@ def parse_csv(data: bytes | BinaryIO, path: str, *, id_field: str = "id",
     stream = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape",
                               newline="")
     try:
-        yield from _csv_rows(csv.reader(stream), path, id_field=id_field,
+        yield from _csv_rows(csv.reader(stream, strict=True), path, id_field=id_field,
                              text_field=text_field, title_field=title_field)
     finally:
         stream.detach()  # the caller owns the file

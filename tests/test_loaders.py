@@ -136,6 +136,10 @@ def test_csv_without_text_column_or_header_is_one_error():
     assert isinstance(empty, BadRecord) and empty.location == "e.csv:1"
     docs = docs_of(parse_csv(b"key,body\nk,v\n", "b.csv", id_field="key", text_field="body"))
     assert [(d.doc_id, d.text) for d in docs] == [("k", "v")]
+    items = list(parse_csv(b'id,text\n1,"a"b\n2,ok\n3,"unterminated\n', "q.csv"))
+    assert [d.doc_id for d in docs_of(items)] == ["2"]
+    assert [(b.line, b.message.startswith("bad CSV row")) for b in bad_of(items)] == [
+        (2, True), (4, True)]
 
 
 # --- text --------------------------------------------------------------------------------
