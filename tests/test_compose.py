@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 import click
 import pytest
@@ -337,26 +338,46 @@ def test_redis_volumes_are_not_shared():
     assert len(set(sources)) == len(sources)
 
 
-def test_node_flags_start_a_real_node_that_announces_its_name(tmp_path):
-    """The flags of redis-1, given to this machine's redis-server (port and dir moved)."""
-    flags = redis_node_flags(SERVICES["redis-1"])
-    port = free_port_base(1)
-    flags.update(port=str(port), dir=str(tmp_path), bind="127.0.0.1")
+def start_node(name: str, port: int, directory: Path) -> subprocess.Popen:
+    """This machine's redis-server with the flags of service ``name`` (port and dir moved,
+    loopback only); returns once it answers PING, or fails with its own complaint."""
+    flags = redis_node_flags(SERVICES[name])
+    directory.mkdir(parents=True, exist_ok=True)
+    flags.update(port=str(port), dir=str(directory), bind="127.0.0.1")
     argv = [find_redis_server()] + [w for k, v in flags.items() for w in (f"--{k}", v)]
-    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(argv, cwd=directory, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     node = redis.Redis(port=port, socket_timeout=5)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            node.ping()
+            return proc
+        except redis.ConnectionError:
+            if proc.poll() is not None:
+                pytest.fail(f"redis-server refused the flags of {name}: "
+                            f"{proc.stdout.read().decode()[-800:]}")
+            if time.monotonic() > deadline:
+                stop_nodes([proc])
+                pytest.fail(f"redis-server with the flags of {name} did not start")
+            time.sleep(0.05)
+        finally:
+            node.close()
+
+
+def stop_nodes(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=20)
+        proc.stdout.close()
+
+
+def test_node_flags_start_a_real_node_that_announces_its_name(tmp_path):
+    port = free_port_base(1)
+    proc = start_node("redis-1", port, tmp_path)
+    node = redis.Redis(port=port, socket_timeout=5)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                node.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, (
-                    f"redis-server refused the flags: {proc.stdout.read().decode()[-800:]}")
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
         config = node.config_get("*")
         # Redis reads the classes back in its own order ("Etm" may come back as "tmE")
         assert set(config["notify-keyspace-events"]) == set(
@@ -368,9 +389,8 @@ def test_node_flags_start_a_real_node_that_announces_its_name(tmp_path):
         # what shardqa's clients (and partitions.owners) see as the master's address
         assert [(s[2][0], s[2][1]) for s in slots] == [(b"redis-1", port)]
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        proc.stdout.close()
+        node.close()
+        stop_nodes([proc])
 
 
 # --- the image ---------------------------------------------------------------------------------
@@ -428,3 +448,68 @@ def test_docker_compose_accepts_the_file(profile):
                             capture_output=True, text=True, cwd=REPO, timeout=120).stdout.split()
     # docker-compose 1.x lists profiled services too; Compose v2 only the active ones
     assert {n for n, s in SERVICES.items() if not s.get("profiles")} <= set(listed) <= set(SERVICES)
+
+
+# --- the one-shot cluster jobs, run for real ------------------------------------------------------
+
+REDIS_CLI_SHIM = '''#!{python}
+"""redis-cli with the compose service names mapped to this machine's ports."""
+import os, re, sys
+ports = {ports!r}
+args, out = sys.argv[1:], []
+while args:
+    word = args.pop(0)
+    if word == "-h" and args and args[0] in ports:
+        out += ["-h", "127.0.0.1", "-p", str(ports[args.pop(0)])]
+        continue
+    match = re.fullmatch(r"([\\w-]+):6379", word)
+    out.append(f"127.0.0.1:{{ports[match.group(1)]}}" if match and match.group(1) in ports
+               else word)
+os.execv({redis_cli!r}, [{redis_cli!r}, *out])
+'''
+
+
+def run_job(name: str, shim_dir: Path) -> subprocess.CompletedProcess:
+    svc = SERVICES[name]
+    env = {"PATH": f"{shim_dir}:/usr/bin:/bin"}
+    return subprocess.run(as_list(svc["entrypoint"]) + as_list(svc["command"]), env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cluster_jobs_create_the_cluster_and_pair_replicas(tmp_path):
+    """cluster-create then cluster-replicas on six real nodes started with the compose flags
+    (redis-cli sees the service names through a shim); both jobs can run again."""
+    redis_cli = shutil.which("redis-cli")
+    if redis_cli is None:
+        pytest.skip("redis-cli is not installed (Debian: apt-get install redis-tools)")
+    names = MASTERS + REPLICAS
+    base = free_port_base(len(names))
+    ports = {name: base + i for i, name in enumerate(names)}
+    shim = tmp_path / "bin" / "redis-cli"
+    shim.parent.mkdir()
+    shim.write_text(REDIS_CLI_SHIM.format(python=sys.executable, ports=ports,
+                                          redis_cli=redis_cli))
+    shim.chmod(0o755)
+    procs = []
+    try:
+        for name in names:
+            procs.append(start_node(name, ports[name], tmp_path / name))
+        outputs = []
+        for job in ["cluster-create", "cluster-replicas", "cluster-create", "cluster-replicas"]:
+            proc = run_job(job, shim.parent)
+            assert proc.returncode == 0, f"{job}: {proc.stdout[-800:]} {proc.stderr[-800:]}"
+            outputs.append(proc.stdout)
+        assert outputs[1].count(">>> Adding node") == len(REPLICAS), outputs[1][-800:]
+        assert "cluster already created" in outputs[2]
+        assert ">>> Adding node" not in outputs[3]
+        nodes = {name: redis.Redis(port=ports[name], socket_timeout=5) for name in names}
+        for master, replica in zip(MASTERS, REPLICAS, strict=True):
+            deadline = time.monotonic() + 30
+            while (role := nodes[replica].execute_command("ROLE"))[0] != b"slave":
+                assert time.monotonic() < deadline, f"{replica} did not become a replica"
+                time.sleep(0.1)
+            assert int(role[2]) == ports[master], f"{replica} must replicate {master}"
+        slots = nodes["redis-1"].execute_command("CLUSTER SLOTS")
+        assert sorted(s[2][0] for s in slots) == [m.encode() for m in MASTERS]
+    finally:
+        stop_nodes(procs)
