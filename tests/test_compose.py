@@ -418,6 +418,23 @@ def test_dockerfile_pins_cpu_torch_and_drops_root():
     assert image_entrypoint() == ["shardqa"]
 
 
+def test_dockerfile_exports_a_reader_the_repository_has():
+    """The build exports the bundled reader from the copied source: it must be in the repo."""
+    copies = [args.split() for i, args in dockerfile_instructions() if i == "COPY"]
+    assert [".", "/src"] in copies
+    exports = [a for n, (a, _) in INVOCATIONS.items() if n.startswith("Dockerfile")
+               and a[:2] == ["model", "export"]]
+    assert exports, "the Dockerfile must export the bundled reader"
+    source = Path(exports[0][2])
+    in_repo = REPO / source.relative_to("/src")
+    assert (in_repo / "config.json").is_file(), (
+        f"the Dockerfile exports {source}, but {in_repo.relative_to(REPO)}/config.json is not "
+        "in the repository: the image cannot be built")
+    out = exports[0][exports[0].index("--out") + 1]
+    pushed = INVOCATIONS["model-push"][0]
+    assert pushed[2] == out, f"model-push pushes {pushed[2]}, the image has the reader in {out}"
+
+
 def test_shardqa_services_use_the_image_built_here():
     images = {SERVICES[n]["image"] for n in INVOCATIONS if not n.startswith("Dockerfile")}
     assert len(images) == 1
