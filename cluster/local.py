@@ -179,7 +179,7 @@ class LocalCluster:
                 self._start_node(server, spec, node)
                 started.append(node)
             for node in spec.nodes:
-                self._wait_ping(spec.host, node.port, timeout)
+                self._wait_ping(spec.host, node.port, timeout, self.node_dir(node) / "redis.log")
             if new:
                 self._create(spec, timeout)
                 self.state_path.write_text(spec.to_json())
@@ -209,6 +209,8 @@ class LocalCluster:
             "appendonly yes",
             "appendfsync everysec",
             'save ""',
+            # passages (text + packed token arrays) stay compact listpacks, not hash tables
+            "hash-max-listpack-value 8192",
             f"dir {self.node_dir(node)}",
             "logfile redis.log",
             "",
@@ -225,7 +227,7 @@ class LocalCluster:
         )
         (ndir / "redis.pid.shardqa").write_text(str(proc.pid))
 
-    def _wait_ping(self, host: str, port: int, timeout: float) -> None:
+    def _wait_ping(self, host: str, port: int, timeout: float, log: Path) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -234,7 +236,11 @@ class LocalCluster:
             except redis.RedisError:
                 pass
             if time.monotonic() > deadline:
-                raise ClusterError(f"redis-server on port {port} did not start (see its redis.log)")
+                try:
+                    last = log.read_text().strip().splitlines()[-1]
+                except (OSError, IndexError):
+                    last = "no log"
+                raise ClusterError(f"redis-server on port {port} did not start: {last}")
             time.sleep(0.05)
 
     def _create(self, spec: ClusterSpec, timeout: float) -> None:

@@ -467,7 +467,7 @@ class ShardWorker:
             if f.get("pid"):
                 latest[f["pid"]] = f.get("op", "put")
         put_ids = [pid for pid, op in latest.items() if op == "put"]
-        deletes = [pid for pid, op in latest.items() if op == "del"]
+        deletes = self._still_deleted(tag, [pid for pid, op in latest.items() if op == "del"])
         pipe = self.node.pipeline(transaction=False)
         for pid in put_ids:
             pipe.hmget(keys.passage(tag, pid), ("title", "text"))
@@ -490,6 +490,20 @@ class ShardWorker:
         change = index.apply(self.node, tag, puts, deletes)
         self._ack(stream, [entry_id for entry_id, _ in items])
         return change.indexed + change.removed
+
+    def _still_deleted(self, tag: str, pids: list[str]) -> list[str]:
+        """Drop deletes of positions the document has grown back to since (a put follows)."""
+        if not pids:
+            return []
+        pipe = self.node.pipeline(transaction=False)
+        for pid in pids:
+            pipe.hget(keys.doc(tag, partitions.doc_key_of(pid)), "passages")
+        keep = []
+        for pid, count in zip(pids, pipe.execute(), strict=True):
+            position = int(pid.rsplit(".", 1)[1])
+            if count is None or int(count) <= position:
+                keep.append(pid)
+        return keep
 
     # --- keymiss -------------------------------------------------------------------------
 

@@ -94,3 +94,105 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300,
     if check and proc.returncode != 0:
         raise AssertionError(f"shardqa {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+class WorkerPool:
+    """Real shard worker processes (``shardqa worker``), one per master by default."""
+
+    def __init__(self, handle: ClusterHandle, tmp: Path, **options):
+        self.handle = handle
+        self.tmp = tmp
+        self.options = {"--threads": "1", "--max-wait-ms": "5", **options}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, master: str) -> subprocess.Popen:
+        args = [sys.executable, "-m", "shardqa.cli", "worker", "--master", master,
+                "--dir", self.handle.target.directory, "--log-level", "WARNING"]
+        for flag, value in self.options.items():
+            args += [flag, str(value)]
+        log = open(self.tmp / f"worker-{master.replace(':', '-')}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        self.procs[master] = proc
+        return proc
+
+    def start_all(self) -> WorkerPool:
+        for master in self.handle.masters:
+            self.start(master)
+        return self
+
+    def kill(self, master: str, sig: int = 9) -> None:
+        proc = self.procs.pop(master)
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+
+    def stop_all(self) -> None:
+        for master in list(self.procs):
+            proc = self.procs.pop(master)
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def wait_ready(self, timeout: float = 60, need_model: bool = True) -> None:
+        """Until every master's worker has a fresh heartbeat (and a model, if asked)."""
+        import json as _json
+
+        from cluster import keys
+
+        client = self.handle.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            beats = [_json.loads(v) for v in client.hgetall(keys.workers()).values()]
+            ready = {b["master"] for b in beats
+                     if time.time() - b["time"] < 3 and (b.get("model") or not need_model)
+                     and b.get("pid") in {p.pid for p in self.procs.values()}}
+            if ready >= set(self.procs):
+                return
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-2000:] for p in self.tmp.glob("worker-*.log"))
+                raise AssertionError(f"workers not ready: {ready}\n{logs}")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def workers(cluster, tmp_path):
+    pool = WorkerPool(cluster, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+def start_pipeline(handle: ClusterHandle, pool: WorkerPool, artifact: Path):
+    """Push the tiny reader, start one worker per master, ingest the test corpus."""
+    from loaders.writer import ingest, wait_indexed
+    from models import store
+    from tests.corpus import CORPUS
+
+    client = handle.client()
+    store.push(client, artifact)
+    pool.start_all()
+    pool.wait_ready()
+    ingest(client, CORPUS, progress=False)
+    wait_indexed(client, timeout=60, progress=False)
+    return client
+
+
+@pytest.fixture
+def pipeline(cluster, workers, tiny_artifact):
+    """A fresh pipeline for tests that break things (kill workers, change the corpus)."""
+    return start_pipeline(cluster, workers, tiny_artifact)
+
+
+@pytest.fixture(scope="module")
+def shared_pipeline(redis_cluster, tiny_artifact, tmp_path_factory):
+    """One pipeline for a whole module of tests that only ask questions."""
+    redis_cluster.flush()
+    pool = WorkerPool(redis_cluster, tmp_path_factory.mktemp("workers"))
+    try:
+        yield start_pipeline(redis_cluster, pool, tiny_artifact)
+    finally:
+        pool.stop_all()

@@ -1,0 +1,130 @@
+"""Issue 5: the HTTP API (waitress, real cluster, real workers): answers, errors, metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import free_port_base
+from tests.corpus import QUESTIONS
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
+         timeout: float = 60) -> tuple[int, dict | str, dict]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw, hdrs = resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        status, raw, hdrs = exc.code, exc.read(), dict(exc.headers)
+    try:
+        return status, json.loads(raw), hdrs
+    except ValueError:
+        return status, raw.decode(), hdrs
+
+
+@pytest.fixture(scope="module")
+def api(shared_pipeline, redis_cluster, tmp_path_factory):
+    cluster = redis_cluster
+    tmp_path = tmp_path_factory.mktemp("api")
+    port = free_port_base(1)
+    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardqa.cli", "serve", "--port", str(port), "--dir",
+         cluster.target.directory, "--threads", "48", "--timeout", "30"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if http("GET", url + "/health", timeout=2)[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError((tmp_path / "api.log").read_text())
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_get_and_post_answer(api):
+    status, body, _ = http("GET", api + "/qa?" + urllib.parse.urlencode({"q": QUESTIONS[0]}))
+    assert status == 200
+    assert body["answer"] and body["passage"]["text"][body["start"]:body["end"]] == body["answer"]
+    assert body["cached"] is False and "total" in body["timings_ms"]
+    status, again, _ = http("POST", api + "/qa", json.dumps({"question": QUESTIONS[0]}).encode(),
+                            {"Content-Type": "application/json"})
+    assert status == 200 and again["cached"] is True and again["answer"] == body["answer"]
+
+
+@pytest.mark.parametrize("method,path,body,headers,status", [
+    ("GET", "/qa", None, {}, 400),
+    ("GET", "/qa?q=", None, {}, 400),
+    ("GET", "/qa?q=%20%20%20", None, {}, 400),
+    ("GET", "/qa?q=" + "x" * 1001, None, {}, 400),
+    ("GET", "/qa?q=hello&k=0", None, {}, 400),
+    ("GET", "/qa?q=hello&k=abc", None, {}, 400),
+    ("GET", "/qa?q=hello&k=51", None, {}, 400),
+    ("POST", "/qa", b"question=hi", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ("POST", "/qa", b"{not json", {"Content-Type": "application/json"}, 400),
+    ("POST", "/qa", b"[1, 2]", {"Content-Type": "application/json"}, 400),
+    ("POST", "/qa", b'{"k": 3}', {"Content-Type": "application/json"}, 400),
+    ("POST", "/qa", b'{"question": 7}', {"Content-Type": "application/json"}, 400),
+    ("POST", "/qa", b'{"question": "hi", "k": "5"}', {"Content-Type": "application/json"}, 400),
+    ("POST", "/qa", b'{"question": "' + b"a" * 20000 + b'"}',
+     {"Content-Type": "application/json"}, 413),
+    ("GET", "/nope", None, {}, 404),
+    ("DELETE", "/qa", None, {}, 405),
+])
+def test_bad_requests_get_json_errors(api, method, path, body, headers, status):
+    got, payload, hdrs = http(method, api + path, body, headers)
+    assert got == status
+    assert isinstance(payload, dict) and payload["error"]["status"] == status
+    assert payload["error"]["message"]
+    assert http("GET", api + "/health")[0] == 200  # and the server stays up
+
+
+def test_health_metrics_openapi(api):
+    status, health, _ = http("GET", api + "/health")
+    assert status == 200 and health["status"] == "ok" and len(health["workers"]) == 3
+    status, spec, _ = http("GET", api + "/openapi.json")
+    assert status == 200 and "/qa" in spec["paths"]
+    http("GET", api + "/qa?q=" + urllib.parse.quote(QUESTIONS[1]))
+    http("GET", api + "/qa?q=" + urllib.parse.quote(QUESTIONS[1]))
+    status, text, _ = http("GET", api + "/metrics")
+    assert status == 200
+    assert 'shardqa_cache_total{result="hit"}' in text
+    assert "shardqa_ask_latency_seconds_bucket" in text
+
+
+def test_200_concurrent_questions_and_batching(api):
+    questions = [f"{QUESTIONS[i % len(QUESTIONS)]} #{i}" for i in range(200)]
+
+    def ask(q):
+        return http("GET", api + "/qa?" + urllib.parse.urlencode({"q": q}), timeout=120)
+
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(ask, questions))
+    assert [s for s, _, _ in results] == [200] * 200
+    assert all(body["answer"] for _, body, _ in results)
+    _, text, _ = http("GET", api + "/metrics")
+    bucket1 = count = 0.0
+    for line in text.splitlines():
+        if line.startswith('shardqa_worker_batch_requests_bucket{le="1.0"}'):
+            bucket1 = float(line.split()[-1])
+        if line.startswith("shardqa_worker_batch_requests_count"):
+            count = float(line.split()[-1])
+    assert count >= 200 and bucket1 < count  # some questions were read in batches > 1

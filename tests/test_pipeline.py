@@ -1,0 +1,103 @@
+"""Issue 5: the question path end to end on the real 3-master cluster with real workers."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cluster import keys, partitions
+from gears import ranking
+from gears.asker import Asker, QuestionError
+from tests.corpus import QUESTIONS
+
+
+def direct_answer(client, tiny_artifact, question, k=5):
+    """The reader runtime called directly on the same top-k passages: the reference."""
+    from models import store
+    from models.tokenization import tokenize_passages, window_token_budget
+
+    pmap = partitions.load(client)
+    ranked = ranking.rank(client, pmap, question, k)
+    loaded = store.load(client, client.get_primaries()[0].name)
+    reader = loaded.reader()
+    meta = loaded.meta
+    texts = [client.hget(keys.passage(pmap.for_passage(r.pid).tag, r.pid), "text").decode()
+             for r in ranked]
+    tokens = tokenize_passages(loaded.tokenizer, texts, window_token_budget(
+        int(meta["max_seq_len"]), int(meta["max_question_tokens"])), 128)
+    spans = reader.read_many([(question, list(zip(texts, tokens, strict=True)))])[0]
+    best = None
+    for r, span in zip(ranked, spans, strict=True):
+        if span is None:
+            continue
+        key = (-span.score, r.pid, span.start, span.end)
+        if best is None or key < best[0]:
+            best = (key, r.pid, span)
+    return ranked, best
+
+
+def test_answers_equal_direct_reader_and_cache(shared_pipeline, tiny_artifact):
+    client = shared_pipeline
+    asker = Asker(client, timeout_s=20)
+    for question in QUESTIONS:
+        answer = asker.ask(question)
+        ranked, best = direct_answer(client, tiny_artifact, question)
+        assert answer.passages_read == [r.pid for r in ranked]
+        assert best is not None and answer.answer is not None
+        _, pid, span = best
+        assert (answer.passage_id, answer.start, answer.end) == (pid, span.start, span.end)
+        assert answer.answer == span.text == answer.passage_text[answer.start:answer.end]
+        assert answer.score == pytest.approx(span.score, abs=1e-3)
+        assert not answer.cached
+        again = asker.ask(question)
+        assert again.cached and again.answer == answer.answer
+        # the cache key is case- and whitespace-insensitive
+        assert asker.ask("  " + question.upper() + " ").cached
+
+
+def test_keymiss_fills_answer_key_on_owning_master(shared_pipeline):
+    client = shared_pipeline
+    question = "What is the capital of Japan?"
+    key = keys.ask_key(question)
+    assert client.get(key) is None  # publishes keymiss on the owning master
+    deadline = time.monotonic() + 30
+    raw = None
+    while raw is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        raw = client.get(key)
+    assert raw is not None, "the worker did not fill the answer key"
+    body = json.loads(raw)
+    expected = Asker(client, timeout_s=20).ask(question)
+    assert body["answer"] == expected.answer and body["passage_id"] == expected.passage_id
+    owner = client.get_node_from_key(key)
+    assert client.get_redis_connection(owner).get(key) == raw
+    # the redis-cli function says where the answer is, or returns it
+    assert client.fcall("ask", 1, key) == raw
+    pending = client.fcall("ask", 1, keys.ask_key("How far away is the Moon from Earth?"))
+    assert pending.startswith(b"pending")
+
+
+def test_bad_questions_are_rejected(shared_pipeline):
+    asker = Asker(shared_pipeline)
+    for bad in ["", "   ", "\x00\x01", "x" * 1001, None, 42]:
+        with pytest.raises(QuestionError):
+            asker.ask(bad)
+    for k in [0, 51, "3", True, 2.5]:
+        with pytest.raises(QuestionError):
+            asker.ask("valid question", k)
+    # hash-tag characters and odd text are just text
+    for odd in ["what is {p0.0}?", "}{", "a" * 900, "naïve café ☕?"]:
+        assert asker.ask(odd).question
+
+
+def test_concurrent_asks_batch_on_the_shards(shared_pipeline):
+    client = shared_pipeline
+    asker = Asker(client, timeout_s=30)
+    questions = [f"{q} ({i})" for i in range(20) for q in QUESTIONS][:100]
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda q: asker.ask(q, use_cache=False), questions))
+    assert all(a.answer is not None for a in answers)
+    assert max(max(a.batch_sizes) for a in answers) > 1
