@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from redis.crc import key_slot
 
 from cluster import keys
+from cluster.errors import ShardqaError
 
 DEFAULT_PARTITIONS = 16
 
@@ -114,7 +115,7 @@ class PartitionMap:
         return cls([Partition(int(i), str(t), int(s)) for i, t, s in data["partitions"]])
 
 
-class NoPartitionMap(RuntimeError):
+class NoPartitionMap(ShardqaError):
     """The cluster has no partition map: it was not created by ``shardqa cluster up``/``init``."""
 
 
