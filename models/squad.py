@@ -104,6 +104,7 @@ def _tokenize(tokenizer, examples: list[SquadExample], max_seq_len: int, stride:
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
         padding=False,
+        return_token_type_ids=True,
     )
 
 

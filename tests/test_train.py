@@ -1,0 +1,155 @@
+"""``shardqa model train`` on a tiny BERT: the loss goes down, resume continues exactly."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from cluster.errors import ShardqaError
+from models.train import TrainSettings, length_grouped_batches, train, train_command
+
+PARAGRAPHS = [
+    ("Super Bowl 50 was played on February 7, 2016, at Levi's Stadium in Santa Clara. "
+     "The Denver Broncos beat the Carolina Panthers 24 to 10.",
+     [("Who won Super Bowl 50?", "Denver Broncos"),
+      ("Where was Super Bowl 50 played?", "Levi's Stadium"),
+      ("When was Super Bowl 50 played?", "February 7, 2016"),
+      ("Who lost Super Bowl 50?", "Carolina Panthers")]),
+    ("The Normans were the people who gave their name to Normandy, a region in France. "
+     "They descended from Norse raiders and pirates from Denmark, Iceland and Norway.",
+     [("In what country is Normandy located?", "France"),
+      ("Who gave their name to Normandy?", "The Normans"),
+      ("From whom did the Normans descend?", "Norse raiders and pirates")]),
+]
+
+
+def squad_file(path: Path) -> Path:
+    paragraphs = []
+    for p_index, (context, qas) in enumerate(PARAGRAPHS):
+        paragraphs.append({"context": context, "qas": [
+            {"id": f"{p_index}-{i}", "question": q,
+             "answers": [{"text": a, "answer_start": context.index(a)}]}
+            for i, (q, a) in enumerate(qas)]})
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "T",
+                                                            "paragraphs": paragraphs}]}))
+    return path
+
+
+def tiny_encoder(folder: Path) -> Path:
+    """A 2-layer BERT encoder folder (random weights) with a real fast WordPiece tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    text = " ".join(c + " " + " ".join(q + " " + a for q, a in qas) for c, qas in PARAGRAPHS)
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", text.lower())))
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128)
+    BertModel(config).save_pretrained(str(folder))
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    encoder = tiny_encoder(root / "encoder")
+    data = squad_file(root / "train.json")
+    return encoder, data
+
+
+def settings(encoder: Path, data: Path, epochs: int) -> TrainSettings:
+    # windows of 24 tokens with stride 8 exercise multi-window examples and CLS labels
+    return TrainSettings(encoder=str(encoder), train=str(data), dev=str(data), epochs=epochs,
+                         max_seq_len=24, stride=8, batch_size=4, lr=3e-3, seed=0)
+
+
+def test_batches_cover_every_window_once_and_group_lengths():
+    lengths = [5 + (i * 37) % 200 for i in range(1000)]
+    batches = length_grouped_batches(lengths, 16, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert batches == length_grouped_batches(lengths, 16, seed=3)
+    assert batches != length_grouped_batches(lengths, 16, seed=4)
+    # grouping: the padding waste is far below that of random batches
+    waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                for b in batches)
+    assert waste < 0.2 * sum(lengths)
+
+
+def test_loss_goes_down_and_checkpoints_are_complete(setup, tmp_path):
+    encoder, data = setup
+    out = tmp_path / "run"
+    final = train(settings(encoder, data, epochs=6), out, threads=1, progress=False,
+                  log=lambda _: None)
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    assert 0.0 <= final["dev_f1"] <= 100.0 and "dev_exact_match" in final
+    for folder in [out / f"epoch-{n}" for n in range(1, 7)] + [out]:
+        assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+        assert (folder / "tokenizer.json").exists()
+    assert (out / "epoch-1" / "training_state.pt").exists()
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    model = AutoModelForQuestionAnswering.from_pretrained(str(out), local_files_only=True)
+    assert model.config.architectures == ["BertForQuestionAnswering"]
+    assert AutoTokenizer.from_pretrained(str(out), local_files_only=True).is_fast
+
+
+def test_resume_continues_exactly_where_the_epoch_ended(setup, tmp_path):
+    encoder, data = setup
+    straight = tmp_path / "straight"
+    train(settings(encoder, data, epochs=2), straight, threads=1, progress=False,
+          log=lambda _: None)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "epoch-1", resumed / "epoch-1")  # as if killed in epoch 2
+    logs: list[str] = []
+    train(settings(encoder, data, epochs=2), resumed, resume=True, threads=1, progress=False,
+          log=logs.append)
+    assert any("resumed after epoch 1" in line for line in logs)
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    history = json.loads((resumed / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_existing_checkpoints_need_resume(setup, tmp_path):
+    encoder, data = setup
+    out = tmp_path / "run"
+    train(settings(encoder, data, epochs=1), out, threads=1, progress=False, log=lambda _: None)
+    with pytest.raises(ShardqaError, match="--resume"):
+        train(settings(encoder, data, epochs=1), out, threads=1, progress=False,
+              log=lambda _: None)
+    changed = TrainSettings(**{**settings(encoder, data, epochs=2).__dict__, "lr": 1e-3})
+    with pytest.raises(ShardqaError, match="different settings"):
+        train(changed, out, resume=True, threads=1, progress=False, log=lambda _: None)
+
+
+def test_cli_rejects_a_folder_without_a_model(setup, tmp_path):
+    _, data = setup
+    result = CliRunner().invoke(train_command, ["--encoder", str(tmp_path), "--train", str(data),
+                                                "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, ShardqaError)
+    assert result.exception.exit_code == 2
+    assert "no config.json" in str(result.exception)
