@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cluster.cli import target_options
 from cluster.connection import connect
+from models.train import train_command
 
 console = Console(highlight=False)
 
@@ -129,3 +130,6 @@ def sync_command(target):
         console.print(f"repaired {', '.join(repaired)}")
     else:
         console.print("every master already holds the current model; nothing to do")
+
+
+model_group.add_command(train_command)
