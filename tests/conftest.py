@@ -22,11 +22,13 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+_PORTS = random.Random(os.getpid() ^ time.time_ns())
+
+
 def free_port_base(count: int) -> int:
     """A base port with ``count`` consecutive free ports after it (and their bus ports +10000)."""
-    rng = random.Random(os.getpid() ^ int(time.time()))
     for _ in range(200):
-        base = rng.randrange(20000, 50000)
+        base = _PORTS.randrange(20000, 50000)
         ports = list(range(base, base + count))
         if not any(port_in_use(p) or port_in_use(p + 10000) for p in ports):
             return base
