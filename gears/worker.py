@@ -173,6 +173,9 @@ class ShardWorker:
         owned = [p for p in self.pmap if owners.get(p.index) == self.master]
         if owned != self.owned:
             log.info("serving partitions %s", [p.index for p in owned])
+            # slots moved (rebalance): the model copy is found through the slot cache
+            self.client.nodes_manager.initialize()
+            acquired = {p.index for p in owned} - {p.index for p in self.owned}
             for p in owned:
                 for stream in (keys.ingest_stream(p.tag), keys.request_stream(p.tag)):
                     try:
@@ -180,6 +183,11 @@ class ShardWorker:
                     except redis.ResponseError as exc:
                         if "BUSYGROUP" not in str(exc):
                             raise
+                    if p.index in acquired:
+                        # a partition moved here: its previous owner has let go of it, so
+                        # what it left pending is ours now, without waiting claim_idle_ms
+                        self.node.xautoclaim(stream, keys.WORKER_GROUP, self.consumer, 0,
+                                             start_id="0-0", count=1000, justid=True)
                     self._recover.add(stream)
             self.owned = owned
 
@@ -297,6 +305,11 @@ class ShardWorker:
             if isinstance(reply, Exception):
                 if "NOGROUP" in str(reply):
                     self._refresh(force=True)
+                    continue
+                if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.TryAgainError)):
+                    # its slot is moving away (MOVED is an AskError): serve the others and
+                    # look at the ownership again on the next turn
+                    self._next_refresh = 0.0
                     continue
                 raise reply
             got = 0
