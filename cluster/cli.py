@@ -15,18 +15,29 @@ from cluster.local import ClusterError, LocalCluster
 console = Console(highlight=False)
 
 
+#: The ACL user (cluster.acl) a command connects as on a local secured cluster; every other
+#: command manages the cluster, models or corpus and connects as ``admin``. With --redis the
+#: URL's user (or SHARDQA_REDIS_USER) decides.
+COMMAND_ROLES = {"worker": "worker", "serve": "api", "ask": "api", "eval": "api"}
+
+
 def target_options(func):
-    """--dir / --redis, flags first then SHARDQA_DIR / SHARDQA_REDIS_URL; passes ``target``."""
+    """--dir / --redis, flags first then SHARDQA_DIR / SHARDQA_REDIS_URL; passes ``target``.
+
+    The target's role is the command's entry in COMMAND_ROLES (admin otherwise).
+    """
 
     @click.option("--redis", "redis_url", envvar="SHARDQA_REDIS_URL", default=None,
-                  metavar="URL", help="redis://HOST:PORT of a cluster started elsewhere "
-                  "[env SHARDQA_REDIS_URL]")
+                  metavar="URL", help="redis://[USER:PASSWORD@]HOST:PORT of a cluster started "
+                  "elsewhere [env SHARDQA_REDIS_URL; SHARDQA_REDIS_USER/_PASSWORD]")
     @click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
                   show_default=True, type=click.Path(file_okay=False),
                   help="local cluster folder [env SHARDQA_DIR]")
     @functools.wraps(func)
     def wrapper(*args, redis_url, cluster_dir, **kwargs):
-        return func(*args, target=Target(url=redis_url, directory=cluster_dir), **kwargs)
+        role = COMMAND_ROLES.get(click.get_current_context().info_name, "admin")
+        return func(*args, target=Target(url=redis_url, directory=cluster_dir, role=role),
+                    **kwargs)
 
     return wrapper
 
@@ -61,10 +72,13 @@ def up_command(masters, replicas, port_base, partition_count, node_timeout, clus
 
 def bring_up(local: LocalCluster, masters: int = 3, replicas: int = 0, port_base: int = 7000,
              partition_count: int = partitions.DEFAULT_PARTITIONS,
-             node_timeout: int = 5000) -> None:
-    """Start the nodes, then make sure the partition map and functions are in place."""
+             node_timeout: int = 5000, secure: bool = True) -> None:
+    """Start the nodes, then make sure the partition map and functions are in place.
+
+    A new cluster is secured with ACL users (cluster.acl) unless ``secure`` is False.
+    """
     local.up(masters=masters, replicas=replicas, port_base=port_base,
-             node_timeout_ms=node_timeout)
+             node_timeout_ms=node_timeout, secure=secure)
     client = connect(Target(directory=str(local.dir)))
     try:
         partitions.ensure(client, partition_count)

@@ -3,6 +3,11 @@
 ``--redis redis://HOST:PORT`` (or ``SHARDQA_REDIS_URL``) names a cluster started elsewhere;
 otherwise ``--dir`` (or ``SHARDQA_DIR``, default ``.shardqa/cluster``) names a local cluster
 folder made by ``shardqa cluster up``, whose ``cluster.json`` lists the nodes.
+
+Credentials: a secured cluster (cluster.acl) has users ``admin``, ``worker`` and ``api``.
+Each command connects as the role it needs (``Target.role``): for a local folder the
+password comes from its ``users.json``; for a cluster elsewhere from the URL
+(``redis://api:PASSWORD@host:port``) or ``SHARDQA_REDIS_USER`` / ``SHARDQA_REDIS_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from urllib.parse import unquote, urlparse
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from cluster import acl
 from cluster.local import ClusterError, LocalCluster
 
 DEFAULT_DIR = ".shardqa/cluster"
@@ -22,10 +28,17 @@ DEFAULT_DIR = ".shardqa/cluster"
 
 @dataclass(frozen=True)
 class Target:
-    """Where the cluster is: a URL, or a local cluster folder."""
+    """Where the cluster is (a URL, or a local cluster folder) and as which user to connect."""
 
     url: str | None = None
     directory: str = DEFAULT_DIR
+    role: str = "admin"
+
+    def as_role(self, role: str) -> Target:
+        """The same cluster, connecting as another of the ACL users."""
+        if role not in acl.ROLES:
+            raise ClusterError(f"unknown role {role!r}; one of {', '.join(acl.ROLES)}")
+        return Target(url=self.url, directory=self.directory, role=role)
 
     @classmethod
     def from_env(cls, url: str | None = None, directory: str | None = None) -> Target:
@@ -49,15 +62,28 @@ class Target:
         return local.startup_nodes()
 
     def credentials(self) -> dict:
+        """username/password keyword arguments for redis-py (empty for an open cluster)."""
+        creds = {}
         if self.url:
             parsed = urlparse(self.url)
-            creds = {}
+            user = os.environ.get("SHARDQA_REDIS_USER")
+            password = os.environ.get("SHARDQA_REDIS_PASSWORD")
             if parsed.username:
-                creds["username"] = unquote(parsed.username)
+                user = unquote(parsed.username)
             if parsed.password:
-                creds["password"] = unquote(parsed.password)
+                password = unquote(parsed.password)
+            if user:
+                creds["username"] = user
+            if password:
+                creds["password"] = password
             return creds
-        return {}
+        passwords = acl.load(Path(self.directory))
+        if passwords:
+            if self.role not in passwords:
+                raise ClusterError(f"{Path(self.directory) / acl.USERS_FILE} has no "
+                                   f"{self.role!r} user")
+            creds = {"username": self.role, "password": passwords[self.role]}
+        return creds
 
 
 def connect(target: Target | None = None, *, decode_responses: bool = False,
@@ -71,6 +97,10 @@ def connect(target: Target | None = None, *, decode_responses: bool = False,
             socket_timeout=socket_timeout, socket_connect_timeout=3.0,
             **target.credentials(), **kwargs,
         )
+    except redis.AuthenticationError as exc:
+        who = target.credentials().get("username", "default")
+        raise ClusterError(f"the Redis Cluster refused user {who!r}: {exc} (check the "
+                           "password in the URL or SHARDQA_REDIS_PASSWORD)") from exc
     except (redis.RedisError, OSError) as exc:
         where = ", ".join(f"{n.host}:{n.port}" for n in nodes)
         raise ClusterError(f"cannot reach the Redis Cluster at {where}: {exc}") from exc

@@ -1,6 +1,10 @@
 """A local Redis Cluster from real ``redis-server`` processes: the embedded default.
 
 Each node lives in its own folder under the cluster folder (config, AOF, log, pid file).
+A new cluster is secured: ``users.json`` (0600) holds generated passwords for the ACL users
+of cluster.acl, every node loads the same aclfile (``default`` off) at every start, and
+replicas authenticate to their master as ``admin``. A folder without ``users.json`` (made
+before ACLs, or with ``acl=False``) stays open.
 ``cluster.json`` in the cluster folder records what was started, so ``down`` stops exactly
 those processes by PID and ``up`` on an existing folder restarts the same nodes with their
 data (AOF) and their cluster identity (nodes.conf).
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import redis
 
+from cluster import acl
 from cluster.errors import ShardqaError
 
 STATE_FILE = "cluster.json"
@@ -140,6 +145,17 @@ class LocalCluster:
     def is_running(self) -> bool:
         return bool(self.running_nodes())
 
+    def passwords(self) -> dict[str, str] | None:
+        """role -> password, or None for an open cluster."""
+        return acl.load(self.dir)
+
+    def connection(self, host: str, port: int, **kwargs) -> redis.Redis:
+        """A plain client for one of our nodes, as admin when the cluster is secured."""
+        secrets_ = self.passwords()
+        if secrets_:
+            kwargs.update(username="admin", password=secrets_["admin"])
+        return redis.Redis(host=host, port=port, **kwargs)
+
     def startup_nodes(self) -> list[tuple[str, int]]:
         spec = self.spec()
         return [(spec.host, n.port) for n in spec.nodes]
@@ -147,8 +163,11 @@ class LocalCluster:
     # --- up ----------------------------------------------------------------------------
 
     def up(self, masters: int = 3, replicas: int = 0, port_base: int = 7000,
-           node_timeout_ms: int = 5000, timeout: float = 30.0) -> ClusterSpec:
+           node_timeout_ms: int = 5000, timeout: float = 30.0, secure: bool = True
+           ) -> ClusterSpec:
         """Start (or restart) the nodes and create the cluster if it is new.
+
+        ``secure`` (new clusters only): generate ACL users and turn the default user off.
 
         Raises ClusterError with a one-line message; on failure nothing is left running.
         """
@@ -173,6 +192,9 @@ class LocalCluster:
                 f"port {busy[0]} is already in use on {spec.host}; choose another --port-base"
             )
         self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)  # node configs and users.json hold secrets
+        if new and secure and self.passwords() is None:
+            acl.save(self.dir, acl.generate())
         started: list[NodeSpec] = []
         try:
             for node in to_start:
@@ -184,9 +206,11 @@ class LocalCluster:
                 self._create(spec, timeout)
                 self.state_path.write_text(spec.to_json())
             self.wait_ok(spec, timeout)
+            self.wait_replicas(spec, timeout)
         except BaseException:
             self._stop_nodes(started)
             if new:
+                (self.dir / acl.USERS_FILE).unlink(missing_ok=True)
                 # a half-created cluster is worth nothing; don't leave it to confuse 'up'
                 for node in started:
                     shutil.rmtree(self.node_dir(node), ignore_errors=True)
@@ -195,7 +219,16 @@ class LocalCluster:
         return spec
 
     def _config(self, spec: ClusterSpec, node: NodeSpec) -> str:
-        return "\n".join([
+        secrets_ = self.passwords()
+        extra = [
+            "aclfile users.acl",
+            # replicas sync from their master as admin (the cluster bus needs no ACL)
+            "masteruser admin",
+            f"masterauth {secrets_['admin']}",
+        ] if secrets_ else []
+        if spec.replicas:
+            extra.append("repl-diskless-sync-delay 0")  # a (re)joining replica syncs at once
+        return "\n".join([*extra,
             f"port {node.port}",
             f"bind {spec.host}",
             "protected-mode no",
@@ -220,7 +253,15 @@ class LocalCluster:
         ndir = self.node_dir(node)
         ndir.mkdir(parents=True, exist_ok=True)
         conf = ndir / "redis.conf"
+        conf.touch(mode=0o600)
+        os.chmod(conf, 0o600)
         conf.write_text(self._config(spec, node))
+        secrets_ = self.passwords()
+        if secrets_:  # rewritten at every start: users.json is the one record
+            aclf = ndir / "users.acl"
+            aclf.touch(mode=0o600)
+            os.chmod(aclf, 0o600)
+            aclf.write_text(acl.aclfile(secrets_))
         proc = subprocess.Popen(
             [server, str(conf)], cwd=ndir, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -231,7 +272,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if redis.Redis(host=host, port=port, socket_timeout=1).ping():
+                if self.connection(host, port, socket_timeout=1).ping():
                     return
             except redis.RedisError:
                 pass
@@ -245,7 +286,7 @@ class LocalCluster:
 
     def _create(self, spec: ClusterSpec, timeout: float) -> None:
         """ADDSLOTSRANGE + MEET + REPLICATE: what ``redis-cli --cluster create`` does."""
-        conns = {n.port: redis.Redis(host=spec.host, port=n.port) for n in spec.nodes}
+        conns = {n.port: self.connection(spec.host, n.port) for n in spec.nodes}
         masters = [n for n in spec.nodes if n.role == "master"]
         per = ALL_SLOTS // len(masters)
         for i, node in enumerate(masters):
@@ -277,7 +318,7 @@ class LocalCluster:
         while pending:
             port = pending[0]
             try:
-                info = redis.Redis(host=spec.host, port=port).cluster("INFO")
+                info = self.connection(spec.host, port).cluster("INFO")
                 if str(info.get("cluster_state")) == "ok":
                     pending.pop(0)
                     continue
@@ -286,6 +327,142 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"cluster did not reach cluster_state:ok (node {port})")
             time.sleep(0.05)
+
+    def wait_replicas(self, spec: ClusterSpec | None = None, timeout: float = 30.0) -> None:
+        """Until every node that is a replica now has its link to its master up (synced)."""
+        spec = spec or self.spec()
+        if not spec.replicas:
+            return
+        deadline = time.monotonic() + timeout
+        for node in spec.nodes:
+            while True:
+                try:
+                    info = self.connection(spec.host, node.port).info("replication")
+                    if info.get("role") != "slave" or info.get("master_link_status") == "up":
+                        break
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"replica {node.port} did not sync with its master")
+                time.sleep(0.05)
+        for node in spec.nodes:  # and every node knows them (failover needs the votes)
+            while True:
+                try:
+                    slots = self.connection(spec.host, node.port).cluster("SLOTS")
+                    if all(len(entry) - 3 >= spec.replicas for entry in slots):
+                        break
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"node {node.port} does not see every replica")
+                time.sleep(0.05)
+
+    # --- growing -----------------------------------------------------------------------
+
+    def add_master(self, replicas: int | None = None, timeout: float = 30.0) -> list[NodeSpec]:
+        """Start a new master (and its replicas), join it to the running cluster, record it.
+
+        The new master owns no slot yet: rebalancing gives it partitions (cluster/rebalance.py).
+        ``replicas`` defaults to the cluster's replicas per master. Returns the new nodes; on
+        failure they are stopped, forgotten by the cluster and deleted.
+        """
+        server = find_redis_server()
+        spec = self.spec()
+        if {n.port for n in self.running_nodes()} != {n.port for n in spec.nodes}:
+            raise ClusterError(f"the cluster in {self.dir} is not fully running; "
+                               "start it first ('shardqa cluster up')")
+        replicas = spec.replicas if replicas is None else replicas
+        if replicas < 0:
+            raise ClusterError("--replicas must not be negative")
+        ports = self._free_ports(spec, 1 + replicas)
+        master = NodeSpec(ports[0], "master")
+        new = [master] + [NodeSpec(port, "replica", master.port) for port in ports[1:]]
+        started: list[NodeSpec] = []
+        try:
+            for node in new:
+                self._start_node(server, spec, node)
+                started.append(node)
+            for node in new:
+                self._wait_ping(spec.host, node.port, timeout, self.node_dir(node) / "redis.log")
+            self._join(spec, new, timeout)
+            grown = ClusterSpec.from_json(spec.to_json())
+            grown.nodes += new
+            grown.masters += 1
+            self.wait_ok(grown, timeout)
+            self.wait_replicas(grown, timeout)
+        except BaseException:
+            self._forget(spec, started)
+            self._stop_nodes(started)
+            for node in started:
+                shutil.rmtree(self.node_dir(node), ignore_errors=True)
+            raise
+        self.state_path.write_text(grown.to_json())
+        return new
+
+    def _free_ports(self, spec: ClusterSpec, count: int) -> list[int]:
+        """``count`` ports after the highest one in use, skipping busy ones (and bus ports)."""
+        ports: list[int] = []
+        port = max(n.port for n in spec.nodes) + 1
+        while len(ports) < count:
+            if port > 55535:
+                raise ClusterError("no free port left for a new node")
+            if not (port_in_use(port, spec.host) or port_in_use(port + 10000, spec.host)):
+                ports.append(port)
+            port += 1
+        return ports
+
+    def _join(self, spec: ClusterSpec, new: list[NodeSpec], timeout: float) -> None:
+        """CLUSTER MEET, wait until every node knows every other, then REPLICATE."""
+        everyone = spec.nodes + new
+        conns = {n.port: self.connection(spec.host, n.port, socket_timeout=5) for n in everyone}
+        known = spec.nodes[0].port
+        for node in new:
+            conns[node.port].execute_command("CLUSTER", "MEET", spec.host, known)
+        deadline = time.monotonic() + timeout
+        for node in everyone:
+            while True:
+                raw = conns[node.port].execute_command("CLUSTER", "NODES")
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                lines = [line.split() for line in text.splitlines() if line.strip()]
+                if len(lines) >= len(everyone) and not any(
+                        "handshake" in f[2] or "noaddr" in f[2] for f in lines):
+                    break
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"node {node.port} did not learn about the new nodes "
+                                       f"in {timeout:g}s")
+                time.sleep(0.1)
+        ids = {n.port: conns[n.port].execute_command("CLUSTER", "MYID") for n in new}
+        for node in new:
+            if node.role != "replica":
+                continue
+            master_id = ids[node.master_port]
+            master_id = master_id.decode() if isinstance(master_id, bytes) else master_id
+            while True:
+                try:
+                    conns[node.port].execute_command("CLUSTER", "REPLICATE", master_id)
+                    break
+                except redis.ResponseError:
+                    if time.monotonic() > deadline:
+                        raise ClusterError(f"replica {node.port} did not join") from None
+                    time.sleep(0.1)
+
+    def _forget(self, spec: ClusterSpec, nodes: list[NodeSpec]) -> None:
+        """Best effort: make the cluster drop nodes that failed to join (CLUSTER FORGET)."""
+        ids = []
+        for node in nodes:
+            try:
+                raw = self.connection(spec.host, node.port, socket_timeout=2).execute_command(
+                    "CLUSTER", "MYID")
+                ids.append(raw.decode() if isinstance(raw, bytes) else str(raw))
+            except redis.RedisError:
+                pass
+        for other in spec.nodes:
+            conn = self.connection(spec.host, other.port, socket_timeout=2)
+            for node_id in ids:
+                try:
+                    conn.execute_command("CLUSTER", "FORGET", node_id)
+                except redis.RedisError:
+                    pass
 
     # --- down --------------------------------------------------------------------------
 
