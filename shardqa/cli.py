@@ -53,6 +53,7 @@ def _add_optional_groups() -> None:
         ("loaders.cli", "ingest_command"),
         ("gears.cli", "register"),
         ("api.cli", "serve_command"),
+        ("shardqa.scale", "register"),
     ]:
         try:
             mod = importlib.import_module(module)

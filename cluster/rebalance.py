@@ -1,0 +1,241 @@
+"""Rebalancing: move whole partitions between masters, live, until they differ by at most one.
+
+A partition is one slot (the slot of its hash tag), so moving a partition moves that slot
+with all its keys, the way ``redis-cli --cluster reshard`` does: the destination IMPORTING,
+the source MIGRATING, the keys sent with MIGRATE in batches, then SETSLOT NODE on every
+master. Clients keep working meanwhile: a key already moved is answered by the destination
+after an ASK redirect, and once the slot is flipped the source answers MOVED. Only the
+partitions' slots are moved; the other slots (answer-cache keys spread by their own hash)
+stay where they are, since nothing in shardqa depends on where they live.
+
+The plan never moves a master's lowest-index partition (its model copy lives under that
+tag, see models/store.py) and moves partitions in ascending order, so a master's copy tag
+changes only when it receives a partition below all of its own; ``prepare`` (called before
+every move) is where the caller puts a model copy under that partition's tag first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from cluster import partitions
+from cluster.errors import ShardqaError
+from cluster.partitions import Partition, PartitionMap
+
+#: keys per MIGRATE: a batch is one round trip; the source is busy while it runs
+DEFAULT_BATCH = 1000
+#: MIGRATE's I/O timeout (ms): model chunks of up to 64 MB travel in one batch
+DEFAULT_TIMEOUT_MS = 120_000
+
+
+class RebalanceError(ShardqaError):
+    """A slot could not be moved; the message says what state it was left in."""
+
+
+@dataclass(frozen=True)
+class Master:
+    """A master of the cluster as the cluster itself sees it (CLUSTER NODES)."""
+
+    node_id: str
+    host: str
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Move:
+    partition: Partition
+    source: str  # "host:port"
+    dest: str
+
+
+def parse_nodes(raw: str | bytes) -> list[dict]:
+    """CLUSTER NODES text -> one dict per node: id, addr (host:port), flags, master_id, slots."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    nodes = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        addr = fields[1].split("@", 1)[0].split(",", 1)[0]
+        nodes.append({"id": fields[0], "addr": addr, "flags": set(fields[2].split(",")),
+                      "master_id": fields[3], "link": fields[7], "slots": fields[8:]})
+    return nodes
+
+
+def node_connection(client, host: str, port: int, **kwargs) -> redis.Redis:
+    """A plain client for one node with the cluster client's credentials (ACL users)."""
+    base = client.nodes_manager.connection_kwargs
+    creds = {k: base[k] for k in ("username", "password") if base.get(k)}
+    return redis.Redis(host=host, port=port, **creds, **kwargs)
+
+
+def cluster_nodes(client) -> list[dict]:
+    """CLUSTER NODES as one of the cluster's primaries sees it."""
+    node = client.get_primaries()[0]
+    return parse_nodes(node_connection(client, node.host, node.port)
+                       .execute_command("CLUSTER", "NODES"))
+
+
+def masters(client) -> list[Master]:
+    """Every healthy master, including those that own no slot yet (a new one)."""
+    found = []
+    for n in cluster_nodes(client):
+        flags = n["flags"]
+        if "master" in flags and not flags & {"fail", "fail?", "handshake", "noaddr"}:
+            host, _, port = n["addr"].rpartition(":")
+            found.append(Master(n["id"], host, int(port)))
+    return sorted(found, key=lambda m: (m.host, m.port))
+
+
+def plan(pmap: PartitionMap, owner: dict[int, str], master_names: list[str]) -> list[Move]:
+    """The fewest whole-partition moves that leave masters differing by at most one.
+
+    Masters holding the most keep the extra partitions (fewest moves); a master gives away
+    its highest-index partitions, never its lowest (its model copy's tag); moves come in
+    ascending partition order.
+    """
+    if not master_names:
+        raise RebalanceError("the cluster has no healthy master")
+    held: dict[str, list[int]] = {m: [] for m in master_names}
+    for index, master in owner.items():
+        held.setdefault(master, []).append(index)
+    unknown = sorted(set(held) - set(master_names))
+    if unknown:
+        raise RebalanceError(f"partitions are owned by {unknown[0]}, which is not a healthy "
+                             "master; fix the cluster first")
+    for indices in held.values():
+        indices.sort()
+    per, extra = divmod(len(pmap), len(master_names))
+    ranked = sorted(master_names, key=lambda m: (-len(held[m]), m))
+    quota = {m: per + (1 if i < extra else 0) for i, m in enumerate(ranked)}
+    given: list[tuple[int, str]] = []
+    for m in ranked:
+        surplus = len(held[m]) - quota[m]
+        if surplus > 0:
+            given += [(index, m) for index in held[m][-surplus:]]
+    given.sort()
+    wanting = [m for m in sorted(master_names) if len(held[m]) < quota[m]]
+    moves: list[Move] = []
+    for index, source in given:
+        dest = wanting[0]
+        moves.append(Move(pmap[index], source, dest))
+        held[dest].append(index)
+        if len(held[dest]) >= quota[dest]:
+            wanting.pop(0)
+    return moves
+
+
+def move_slot(client, slot: int, source: Master, dest: Master, others: list[Master], *,
+              batch: int = DEFAULT_BATCH, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+              on_keys: Callable[[int], None] | None = None) -> int:
+    """Move one slot and its keys from ``source`` to ``dest``; returns the keys moved.
+
+    The first batch is sent in the same pipeline as SETSLOT MIGRATING, and a slot whose keys
+    fit in one batch is moved in one go, so clients see the slot half-moved (ASK/TRYAGAIN)
+    for as short a time as possible.
+    """
+    src = node_connection(client, source.host, source.port, socket_timeout=timeout_ms / 1000 + 30)
+    dst = node_connection(client, dest.host, dest.port, socket_timeout=30)
+    base = client.nodes_manager.connection_kwargs
+    auth: list = []
+    if base.get("password"):
+        auth = (["AUTH2", base["username"], base["password"]] if base.get("username")
+                else ["AUTH", base["password"]])
+
+    def migrate(pipe, names: list[bytes]) -> None:
+        pipe.execute_command("MIGRATE", dest.host, dest.port, "", 0, timeout_ms, "REPLACE",
+                             *auth, "KEYS", *names)
+
+    moved = 0
+    try:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+        names = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+        pipe = src.pipeline(transaction=False)
+        pipe.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dest.node_id)
+        if names:
+            migrate(pipe, names)
+        pipe.execute()
+        while True:
+            moved += len(names)
+            if on_keys and names:
+                on_keys(len(names))
+            names = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+            if not names:
+                break
+            pipe = src.pipeline(transaction=False)
+            migrate(pipe, names)
+            pipe.execute()
+        # the destination first, so the source's redirects never point back at itself
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dest.node_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dest.node_id)
+    except redis.RedisError as exc:
+        raise RebalanceError(
+            f"moving slot {slot} from {source.name} to {dest.name} failed after {moved} keys: "
+            f"{exc}; the slot may be left open (run 'redis-cli --cluster fix "
+            f"{source.name}', then 'shardqa cluster rebalance' again)") from exc
+    for other in others:
+        if other.node_id in (source.node_id, dest.node_id):
+            continue
+        try:
+            node_connection(client, other.host, other.port, socket_timeout=10).execute_command(
+                "CLUSTER", "SETSLOT", slot, "NODE", dest.node_id)
+        except redis.RedisError:
+            pass  # it learns the new owner from gossip (higher config epoch) anyway
+    return moved
+
+
+def rebalance(client, *, prepare: Callable[[Move], None] | None = None,
+              batch: int = DEFAULT_BATCH, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+              progress: Callable[[Move, int, bool], None] | None = None,
+              dry_run: bool = False) -> list[Move]:
+    """Plan and carry out the moves; returns them. ``prepare(move)`` runs before each move;
+    ``progress(move, keys_moved, finished)`` after each batch of keys and once at its end."""
+    if batch < 1:
+        raise RebalanceError("the batch size must be at least 1 key")
+    client.nodes_manager.initialize()
+    pmap = partitions.load(client)
+    all_masters = masters(client)
+    by_name = {m.name: m for m in all_masters}
+    moves = plan(pmap, partitions.owners(client, pmap), list(by_name))
+    if dry_run:
+        return moves
+    for move in moves:
+        if prepare:
+            prepare(move)
+        done = [0]
+
+        def on_keys(count: int, move: Move = move, done: list = done) -> None:
+            done[0] += count
+            if progress:
+                progress(move, done[0], False)
+
+        move_slot(client, move.partition.slot, by_name[move.source], by_name[move.dest],
+                  all_masters, batch=batch, timeout_ms=timeout_ms, on_keys=on_keys)
+        if progress:
+            progress(move, done[0], True)
+    if moves:
+        wait_agreed(client, pmap, {m.partition.index: m.dest for m in moves})
+    return moves
+
+
+def wait_agreed(client, pmap: PartitionMap, expected: dict[int, str],
+                timeout: float = 30.0) -> None:
+    """Until the client's view of partition owners shows every move (fresh slot cache)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client.nodes_manager.initialize()
+        owner = partitions.owners(client, pmap)
+        if all(owner.get(i) == m for i, m in expected.items()):
+            return
+        if time.monotonic() > deadline:
+            raise RebalanceError("the cluster did not agree on the moved slots in "
+                                 f"{timeout:g}s; check 'shardqa cluster partitions'")
+        time.sleep(0.1)
