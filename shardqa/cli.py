@@ -53,6 +53,7 @@ def _add_optional_groups() -> None:
         ("loaders.cli", "ingest_command"),
         ("gears.cli", "register"),
         ("api.cli", "serve_command"),
+        ("bench.cli", "bench_command"),
         ("shardqa.scale", "register"),
     ]:
         try:

@@ -1,0 +1,67 @@
+"""``shardqa bench``: the whole performance picture in one command."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+console = Console(highlight=False)
+
+
+class _Bar:
+    """tqdm on a terminal, silent otherwise (logs stay readable)."""
+
+    def __init__(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=f"  {desc}", leave=False, file=sys.stderr,
+                        disable=not sys.stderr.isatty())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        return False
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="small counts and corpora: a few minutes")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON result [default: bench/results/DATE.json (+ .md and PNGs beside it)]")
+@click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="exported reader artifact [default: the bundled trained "
+              "reader, else the MiniLM encoder (speed figures only)]")
+@click.option("--dev", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="SQuAD v1.1 questions and paragraphs "
+              "[default: ../shared/data/squad/dev.json]")
+@click.option("--masters", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="masters of the bench cluster (one worker each)")
+@click.option("--worker-threads", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="torch threads per worker")
+def bench_command(quick, out, model, dev, masters, worker_threads):
+    """Measure shardqa and its baselines (naive eager HF, the-pattern style) on this machine:
+    latency, throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option.
+    Starts and stops its own cluster, workers and API on free ports."""
+    from bench import report
+    from bench.run import Bench, BenchSettings
+
+    settings = BenchSettings.for_run(quick, dev=dev, model=model, masters=masters,
+                                     worker_threads=worker_threads)
+    if out is None:
+        stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
+        out = Path("bench/results") / f"{stamp}{'-quick' if quick else ''}.json"
+    result = Bench(settings, say=lambda msg: console.print(msg, markup=False),
+                   bar=_Bar).run()
+    for path in report.write(result, out):
+        console.print(f"wrote {path}")
+    for g in result.get("goals", []):
+        mark = {True: "[green]reached[/]", False: "[red]not reached[/]", None: "-"}[g["reached"]]
+        console.print(f"{g['goal']}: {g['measured']} {g['unit']} (goal {g['target']}) {mark}")

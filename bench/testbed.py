@@ -1,0 +1,161 @@
+"""A throwaway shardqa deployment for one bench run.
+
+Its own cluster on free ports in a temporary folder, one real ``shardqa worker`` process per
+master and the real API (``shardqa serve``, waitress), started and stopped by PID through
+``shardqa.stack.LocalStack`` - exactly what ``shardqa up`` runs, so the figures are the
+system's, not a mock's. A ``Testbed`` without an artifact runs workers that only index
+(BM25), for the rank-at-scale figures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from bench.ingest_write import free_port_base, used_memory
+from cluster import keys, partitions
+from cluster.cli import bring_up
+from cluster.connection import Target, connect
+from cluster.errors import ShardqaError
+from cluster.local import port_in_use
+from shardqa.stack import LocalStack, wait_healthy
+
+
+class TestbedError(ShardqaError):
+    """The bench deployment did not come up (workers or API silent)."""
+
+
+def free_port(start: int = 18080) -> int:
+    for port in range(start, start + 2000):
+        if not port_in_use(port):
+            return port
+    raise TestbedError("no free port for the bench API")
+
+
+class Testbed:
+    """Cluster + workers (+ API) in ``root``; ``stop()`` ends exactly what it started."""
+
+    __test__ = False  # not a pytest class, despite the name
+
+    def __init__(self, root: Path, *, masters: int = 2, threads: int = 1, api: bool = True,
+                 worker_options: dict | None = None):
+        self.root = Path(root)
+        self.masters = masters
+        self.threads = threads
+        self.with_api = api
+        self.worker_options = worker_options or {}
+        self.stack = LocalStack(self.root / "cluster")
+        self.target = Target(directory=str(self.stack.dir))
+        self.client = None
+        self.api_url: str | None = None
+        self.owners: list[str] = []
+        self.model_version: str | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, artifact: Path | None = None, variant: str = "fp32",
+              timeout: float = 180) -> Testbed:
+        bring_up(self.stack.cluster, masters=self.masters,
+                 port_base=free_port_base(self.masters))
+        self.client = connect(self.target, max_connections=256)
+        if artifact is not None:
+            from models import store
+
+            meta = store.push(self.client, Path(artifact), variant=variant)
+            self.model_version = f"{meta['version']}:{meta['variant']}"
+        pmap = partitions.load(self.client)
+        self.owners = sorted(set(partitions.owners(self.client, pmap).values()))
+        state = self.stack.state()
+        for master in self.owners:
+            args = ["worker", "--master", master, "--threads", str(self.threads),
+                    "--log-level", "WARNING"]
+            for flag, value in self.worker_options.items():
+                args += [flag, str(value)]
+            state["workers"][master] = self.stack.spawn(
+                f"worker-{master.replace(':', '-')}", args)
+        if self.with_api:
+            port = free_port()
+            pid = self.stack.spawn("api", ["serve", "--host", "127.0.0.1", "--port", str(port)])
+            self.api_url = f"http://127.0.0.1:{port}"
+            state["api"] = {"pid": pid, "url": self.api_url}
+        self.stack.save(state)
+        if artifact is not None:
+            wait_healthy(self.client, self.owners, state.get("api"), timeout)
+            self.wait_model(self.model_version, timeout)
+        else:
+            self._wait_heartbeats(timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001 - closing a dead client must not hide the result
+                pass
+        self.stack.down(purge=True)
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- model -----------------------------------------------------------------------------
+
+    def use_variant(self, artifact: Path, variant: str, timeout: float = 180) -> str:
+        """Push ``variant`` of the artifact and wait until every worker runs it."""
+        from models import store
+
+        meta = store.push(self.client, Path(artifact), variant=variant)
+        self.model_version = f"{meta['version']}:{meta['variant']}"
+        self.wait_model(self.model_version, timeout)
+        return self.model_version
+
+    def wait_model(self, version: str | None, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            beats = self._beats()
+            ready = [m for m in self.owners if beats.get(m, {}).get("model") == version]
+            if len(ready) == len(self.owners):
+                return
+            if time.monotonic() > deadline:
+                raise TestbedError(f"workers did not load model {version} within {timeout:g}s "
+                                   f"(see {self.stack.dir / 'logs'})")
+            time.sleep(0.2)
+
+    def _wait_heartbeats(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            beats = self._beats()
+            if all(m in beats and time.time() - beats[m]["time"] < 5 for m in self.owners):
+                return
+            if time.monotonic() > deadline:
+                raise TestbedError(f"workers sent no heartbeat within {timeout:g}s "
+                                   f"(see {self.stack.dir / 'logs'})")
+            time.sleep(0.2)
+
+    def _beats(self) -> dict[str, dict]:
+        beats = {}
+        for raw in self.client.hgetall(keys.workers()).values():
+            beat = json.loads(raw)
+            beats[beat.get("master")] = beat
+        return beats
+
+    # --- state -----------------------------------------------------------------------------
+
+    def new_generation(self, settle_s: float = 0.3) -> int:
+        """Invalidate the answer cache (its keys carry the generation) for every asker;
+        askers re-read the generation after at most 0.25 s."""
+        gen = int(self.client.incr(keys.generation()))
+        time.sleep(settle_s)
+        return gen
+
+    def generation(self) -> int:
+        return int(self.client.get(keys.generation()) or 0)
+
+    def used_memory(self) -> int:
+        return used_memory(self.client)
+
+    def worker_counters(self) -> dict[str, dict]:
+        return self._beats()

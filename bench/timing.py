@@ -1,0 +1,87 @@
+"""Latency statistics and the bench's HTTP client.
+
+The client keeps one HTTP/1.1 connection per thread (what any real client library does), so
+a cached answer's figure is the API's cost, not a TCP handshake's.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from cluster.errors import ShardqaError
+
+
+class ApiError(ShardqaError):
+    """The API answered with an error status during the bench."""
+
+
+def percentiles(ms: list[float]) -> dict:
+    """p50/p95/p99/mean/min in milliseconds (3 decimals), and the count."""
+    if not ms:
+        return {"n": 0}
+    arr = np.asarray(ms, dtype=np.float64)
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {"n": int(arr.size), "p50": round(float(p50), 3), "p95": round(float(p95), 3),
+            "p99": round(float(p99), 3), "mean": round(float(arr.mean()), 3),
+            "min": round(float(arr.min()), 3)}
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+class ApiClient:
+    """GET /qa over a kept-alive connection, one connection per calling thread."""
+
+    def __init__(self, url: str, timeout: float = 60):
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def ask(self, question: str, k: int = 5) -> tuple[float, dict]:
+        """(milliseconds from request to parsed body, body)."""
+        path = "/qa?" + urllib.parse.urlencode({"q": question, "k": k})
+        for attempt in range(2):
+            conn = self._conn()
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (http.client.HTTPException, ConnectionError, OSError):
+                conn.close()
+                self._local.conn = None
+                if attempt:
+                    raise
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            body = json.loads(raw)
+            if resp.status != 200:
+                raise ApiError(f"the API answered {resp.status}: {body.get('error', body)}")
+            return ms, body
+        raise AssertionError("unreachable")
+
+
+def run_concurrent(work, items: list, concurrency: int) -> tuple[list, float]:
+    """``work(item)`` for every item with ``concurrency`` threads; (results in item order,
+    wall seconds)."""
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(work, items))
+    return results, time.perf_counter() - t0

@@ -1,0 +1,208 @@
+"""bench/: the pieces of ``shardqa bench`` that decide what a figure means.
+
+The baselines and the capped rank run against the real pipeline (3 masters, real workers,
+the tiny reader); nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import corpus, report
+from bench.baselines import NaiveBaseline, pattern_answer
+from bench.options import SKIP_RATIO, candidates, option_speed
+from bench.rank_scale import CAPPED_LIBRARY, rank_capped
+from bench.reader_forward import model_flops
+from bench.run import goals, vs_naive
+from bench.timing import percentiles
+from cluster import partitions
+from cluster.partitions import passage_id
+from gears import ranking
+from gears.asker import Asker
+from loaders.documents import Document
+from loaders.passages import split_passages
+from models.squad import SquadExample
+from tests.corpus import QUESTIONS
+
+MINILM = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6}
+
+
+def test_model_flops_match_the_measured_minilm_figures():
+    # FACTS.md: MiniLM-L6 costs 2.87 GFLOP at 128 tokens, 9.51 at 384
+    assert model_flops(MINILM, 1, 128) / 1e9 == pytest.approx(2.87, rel=0.02)
+    assert model_flops(MINILM, 1, 384) / 1e9 == pytest.approx(9.51, rel=0.02)
+    assert model_flops(MINILM, 8, 128) == pytest.approx(8 * model_flops(MINILM, 1, 128))
+
+
+def test_percentiles():
+    stats = percentiles([float(x) for x in range(1, 101)])
+    assert stats["n"] == 100
+    assert stats["p50"] == pytest.approx(50.5)
+    assert stats["p95"] == pytest.approx(95.05)
+    assert stats["min"] == 1.0
+    assert percentiles([]) == {"n": 0}
+
+
+def test_question_pool_never_repeats_and_says_when_dev_runs_out():
+    examples = [SquadExample(str(i), "t", 0, "c", f"q{i}", ("a",), (0,)) for i in range(10)]
+    pool = corpus.QuestionPool(examples)
+    first, second = pool.take(4), pool.take(4)
+    assert {e.id for e in first}.isdisjoint({e.id for e in second})
+    with pytest.raises(corpus.CorpusError, match="more questions"):
+        pool.take(3)
+
+
+def test_dev_questions_are_a_fixed_shuffle(tmp_path):
+    data = {"data": [{"title": "T", "paragraphs": [
+        {"context": "Alpha beta.", "qas": [{"id": f"q{i}", "question": f"Q {i}?",
+                                            "answers": [{"text": "Alpha", "answer_start": 0}]}
+                                           for i in range(20)]}]}]}
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(data))
+    once, again = corpus.dev_questions(path), corpus.dev_questions(path)
+    assert [e.id for e in once] == [e.id for e in again]
+    assert [e.id for e in once] != [f"q{i}" for i in range(20)]
+    with pytest.raises(corpus.CorpusError, match="not found"):
+        corpus.dev_questions(tmp_path / "missing.json")
+
+
+def test_synthetic_stages_reach_each_target_with_distinct_passages():
+    base = [Document("dev:1", "", paragraphs=("one paragraph here.", "another one here."))]
+    seeds = [Document(f"wiki:{i}", f"First sentence {i}. Second sentence {i}. Third {i}.")
+             for i in range(7)]
+    seen, totals = set(), []
+    for target, stage, total in corpus.synthetic_stages(base, seeds, [10, 25, 60]):
+        assert total >= target
+        totals.append(total)
+        for doc in stage:
+            for p in split_passages(doc):
+                assert p.pid not in seen
+                seen.add(p.pid)
+    assert len(seen) == totals[-1]
+    assert totals == sorted(totals)
+    assert passage_id("dev:1", 0) in seen and passage_id("dev:1", 1) in seen  # base first
+    with pytest.raises(corpus.CorpusError):
+        list(corpus.synthetic_stages([], [], [5]))
+
+
+def _result() -> dict:
+    lat = {"n": 2, "p50": 10.0, "p95": 12.0, "p99": 12.5, "mean": 11.0, "min": 9.0}
+    row = {"latency": lat, "latency_ms": [9.0, 11.0], "f1": 50.0, "exact_match": 40.0,
+           "answers": ["a", "b"]}
+    naive_row = {**row, "latency": {**lat, "p50": 60.0, "p95": 70.0, "p99": 71.0},
+                 "latency_ms": [55.0, 65.0]}
+    rank_row = {"passages": 1000, "exact": lat, "capped": lat, "capped_overlap_at_k": 1.0,
+                "redis_bytes_per_passage_index_only": 900}
+    return {
+        "settings": {"quick": True, "ks": [1, 5], "concurrency": [1, 4], "masters": 2,
+                     "worker_threads": 1},
+        "machine": {"cpu": "test cpu", "cores": 2, "torch": "x", "loadavg_at_start": [0.1]},
+        "reader": {"name": "tiny", "random_qa_head": False},
+        "systems": {"shardqa int8": {1: row, 5: row}, "naive (eager HF)": {1: naive_row,
+                                                                           5: naive_row}},
+        "throughput": {"shardqa int8": {1: {"questions_per_s": 20.0, "latency": lat},
+                                        4: {"questions_per_s": 30.0, "latency": lat}}},
+        "cached": {"redis_get_cluster_client": lat, "redis_get_direct_node": lat,
+                   "http_api": lat},
+        "rank_scale": [rank_row, {**rank_row, "passages": 5000}],
+        "quality": {"fp32": {"exact_match": 60.0, "f1": 70.0, "count": 5,
+                             "f1_delta_vs_fp32": 0.0},
+                    "int8": {"exact_match": 59.0, "f1": 68.5, "count": 5,
+                             "f1_delta_vs_fp32": -1.5}},
+    }
+
+
+def test_vs_naive_compares_p50_on_the_same_questions():
+    r = _result()
+    ratios = vs_naive(r["systems"], [1, 5])
+    assert ratios == {"shardqa int8": {1: 6.0, 5: 6.0}}
+
+
+def test_goals_say_what_was_reached_and_what_not():
+    r = _result()
+    r["vs_naive"] = vs_naive(r["systems"], [1, 5])
+    by_name = {g["goal"].split(" (")[0]: g for g in goals(r)}
+    assert by_name["uncached p50 through the API, k=5"]["reached"] is True
+    assert by_name["faster than naive, k=5"]["measured"] == 6.0
+    assert by_name["cached p50, HTTP API"]["reached"] is False  # 10 ms > 1 ms
+    assert by_name["int8 F1 cost on dev"]["reached"] is False  # -1.5 F1
+    rank = next(g for g in goals(r) if g["goal"].startswith("rank p50"))
+    assert rank["measured"] == 1.0 and rank["reached"] is True
+
+
+def test_report_writes_json_markdown_and_plots(tmp_path):
+    r = _result()
+    r["goals"] = goals(r)
+    paths = report.write(r, tmp_path / "run.json")
+    names = {p.name for p in paths}
+    assert {"run.json", "run.md", "run-latency-k.png", "run-rank-size.png",
+            "run-throughput.png"} <= names
+    for p in paths:
+        if p.suffix == ".png":
+            assert p.read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "run.md").read_text()
+    assert "| shardqa int8 | 5 | 10.0 | 12.0 | 12.5 | 2 | 50.0 | 40.0 |" in md
+    assert "**no**" in md
+    # the JSON read back (string keys) renders the same table
+    again = json.loads((tmp_path / "run.json").read_text())
+    assert report.markdown(again) == md
+
+
+# --- against the real pipeline ---------------------------------------------------------------
+
+def test_pattern_baseline_reads_candidates_one_by_one_and_agrees(shared_pipeline):
+    client = shared_pipeline
+    pmap = partitions.load(client)
+    asker = Asker(client)
+    for question in QUESTIONS[:3]:
+        ms, answer = pattern_answer(client, pmap, question, 3)
+        assert ms > 0
+        assert answer == asker.ask(question, 3, use_cache=False).answer
+
+
+def test_naive_baseline_agrees_with_the_reader_on_single_window_passages(
+        shared_pipeline, tiny_checkpoint):
+    client = shared_pipeline
+    pmap = partitions.load(client)
+    naive = NaiveBaseline(str(tiny_checkpoint), max_seq_len=384, threads=1)
+    asker = Asker(client)
+    for question in QUESTIONS[:3]:
+        _ms, answer = naive.answer(client, pmap, question, 1)
+        assert answer == asker.ask(question, 1, use_cache=False).answer
+
+
+def test_capped_rank_equals_the_shipped_rank_when_the_cap_covers_every_posting(
+        shared_pipeline):
+    client = shared_pipeline
+    pmap = partitions.load(client)
+    client.function_load(CAPPED_LIBRARY, replace=True)
+    try:
+        for question in QUESTIONS:
+            exact = [r.pid for r in ranking.rank(client, pmap, question, 3)]
+            assert rank_capped(client, pmap, question, 3, cap=10_000) == exact
+            assert len(rank_capped(client, pmap, question, 3, cap=1)) <= 3
+    finally:
+        for node in client.get_primaries():
+            client.get_redis_connection(node).function_delete("shardqa_bench")
+
+
+def test_option_speed_measures_every_option_on_the_ranked_candidates(
+        shared_pipeline, tiny_artifact):
+    client = shared_pipeline
+    pmap = partitions.load(client)
+    examples = [SquadExample(str(i), "t", 0, "", q, ("Gustave Eiffel",), (0,))
+                for i, q in enumerate(QUESTIONS[:2])]
+    cands = candidates(client, pmap, examples, 5)
+    assert all(c and all(score > 0 for score, _t, _tok in c) for c in cands)
+    assert all([s for s, _t, _tok in c] == sorted([s for s, _t, _tok in c], reverse=True)
+               for c in cands)
+    rows = {r["option"]: r for r in option_speed(tiny_artifact, examples, cands, 1, True)}
+    assert len(rows) == 5
+    full = rows["fp32, length-bucketed (shipped)"]
+    skip = rows[f"fp32 + skip candidates < {SKIP_RATIO:g} x best rank score"]
+    assert skip["mean_windows"] <= full["mean_windows"]
+    assert full["speedup_vs_shipped_fp32"] == 1.0
+    # padding to max_seq_len changes the cost, not the answer
+    assert rows["fp32, padded to max_seq_len"]["f1"] == full["f1"]
