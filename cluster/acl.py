@@ -99,8 +99,15 @@ def load(directory: Path) -> dict[str, str] | None:
 
 
 def aclfile(passwords: dict[str, str]) -> str:
-    """The aclfile every node loads: our users with hashed passwords; ``default`` off."""
-    lines = ["user default off resetkeys resetchannels -@all"]
+    """The aclfile every node loads: our users with hashed passwords; ``default`` off.
+
+    ``default`` is off (no connection can use it, every client must AUTH) but keeps all
+    permissions: Redis 7.0 replays MULTI/EXEC from the AOF at start as ``default`` and
+    checks its permissions at EXEC, so a ``default`` without them silently drops every
+    transaction in the AOF (the whole index) on restart.
+    """
+    unusable = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
+    lines = [f"user default off resetpass #{unusable} ~* &* +@all"]
     for role in ROLES:
         digest = hashlib.sha256(passwords[role].encode()).hexdigest()
         lines.append(" ".join(["user", role, "on", f"#{digest}", "resetkeys", "resetchannels",
