@@ -11,6 +11,10 @@ slot its master owns it:
   all (question, window) pairs of the batch and pushes each request's reply;
 * answers key-miss events for ``sq:qa:<question>`` keys on its master (GET from redis-cli).
 
+It follows its shard (ShardFollower): after a failover it serves from whichever node of the
+shard (its master and that master's replicas) is master now, and reconnects by itself; slots
+moved to another shard by a rebalance are simply no longer its own.
+
 It wakes on the master's keyspace events (``xadd``, ``keymiss``) instead of polling, and
 polls slowly as well, since pub/sub is at-most-once. Entries left pending by a crash are
 read again at start (its own consumer name is stable per master) or claimed from other
@@ -42,6 +46,8 @@ log = logging.getLogger("shardqa.worker")
 
 PASSAGE_FIELDS = ("text", "title", "tok_ids", "tok_offs", "tok_wins", "tok_sig")
 REPLY_TTL_S = 60
+#: what a cluster in trouble raises (node down, failover under way, whole cluster restarting)
+CLUSTER_TROUBLE = (redis.RedisError, redis.exceptions.RedisClusterException)
 KEYMISS_CHANNEL = "__keyevent@0__:keymiss"
 XADD_CHANNEL = "__keyevent@0__:xadd"
 
@@ -63,6 +69,32 @@ class WorkerSettings:
     variant: str | None = None  # unused placeholder for future per-worker variant choice
 
 
+class ShardFollower:
+    """Which node of the worker's shard is master now.
+
+    A shard is a master and its replicas. The worker starts beside one of its nodes (home);
+    after a failover that node is a replica or gone and a former replica is master: follow
+    it. The shard's members are learned from every slot table seen, so a dead home node is
+    still recognised through the replica that replaced it.
+    """
+
+    def __init__(self, home: str):
+        self.home = home
+        self.nodes: set[str] = {home}
+
+    def master(self, table: dict[tuple[int, int], dict]) -> str:
+        """The shard's master in this slot table (home while the shard holds no slots)."""
+        primaries: set[str] = set()
+        for info in table.values():
+            members = {info["primary"], *info["replicas"]}
+            if members & self.nodes:
+                self.nodes |= members
+                primaries.add(info["primary"])
+        if not primaries or self.home in primaries:
+            return self.home
+        return sorted(primaries)[0]
+
+
 @dataclass
 class Counters:
     requests: int = 0
@@ -82,6 +114,8 @@ class ShardWorker:
         if not host or not port.isdigit():
             raise ValueError(f"--master must be HOST:PORT, got {master!r}")
         self.host, self.port = host, int(port)
+        self.shard = ShardFollower(master)
+        self.serving = master  # the node of our shard that is master now
         self.settings = settings or WorkerSettings()
         self.consumer = f"worker-{master}"
         self.worker_id = f"{master}/{socket.gethostname()}:{os.getpid()}"
@@ -112,12 +146,15 @@ class ShardWorker:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         log.info("worker %s starting beside %s", self.worker_id, self.master)
         self._subscribe()
-        self._refresh(force=True)
+        try:
+            self._refresh(force=True)
+        except CLUSTER_TROUBLE as exc:
+            log.warning("cluster not reachable yet (%s); retrying", exc)
         try:
             while not self.stopping.is_set():
                 try:
                     self.step()
-                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                except CLUSTER_TROUBLE as exc:
                     # master gone or slots moved: reconnect and follow the map
                     log.warning("redis error (%s); reconnecting", exc)
                     self.counters.errors += 1
@@ -142,16 +179,14 @@ class ShardWorker:
         return handled
 
     def _reconnect(self) -> None:
+        """After a redis error: refresh the slot map and follow the shard (never raises)."""
         try:
             self.client.nodes_manager.initialize()
-        except redis.RedisError:
-            return
-        # follow the master: after a failover our address may now be a replica; the
-        # partitions we serve are whatever our configured node owns now.
-        self.node = node_client(self.target, self.host, self.port, socket_timeout=10)
-        self._pubsub = None
-        self._subscribe()
-        self._refresh(force=True)
+            self._pubsub = None
+            self._refresh(force=True)
+            self._subscribe()
+        except CLUSTER_TROUBLE as exc:
+            log.warning("still cannot reach the cluster (%s)", exc)
 
     # --- periodic duties -----------------------------------------------------------------
 
@@ -169,13 +204,13 @@ class ShardWorker:
             self._heartbeat()
 
     def _refresh_ownership(self) -> None:
-        owners = partitions.owners(self.client, self.pmap)
-        owned = [p for p in self.pmap if owners.get(p.index) == self.master]
+        table = partitions.slot_table(self.client)
+        serving = self.shard.master(table)
+        if serving != self.serving:
+            self._follow(serving)
+        owned = [p for p in self.pmap if _owner(table, p.slot) == self.serving]
         if owned != self.owned:
             log.info("serving partitions %s", [p.index for p in owned])
-            # slots moved (rebalance): the model copy is found through the slot cache
-            self.client.nodes_manager.initialize()
-            acquired = {p.index for p in owned} - {p.index for p in self.owned}
             for p in owned:
                 for stream in (keys.ingest_stream(p.tag), keys.request_stream(p.tag)):
                     try:
@@ -183,19 +218,26 @@ class ShardWorker:
                     except redis.ResponseError as exc:
                         if "BUSYGROUP" not in str(exc):
                             raise
-                    if p.index in acquired:
-                        # a partition moved here: its previous owner has let go of it, so
-                        # what it left pending is ours now, without waiting claim_idle_ms
-                        self.node.xautoclaim(stream, keys.WORKER_GROUP, self.consumer, 0,
-                                             start_id="0-0", count=1000, justid=True)
                     self._recover.add(stream)
             self.owned = owned
+
+    def _follow(self, serving: str) -> None:
+        """Serve from another node of our shard (failover): node client, events, model."""
+        log.warning("shard master is now %s (was %s); following it", serving, self.serving)
+        self.serving = serving
+        host, _, port = serving.rpartition(":")
+        self.node = node_client(self.target, host, int(port), socket_timeout=10)
+        self._pubsub = None
+        self._subscribe()
+        self.client.nodes_manager.initialize()  # store.tag_for reads the slot cache
+        self.owned = []  # re-read our own pending entries on the new master
+        self._model_version = None
 
     def _refresh_model(self) -> None:
         from models import store
 
         try:
-            meta = store.current_meta(self.client, self.master)
+            meta = store.current_meta(self.client, self.serving)
         except store.NoModel:
             meta = None
         version = meta and f"{meta.get('version')}:{meta.get('variant', '')}"
@@ -206,7 +248,7 @@ class ShardWorker:
             self._model_version = None
             return
         try:
-            loaded = store.load(self.client, self.master)
+            loaded = store.load(self.client, self.serving)
         except store.NoModel:
             return
         except store.CorruptModel as exc:
@@ -243,7 +285,8 @@ class ShardWorker:
     def _heartbeat(self) -> None:
         c = self.counters
         beat = {
-            "master": self.master, "partitions": [p.index for p in self.owned],
+            "master": self.master, "serving": self.serving,
+            "partitions": [p.index for p in self.owned],
             "time": time.time(), "pid": os.getpid(), "model": self._model_version,
             "requests": c.requests, "batches": c.batches, "pairs": c.pairs,
             "ingested": c.ingested, "keymiss": c.keymiss, "errors": c.errors,
@@ -550,3 +593,11 @@ class ShardWorker:
         finally:
             with self._keymiss_lock:
                 self._keymiss_inflight.discard(key)
+
+
+def _owner(table: dict[tuple[int, int], dict], slot: int) -> str | None:
+    """The master that owns ``slot`` in a slot table."""
+    for (lo, hi), info in table.items():
+        if lo <= slot <= hi:
+            return info["primary"]
+    return None

@@ -9,12 +9,18 @@ transaction, so a batch lands in a partition entirely or not at all and a crash 
 a document half written. A document whose digest is unchanged writes nothing (re-ingest is a
 no-op); a changed one overwrites its passages, drops their stale tokenization, and announces
 a ``del`` for positions it no longer has (the worker unindexes and deletes those).
+
+Durability: a batch is acknowledged once its transaction is applied on the master (AOF,
+``appendfsync everysec``); when the master has replicas, the writer also sends ``WAIT 1``
+on the connection that wrote the batch and returns only once a replica holds it (or after
+``WAIT_TIMEOUT_MS``, with a warning: a master whose replicas are down still takes writes).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +41,11 @@ from cluster.errors import ShardqaError
 from cluster.partitions import Partition, PartitionMap, doc_key
 from loaders.documents import BadRecord, Document
 from loaders.passages import Passage, split_passages
+
+log = logging.getLogger("shardqa.ingest")
+
+#: How long a batch waits for a replica to acknowledge it (WAIT 1).
+WAIT_TIMEOUT_MS = 5000
 
 #: Passage fields the shard worker writes; a rewritten passage must not keep stale ones.
 TOKEN_FIELDS = ("tok_ids", "tok_offs", "tok_wins", "tok_sig")
@@ -206,7 +217,7 @@ def _write_partition(client, tag: str, items: list[tuple[_Pending, int, bool]]
         pipe.execute()
         return written, deleted
 
-    return _on_owner(client, tag, queue, transaction=True)
+    return _on_owner(client, tag, queue, transaction=True, replicated=True)
 
 
 def _stored_state(client, batch: list[_Pending]) -> list[tuple[str | None, int]]:
@@ -237,21 +248,65 @@ def _stored_state(client, batch: list[_Pending]) -> list[tuple[str | None, int]]
 _REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "EXECABORT")
 
 
-def _on_owner(client, tag: str, queue, *, transaction: bool):
+def _on_owner(client, tag: str, queue, *, transaction: bool, replicated: bool = False):
     """Run ``queue(pipeline)`` on a plain pipeline straight to the master that owns the tag
     (no per-command routing: several times faster); if slots moved meanwhile, refresh the
-    topology and run it again through the cluster client, which follows redirects."""
-    node = client.get_node_from_key(keys.ingest_stream(tag))
-    try:
-        return queue(client.get_redis_connection(node).pipeline(transaction=transaction))
-    except redis.ResponseError as exc:
-        redirected = isinstance(exc, redis.exceptions.ExecAbortError)
-        if not (redirected or str(exc).startswith(_REDIRECTS)):
-            raise
-    except redis.ConnectionError:
-        pass
-    client.nodes_manager.initialize()
+    topology and run it again through the cluster client, which follows redirects.
+
+    ``replicated``: if the master has replicas, WAIT for one to hold what was written."""
+    for attempt in range(2):
+        node = client.get_node_from_key(keys.ingest_stream(tag))
+        conn = client.get_redis_connection(node)
+        replicas = len(client.nodes_manager.slots_cache.get(
+            client.keyslot(keys.ingest_stream(tag)), [])) - 1
+        pipe = (_WaitingPipeline(conn, replicas=1) if replicated and replicas > 0
+                else conn.pipeline(transaction=transaction))
+        try:
+            return queue(pipe)
+        except redis.ResponseError as exc:
+            redirected = isinstance(exc, redis.exceptions.ExecAbortError)
+            if not (redirected or str(exc).startswith(_REDIRECTS)):
+                raise
+        except redis.ConnectionError:
+            if attempt:
+                raise
+        client.nodes_manager.initialize()
     return queue(client.pipeline(transaction=transaction))
+
+
+class _WaitingPipeline(redis.client.Pipeline):
+    """A transaction pipeline that, after EXEC, sends ``WAIT replicas`` on the same
+    connection (WAIT counts only the writes of the connection it is sent on)."""
+
+    def __init__(self, node_client: redis.Redis, replicas: int):
+        super().__init__(node_client.connection_pool, node_client.response_callbacks,
+                         transaction=True, shard_hint=None)
+        self.replicas = replicas
+        self._holding = False
+
+    def reset(self) -> None:
+        held = self.connection if self._holding else None
+        self.connection = None if self._holding else self.connection
+        super().reset()
+        self.connection = held
+
+    def execute(self, raise_on_error: bool = True) -> list:
+        self.connection = self.connection_pool.get_connection()
+        self._holding = True
+        try:
+            result = super().execute(raise_on_error)
+            conn = self.connection
+            conn.send_command("WAIT", self.replicas, WAIT_TIMEOUT_MS)
+            acked = conn.read_response()
+            if acked < self.replicas:
+                log.warning("a batch is on the master but no replica acknowledged it within "
+                            "%d ms (replica down?)", WAIT_TIMEOUT_MS)
+            return result
+        finally:
+            self._holding = False
+            if self.connection is not None:
+                self.connection_pool.release(self.connection)
+                self.connection = None
 
 
 class _IngestProgress:

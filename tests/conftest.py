@@ -43,6 +43,10 @@ class ClusterHandle:
     def client(self, **kwargs):
         return connect(self.target, **kwargs)
 
+    def client_as(self, role: str, **kwargs):
+        """A client as one of the cluster's ACL users (admin, worker, api)."""
+        return connect(self.target.as_role(role), **kwargs)
+
     @property
     def masters(self) -> list[str]:
         spec = self.local.spec()
