@@ -59,7 +59,7 @@ def bench_command(quick, out, model, dev, masters, worker_threads):
         stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
         out = Path("bench/results") / f"{stamp}{'-quick' if quick else ''}.json"
     result = Bench(settings, say=lambda msg: console.print(msg, markup=False),
-                   bar=_Bar).run()
+                   bar=_Bar, interactive=sys.stderr.isatty()).run()
     for path in report.write(result, out):
         console.print(f"wrote {path}")
     for g in result.get("goals", []):

@@ -28,11 +28,10 @@ from gears import ranking
 from gears.asker import normalize
 from models.export import VARIANT_FILES, read_metadata, sample_inputs
 from models.reader import Reader, special_ids
-from models.squad import SquadExample, score_answer, squad_scores
+from models.squad import SquadExample, score_answer
 from models.tokenization import (
     PassageTokens,
     load_tokenizer,
-    tokenize_passages,
     window_token_budget,
 )
 
@@ -72,29 +71,23 @@ def _window_tokens(reader: Reader) -> int:
 # --- quality: reader mode on gold paragraphs ------------------------------------------------
 
 def reader_quality(artifact: Path, examples: list[SquadExample], variants: list[str],
-                   threads: int, progress=None) -> dict:
-    """EM/F1 per variant, each question read against its gold paragraph."""
+                   threads: int, progress: bool = False) -> dict:
+    """EM/F1 per variant, each question read against its gold paragraph: the reader mode of
+    ``shardqa eval`` (gears.evaluation), so the bench and eval report the same score."""
+    from gears.evaluation import evaluate_reader, summarize
+    from gears.evaluation import load_reader as eval_reader
+
     out = {}
     for variant in variants:
-        reader = load_reader(artifact, variant, threads)
-        contexts = sorted({e.context for e in examples})
-        tokens = dict(zip(contexts, tokenize_passages(reader.tokenizer, contexts,
-                                                      _window_tokens(reader), STRIDE),
-                          strict=True))
-        predictions = {}
+        reader, description = eval_reader(artifact, variant=variant, threads=threads)
         t0 = time.perf_counter()
-        for start in range(0, len(examples), 64):
-            chunk = examples[start:start + 64]
-            results = reader.read_many([(e.question, [(e.context, tokens[e.context])])
-                                        for e in chunk])
-            for e, spans in zip(chunk, results, strict=True):
-                predictions[e.id] = spans[0].text if spans and spans[0] else ""
-            if progress:
-                progress(len(chunk))
-        scores = squad_scores(predictions, examples)
-        out[variant] = {"exact_match": round(scores["exact_match"], 2),
-                        "f1": round(scores["f1"], 2), "count": scores["count"],
-                        "seconds": round(time.perf_counter() - t0, 2)}
+        results = evaluate_reader(examples, reader, stride=STRIDE, progress=progress)
+        summary = summarize(results, file="dev", mode="reader", model=description)
+        out[variant] = {"exact_match": round(summary.exact_match, 2),
+                        "f1": round(summary.f1, 2), "count": summary.count,
+                        "seconds": round(time.perf_counter() - t0, 2),
+                        "read_latency_ms": {k: round(v, 2)
+                                            for k, v in summary.latency_ms.items()}}
     if "fp32" in out:
         for row in out.values():
             row["f1_delta_vs_fp32"] = round(row["f1"] - out["fp32"]["f1"], 2)

@@ -33,7 +33,7 @@ from bench import corpus, options, rank_scale
 from bench.baselines import NaiveBaseline, pattern_answer
 from bench.reader_forward import cpu_name, forward_rows, matmul_gflops, model_flops
 from bench.testbed import Testbed
-from bench.timing import ApiClient, median, percentiles, run_concurrent
+from bench.timing import ApiClient, ask_or_error, median, percentiles, run_concurrent
 from cluster import keys, partitions
 from cluster.connection import node_client
 from gears.asker import cache_form
@@ -120,8 +120,10 @@ def _model_config(source: str) -> dict:
 
 
 class Bench:
-    def __init__(self, settings: BenchSettings, say=print, bar=None):
+    def __init__(self, settings: BenchSettings, say=print, bar=None,
+                 interactive: bool = False):
         self.s = settings
+        self.interactive = interactive
         self.say = say
         self.bar = bar or (lambda total, desc: _NoBar())
         self.result: dict = {"settings": _jsonable(asdict(settings)), "machine": machine()}
@@ -157,9 +159,8 @@ class Bench:
         quality_set = questions[: s.quality_questions] if s.quality_questions else questions
         if meta.get("random_qa_head") and not s.quality_questions:
             quality_set = questions[:100]  # meaningless with a random head: keep it short
-        with self.bar(len(quality_set) * len(variants), "reading") as bar:
-            r["quality"] = options.reader_quality(artifact, quality_set, variants, 2,
-                                                  progress=bar.update)
+        r["quality"] = options.reader_quality(artifact, quality_set, variants, 2,
+                                              progress=self.interactive)
 
         latency_qs = pool.take(s.latency_questions * len(s.ks))
         throughput_qs = pool.take(sum(s.throughput_questions.values()))
@@ -189,8 +190,11 @@ class Bench:
         eager_ok = bool(source) and Path(source, "config.json").is_file()
         config = _model_config(source) if eager_ok else {}
         shapes = [(1, 128), (5, 192), (8, 128), (1, 384), (8, 384)]
+        thread_counts = (2, 1)
+        if self.s.quick:
+            shapes, thread_counts = [(1, 128), (5, 192), (8, 384)], (2,)
         out = {}
-        for threads in (2, 1):
+        for threads in thread_counts:
             rows = forward_rows(artifact, threads, self.s.forward_runs, shapes,
                                 eager_source=source if eager_ok else None)
             limit = self.result["matmul"][f"{threads}_threads"]["median_gflops"]
@@ -256,7 +260,7 @@ class Bench:
                 lambda q, k: naive.answer(client, pmap, q, k), latency_qs)
             r["vs_naive"] = vs_naive(r["systems"], self.s.ks)
             self.phase("cached latency: Redis GET and HTTP API")
-            r["cached"] = self.cached(bed, api, latency_qs[: min(50, len(latency_qs))])
+            r["cached"] = self.cached(bed, api, latency_qs[: 10 if s.quick else 40])
             r["worker_batches"] = {m: b.get("batch_sizes") for m, b in
                                    bed.worker_counters().items()}
 
@@ -282,10 +286,12 @@ class Bench:
         bed.new_generation()
         out = {}
         for k, qs in self._split(questions).items():
-            ms, answers, stages = [], [], {}
+            ms, answers, stages, errors = [], [], {}, []
             with self.bar(len(qs), f"k={k}") as bar:
                 for q in qs:
-                    took, body = api.ask(q.question, k)
+                    took, body = ask_or_error(api, q.question, k)
+                    if "error" in body:
+                        errors.append(body["error"])
                     if body.get("cached"):
                         raise AssertionError("an uncached bench question hit the cache")
                     ms.append(took)
@@ -295,6 +301,9 @@ class Bench:
                     bar.update(1)
             out[k] = self._row(ms, answers, qs)
             out[k]["server_stages_p50_ms"] = {st: median(v) for st, v in stages.items()}
+            out[k]["errors"] = len(errors)
+            if errors:
+                self.say(f"  k={k}: {len(errors)} failed, e.g. {errors[0]}")
             self.say(f"  k={k}: p50 {out[k]['latency']['p50']:.1f} ms, "
                      f"p95 {out[k]['latency']['p95']:.1f} ms")
         return out
@@ -330,14 +339,16 @@ class Bench:
             n = self.s.throughput_questions[c]
             qs = questions[offset:offset + n]
             offset += n
-            results, wall = run_concurrent(lambda q: api.ask(q.question, 5), qs, c)
+            results, wall = run_concurrent(lambda q: ask_or_error(api, q.question, 5), qs, c)
             if any(body.get("cached") for _ms, body in results):
                 raise AssertionError("an uncached throughput question hit the cache")
-            out[c] = {"questions": n, "seconds": round(wall, 3),
-                      "questions_per_s": round(n / wall, 2),
-                      "latency": percentiles([ms for ms, _ in results])}
+            ok = [ms for ms, body in results if "error" not in body]
+            out[c] = {"questions": n, "answered": len(ok), "errors": n - len(ok),
+                      "seconds": round(wall, 3), "questions_per_s": round(len(ok) / wall, 2),
+                      "latency": percentiles(ok)}
             self.say(f"  concurrency {c}: {out[c]['questions_per_s']:.1f} questions/s "
-                     f"(p50 {out[c]['latency']['p50']:.0f} ms)")
+                     f"(p50 {out[c]['latency'].get('p50', 0):.0f} ms"
+                     + (f", {n - len(ok)} failed)" if n > len(ok) else ")"))
         return out
 
     def cached(self, bed: Testbed, api: ApiClient, questions) -> dict:

@@ -20,7 +20,11 @@ from cluster.errors import ShardqaError
 
 
 class ApiError(ShardqaError):
-    """The API answered with an error status during the bench."""
+    """The API answered with an error status during the bench (``ms``: how long it took)."""
+
+    def __init__(self, message: str, ms: float = 0.0):
+        super().__init__(message)
+        self.ms = ms
 
 
 def percentiles(ms: list[float]) -> dict:
@@ -73,7 +77,8 @@ class ApiClient:
             ms = (time.perf_counter() - t0) * 1000
             body = json.loads(raw)
             if resp.status != 200:
-                raise ApiError(f"the API answered {resp.status}: {body.get('error', body)}")
+                raise ApiError(f"the API answered {resp.status}: {body.get('error', body)}",
+                               ms=ms)
             return ms, body
         raise AssertionError("unreachable")
 
@@ -85,3 +90,12 @@ def run_concurrent(work, items: list, concurrency: int) -> tuple[list, float]:
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(work, items))
     return results, time.perf_counter() - t0
+
+
+def ask_or_error(api: ApiClient, question: str, k: int) -> tuple[float, dict]:
+    """Like ``api.ask``, but a failed question (e.g. 503 when the shards are saturated) is a
+    result, not the end of the run: its time to failure and ``{"error": ...}``."""
+    try:
+        return api.ask(question, k)
+    except ApiError as exc:
+        return exc.ms, {"error": str(exc), "answer": None}
