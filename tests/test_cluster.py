@@ -9,6 +9,7 @@ from collections import Counter
 import redis
 
 from cluster import functions, partitions
+from cluster.connection import Target, connect, node_client
 from cluster.local import LocalCluster, port_in_use, process_alive
 from tests.conftest import free_port_base, run_cli, start_cluster
 
@@ -44,7 +45,7 @@ def test_keymiss_fires_only_on_owning_master(cluster):
     client = cluster.client()
     subs = {}
     for node in client.get_primaries():
-        ps = redis.Redis(host=node.host, port=node.port).pubsub()
+        ps = node_client(cluster.target, node.host, node.port).pubsub()
         ps.subscribe("__keyevent@0__:keymiss")
         assert ps.get_message(timeout=2)["type"] == "subscribe"
         subs[node.name] = ps
@@ -90,7 +91,8 @@ def test_cli_up_down_persistence_and_errors(tmp_path):
         assert "primary" in status.stdout and f"v{functions.version()}" in status.stdout
         parts = run_cli("cluster", "partitions", env=env, check=True)
         assert "p0." in parts.stdout
-        client = redis.RedisCluster(host="127.0.0.1", port=base)
+        target = Target(directory=str(cdir))
+        client = connect(target)
         client.set("persist-me", "yes")
         client.close()
         time.sleep(1.2)  # appendfsync everysec
@@ -98,7 +100,7 @@ def test_cli_up_down_persistence_and_errors(tmp_path):
         assert not any(process_alive(p) for p in pids)
         assert not any(port_in_use(base + i) for i in range(3))
         assert run_cli("cluster", "up", env=env).returncode == 0
-        client = redis.RedisCluster(host="127.0.0.1", port=base)
+        client = connect(target)
         assert client.get("persist-me") == b"yes"
         assert set(functions.loaded_versions(client).values()) == {functions.version()}
         client.close()
