@@ -211,6 +211,9 @@ class ShardWorker:
         owned = [p for p in self.pmap if _owner(table, p.slot) == self.serving]
         if owned != self.owned:
             log.info("serving partitions %s", [p.index for p in owned])
+            # partitions moved (rebalance): store.tag_for finds our model copy in the slot cache
+            self.client.nodes_manager.initialize()
+            acquired = {p.index for p in owned} - {p.index for p in self.owned}
             for p in owned:
                 for stream in (keys.ingest_stream(p.tag), keys.request_stream(p.tag)):
                     try:
@@ -218,6 +221,11 @@ class ShardWorker:
                     except redis.ResponseError as exc:
                         if "BUSYGROUP" not in str(exc):
                             raise
+                    if p.index in acquired:
+                        # a partition moved here: its previous owner has let go of it, so what
+                        # it left pending is ours now, without waiting claim_idle_ms
+                        self.node.xautoclaim(stream, keys.WORKER_GROUP, self.consumer, 0,
+                                             start_id="0-0", count=1000, justid=True)
                     self._recover.add(stream)
             self.owned = owned
 
