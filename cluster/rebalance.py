@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import redis
 
-from cluster import partitions
+from cluster import functions, partitions
 from cluster.errors import ShardqaError
 from cluster.partitions import Partition, PartitionMap
 
@@ -207,6 +207,12 @@ def rebalance(client, *, prepare: Callable[[Move], None] | None = None,
     moves = plan(pmap, partitions.owners(client, pmap), list(by_name))
     if dry_run:
         return moves
+    for dest in sorted({m.dest for m in moves}):
+        # a new master has no functions library yet; rank/stats must work the moment it
+        # owns a partition
+        node = by_name[dest]
+        node_connection(client, node.host, node.port).function_load(
+            functions.source(), replace=True)
     for move in moves:
         if prepare:
             prepare(move)
