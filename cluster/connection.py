@@ -97,11 +97,13 @@ def connect(target: Target | None = None, *, decode_responses: bool = False,
             socket_timeout=socket_timeout, socket_connect_timeout=3.0,
             **target.credentials(), **kwargs,
         )
-    except redis.AuthenticationError as exc:
-        who = target.credentials().get("username", "default")
-        raise ClusterError(f"the Redis Cluster refused user {who!r}: {exc} (check the "
-                           "password in the URL or SHARDQA_REDIS_PASSWORD)") from exc
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        if isinstance(exc, redis.AuthenticationError) or "username-password" in str(exc):
+            who = target.credentials().get("username", "default")
+            raise ClusterError(
+                f"the Redis Cluster refused user {who!r}: wrong password or user disabled "
+                "(check the URL, SHARDQA_REDIS_USER/SHARDQA_REDIS_PASSWORD or users.json)"
+            ) from exc
         where = ", ".join(f"{n.host}:{n.port}" for n in nodes)
         raise ClusterError(f"cannot reach the Redis Cluster at {where}: {exc}") from exc
 

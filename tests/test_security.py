@@ -1,0 +1,166 @@
+"""Issue 8: least privilege on a real secured cluster (the session cluster is one): ACL users,
+passwords on disk, what each user can and cannot do, connecting by URL, the API's bearer
+token, body limit and rate limit, and model integrity (sha256 before torch sees a byte)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import redis
+
+from api.app import create_app
+from cluster import acl, keys
+from cluster.connection import Target, connect
+from cluster.local import ClusterError
+from gears.asker import Asker
+from models import store
+from tests.conftest import run_cli
+from tests.corpus import QUESTIONS
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def node_addresses(handle) -> list[tuple[str, int]]:
+    spec = handle.local.spec()
+    return [(spec.host, n.port) for n in spec.nodes]
+
+
+def model_keys(client) -> list[str]:
+    """The current model's pointer, meta and first chunk under one master's tag."""
+    tag = next(iter(store.master_tags(client).values()))
+    pointer = json.loads(client.get(keys.model_current(tag)))
+    return [keys.model_current(tag), keys.model_meta(tag, pointer["name"], pointer["version"]),
+            keys.model_chunk(tag, pointer["name"], pointer["version"], 0)]
+
+
+def refused(call) -> bool:
+    try:
+        call()
+    except redis.exceptions.NoPermissionError:
+        return True
+    return False
+
+
+def test_passwords_on_disk_are_private_and_default_user_is_off(redis_cluster):
+    folder = redis_cluster.local.dir
+    assert mode(folder / acl.USERS_FILE) == 0o600
+    assert mode(folder) == 0o700
+    users = acl.load(folder)
+    assert set(users) == {"admin", "worker", "api"} and len(set(users.values())) == 3
+    for node_dir in folder.glob("node-*"):
+        assert mode(node_dir / "users.acl") == 0o600
+        assert mode(node_dir / "redis.conf") == 0o600
+        for password in users.values():  # nodes keep hashes only
+            assert password not in (node_dir / "users.acl").read_text()
+    for host, port in node_addresses(redis_cluster):
+        anonymous = redis.Redis(host=host, port=port, protocol=2)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=host, port=port, username="default", password="x").ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=host, port=port, username="api", password="wrong").ping()
+
+
+def test_api_user_can_ask_and_nothing_more(shared_pipeline, redis_cluster):
+    api = redis_cluster.client_as("api")
+    answer = Asker(api, timeout_s=20).ask(QUESTIONS[0], use_cache=False)
+    assert answer.answer and answer.passage_text  # rank, route, wait, read text, cache
+    node = api.get_redis_connection(api.get_primaries()[0])
+    assert refused(lambda: node.flushall())
+    assert refused(lambda: node.config_set("maxmemory", "1"))
+    assert refused(lambda: node.keys("*"))
+    assert refused(lambda: node.acl_setuser("evil"))
+    admin = redis_cluster.client()
+    for key in model_keys(admin):
+        assert refused(lambda key=key: api.get(key) if "current" in key or "chunk" in key
+                       else api.hgetall(key))
+        assert refused(lambda key=key: api.delete(key))
+    assert refused(lambda: api.set(keys.partition_map(), "{}"))
+    tag = next(iter(store.master_tags(admin).values()))
+    assert refused(lambda: api.hset(keys.passage(tag, "x.0"), "text", "forged"))
+    assert refused(lambda: api.xadd(keys.ingest_stream(tag), {"op": "del", "pid": "x.0"}))
+
+
+def test_worker_user_cannot_change_acls_or_models(shared_pipeline, redis_cluster):
+    worker = redis_cluster.client_as("worker")
+    node = worker.get_redis_connection(worker.get_primaries()[0])
+    assert refused(lambda: node.acl_setuser("evil", enabled=True, commands=["+@all"]))
+    assert refused(lambda: node.execute_command("ACL", "DELUSER", "api"))
+    assert refused(lambda: node.config_set("appendonly", "no"))
+    assert refused(lambda: node.flushall())
+    assert refused(lambda: node.function_load("#!lua name=evil\n", replace=True))
+    admin = redis_cluster.client()
+    current, meta, chunk = model_keys(admin)
+    assert worker.get(chunk)  # it loads the model...
+    assert refused(lambda: worker.set(chunk, b"tampered"))  # ...but cannot change it
+    assert refused(lambda: worker.hset(meta, "sha256", "0" * 64))
+    assert refused(lambda: worker.set(current, "{}"))
+    assert refused(lambda: worker.set(keys.partition_map(), "{}"))
+
+
+def test_connect_by_url_and_environment(shared_pipeline, redis_cluster, monkeypatch):
+    host, port = node_addresses(redis_cluster)[0]
+    password = acl.load(redis_cluster.local.dir)["api"]
+    url = f"redis://api:{quote(password, safe='')}@{host}:{port}"
+    client = connect(Target(url=url))
+    assert Asker(client, timeout_s=20).ask(QUESTIONS[1]).answer
+    monkeypatch.setenv("SHARDQA_REDIS_USER", "api")
+    monkeypatch.setenv("SHARDQA_REDIS_PASSWORD", password)
+    assert connect(Target(url=f"redis://{host}:{port}")).get(keys.generation()) is not None
+    monkeypatch.setenv("SHARDQA_REDIS_PASSWORD", "wrong")
+    with pytest.raises(ClusterError, match="refused user 'api'|cannot reach"):
+        connect(Target(url=f"redis://{host}:{port}"))
+    monkeypatch.delenv("SHARDQA_REDIS_USER")
+    monkeypatch.delenv("SHARDQA_REDIS_PASSWORD")
+    proc = run_cli("ask", QUESTIONS[1], "--json", "--redis", url, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["answer"]
+    bad = run_cli("ask", QUESTIONS[1], "--redis", f"redis://api:nope@{host}:{port}",
+                  timeout=120)
+    assert bad.returncode != 0
+    assert bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_api_token_body_limit_and_rate_limit(shared_pipeline, redis_cluster):
+    asker = Asker(redis_cluster.client_as("api"), timeout_s=20)
+    app = create_app(asker, token="s3cret", rate_limit=3).test_client()
+    q = {"q": QUESTIONS[2]}
+    assert app.get("/qa", query_string=q).status_code == 401
+    bad = app.get("/qa", query_string=q, headers={"Authorization": "Bearer wrong"})
+    assert bad.status_code == 401 and bad.json["error"]["status"] == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    ok = app.get("/qa", query_string=q, headers=auth)
+    assert ok.status_code == 200 and ok.json["answer"]
+    assert app.get("/openapi.json").status_code == 200  # public
+    huge = app.post("/qa", data=json.dumps({"question": "x" * 40000}),
+                    content_type="application/json", headers=auth)
+    assert huge.status_code == 413 and "error" in huge.json
+    statuses = [app.get("/qa", query_string=q, headers=auth).status_code for _ in range(6)]
+    assert 429 in statuses
+    other = create_app(asker, token="s3cret", rate_limit=3).test_client()
+    limited = other.get("/qa", query_string=q, headers=auth,
+                        environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert limited.status_code == 200  # per client address
+
+
+def test_model_loads_only_when_sha256_matches(cluster, tiny_artifact):
+    admin = cluster.client()
+    store.push(admin, tiny_artifact)
+    master = next(iter(store.master_tags(admin)))
+    store.clear_cache()
+    assert store.load(admin, master, cache=False).meta["name"]
+    _, _, chunk = model_keys(admin)
+    blob = admin.get(chunk)
+    admin.set(chunk, blob[:-1] + bytes([blob[-1] ^ 1]))  # one flipped bit
+    with pytest.raises(store.CorruptModel, match="sha256"):
+        store.load(admin, master, cache=False)
+    worker = cluster.client_as("worker")
+    with pytest.raises(store.CorruptModel):  # what the worker does: refuses, loads nothing
+        store.load(worker, master, cache=False)
