@@ -34,8 +34,8 @@ ROLES = ("admin", "worker", "api")
 _ANY = "*"
 _META = f"{keys.PREFIX}:{{{keys.META_TAG}}}:*"
 _MODEL = f"{keys.model_prefix(_ANY)}*"
-_INDEX = [f"{keys.index_term_prefix(_ANY)}*", keys.index_lengths(_ANY), keys.index_df(_ANY),
-          keys.index_stats(_ANY), keys.index_doc_terms(_ANY, _ANY)]
+#: every index key of a partition (postings, lengths, df, stats, per-passage terms, ...)
+_INDEX = [keys.index_term_prefix(_ANY).removesuffix("t:") + "*"]
 _PASSAGES = keys.passage(_ANY, _ANY)
 _DOCS = keys.doc(_ANY, _ANY)
 _INGEST = keys.ingest_stream(_ANY)
@@ -66,7 +66,7 @@ def rules(role: str) -> list[str]:
         return ([f"~{_ANSWERS}", f"~{_REQUESTS}", f"~{_REPLIES}"]
                 + [f"%R~{p}" for p in (*_INDEX, _PASSAGES, _META, _ASK, _INGEST)]
                 + ["+get", "+set", "+fcall", "+fcall_ro", "+xadd", "+blpop", "+del", "+hmget",
-                   "+hget", "+hlen", "+hgetall", "+zrange", "+xinfo|groups", "+expire",
+                   "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+xinfo|groups", "+expire",
                    *_CONNECT])
     raise ShardqaError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
 
