@@ -94,6 +94,11 @@ def index_stats(tag: str) -> str:
     return f"{PREFIX}:{{{tag}}}:ix:stats"
 
 
+def index_windows(tag: str) -> str:
+    """Hash passage id -> number of reader windows its stored tokenization has."""
+    return f"{PREFIX}:{{{tag}}}:ix:wins"
+
+
 def index_doc_terms(tag: str, pid: str) -> str:
     """The exact terms last indexed for a passage, so re-indexing can remove them first."""
     return f"{PREFIX}:{{{tag}}}:ix:doc:{pid}"

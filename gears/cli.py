@@ -90,16 +90,18 @@ def status_command(as_json, target):
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    table = Table("partition", "master", "passages", "terms", "ingest pending",
+    table = Table("partition", "master", "passages", "windows", "terms", "ingest pending",
                   "requests pending", title=f"generation {report['generation']}")
     for p in report["partitions"]:
-        table.add_row(str(p["partition"]), p["master"], str(p["passages"]), str(p["terms"]),
+        table.add_row(str(p["partition"]), p["master"], str(p["passages"]), str(p["windows"]),
+                      str(p["terms"]),
                       str(p["ingest_pending"]), str(p["requests_pending"]))
     console.print(table)
-    wt = Table("worker", "partitions", "heartbeat age (s)", "requests", "batches", "ingested",
-               "errors", "model")
+    wt = Table("worker", "partitions", "heartbeat age (s)", "lag", "requests", "batches",
+               "ingested", "errors", "model")
     for w in report["workers"]:
         wt.add_row(w["id"], ",".join(map(str, w["partitions"])), f"{w['age_s']:.1f}",
+                   str(w["lag"]),
                    str(w["requests"]), str(w["batches"]), str(w["ingested"]), str(w["errors"]),
                    str(w.get("model")))
     console.print(wt)

@@ -22,12 +22,14 @@ def status(client) -> dict:
     for p in pmap:
         pipe.hget(keys.index_stats(p.tag), "n")
         pipe.hlen(keys.index_df(p.tag))
+        pipe.hvals(keys.index_windows(p.tag))
     values = pipe.execute()
     rows = []
     for i, p in enumerate(pmap):
         rows.append({
             "partition": p.index, "tag": p.tag, "master": owners.get(p.index, "?"),
-            "passages": int(values[2 * i] or 0), "terms": int(values[2 * i + 1] or 0),
+            "passages": int(values[3 * i] or 0), "terms": int(values[3 * i + 1] or 0),
+            "windows": sum(int(v) for v in values[3 * i + 2]),
             "ingest_pending": _pending(client, keys.ingest_stream(p.tag)),
             "requests_pending": _pending(client, keys.request_stream(p.tag)),
         })
@@ -38,6 +40,9 @@ def status(client) -> dict:
         beat["id"] = wid.decode()
         beat["age_s"] = now - float(beat.get("time", 0))
         workers.append(beat)
+    for beat in workers:  # lag: entries waiting in the partitions the worker serves
+        mine = [r for r in rows if r["partition"] in set(beat.get("partitions", []))]
+        beat["lag"] = sum(r["ingest_pending"] + r["requests_pending"] for r in mine)
     memory = {}
     for node in client.get_primaries():
         info = client.get_redis_connection(node).info("memory")

@@ -71,6 +71,7 @@ def apply(conn, tag: str, puts: dict[str, Counter[str]], deletes: list[str]) -> 
             tx.hdel(keys.index_lengths(tag), pid)
             tx.delete(keys.index_doc_terms(tag, pid))
             tx.delete(keys.passage(tag, pid))
+            tx.hdel(keys.index_windows(tag), pid)
             n_delta -= 1 if had else 0
             total_delta -= old_len
             change.removed += 1

@@ -499,8 +499,10 @@ class ShardWorker:
     def _store_tokens(self, items) -> None:
         pipe = self.node.pipeline(transaction=False)
         for pid, text, tokens in items:
-            pipe.hset(keys.passage(self.pmap.for_passage(pid).tag, pid),
+            tag = self.pmap.for_passage(pid).tag
+            pipe.hset(keys.passage(tag, pid),
                       mapping={**tokens.pack(), "tok_sig": self._tok_sig(text)})
+            pipe.hset(keys.index_windows(tag), pid, len(tokens.windows))
         pipe.execute()
 
     # --- ingest --------------------------------------------------------------------------
