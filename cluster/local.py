@@ -374,39 +374,51 @@ class LocalCluster:
         replicas = spec.replicas if replicas is None else replicas
         if replicas < 0:
             raise ClusterError("--replicas must not be negative")
-        ports = self._free_ports(spec, 1 + replicas)
-        master = NodeSpec(ports[0], "master")
-        new = [master] + [NodeSpec(port, "replica", master.port) for port in ports[1:]]
-        started: list[NodeSpec] = []
-        try:
-            for node in new:
-                self._start_node(server, spec, node)
-                started.append(node)
-            for node in new:
-                self._wait_ping(spec.host, node.port, timeout, self.node_dir(node) / "redis.log")
-            self._join(spec, new, timeout)
-            grown = ClusterSpec.from_json(spec.to_json())
-            grown.nodes += new
-            grown.masters += 1
-            self.wait_ok(grown, timeout)
-            self.wait_replicas(grown, timeout)
-        except BaseException:
-            self._forget(spec, started)
-            self._stop_nodes(started)
-            for node in started:
-                shutil.rmtree(self.node_dir(node), ignore_errors=True)
-            raise
+        avoid: set[int] = set()
+        for attempt in range(3):
+            ports = self._free_ports(spec, 1 + replicas, avoid)
+            master = NodeSpec(ports[0], "master")
+            new = [master] + [NodeSpec(port, "replica", master.port) for port in ports[1:]]
+            started: list[NodeSpec] = []
+            try:
+                for node in new:
+                    self._start_node(server, spec, node)
+                    started.append(node)
+                for node in new:
+                    self._wait_ping(spec.host, node.port, timeout,
+                                    self.node_dir(node) / "redis.log")
+                self._join(spec, new, timeout)
+                grown = ClusterSpec.from_json(spec.to_json())
+                grown.nodes += new
+                grown.masters += 1
+                self.wait_ok(grown, timeout)
+                self.wait_replicas(grown, timeout)
+                break
+            except BaseException as exc:
+                self._forget(spec, started)
+                self._stop_nodes(started)
+                for node in started:
+                    shutil.rmtree(self.node_dir(node), ignore_errors=True)
+                # a port taken between the check and the start (an outgoing connection's
+                # local port, say): try other ports
+                if attempt < 2 and "Failed listening" in str(exc):
+                    avoid.update(ports)
+                    continue
+                raise
         self.state_path.write_text(grown.to_json())
         return new
 
-    def _free_ports(self, spec: ClusterSpec, count: int) -> list[int]:
-        """``count`` ports after the highest one in use, skipping busy ones (and bus ports)."""
+    def _free_ports(self, spec: ClusterSpec, count: int, avoid: set[int] = frozenset()
+                    ) -> list[int]:
+        """``count`` ports after the highest one in use whose port and bus port (+10000) can
+        be bound now, skipping ``avoid``."""
         ports: list[int] = []
         port = max(n.port for n in spec.nodes) + 1
         while len(ports) < count:
             if port > 55535:
                 raise ClusterError("no free port left for a new node")
-            if not (port_in_use(port, spec.host) or port_in_use(port + 10000, spec.host)):
+            if port not in avoid and _bindable(spec.host, port) and \
+                    _bindable(spec.host, port + 10000):
                 ports.append(port)
             port += 1
         return ports
@@ -499,6 +511,16 @@ class LocalCluster:
             _reap(pid)
             (self.node_dir(node) / "redis.pid.shardqa").unlink(missing_ok=True)
         return [node.port for node, _ in stopped]
+
+
+def _bindable(host: str, port: int) -> bool:
+    """True if nothing holds ``port`` (a listener, or a connection's local port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _reap(pid: int) -> None:

@@ -138,58 +138,85 @@ def move_slot(client, slot: int, source: Master, dest: Master, others: list[Mast
               on_keys: Callable[[int], None] | None = None) -> int:
     """Move one slot and its keys from ``source`` to ``dest``; returns the keys moved.
 
-    The first batch is sent in the same pipeline as SETSLOT MIGRATING, and a slot whose keys
-    fit in one batch is moved in one go, so clients see the slot half-moved (ASK/TRYAGAIN)
-    for as short a time as possible.
+    Clients see the slot half-moved (ASK/TRYAGAIN from a multi-key FCALL) for as short a
+    time as possible: the keys are listed first, then SETSLOT MIGRATING and every MIGRATE
+    batch go to the source in one pipeline, and at the end, once the destination owns the
+    slot, the source and every other master are told at the same moment.
     """
     src = node_connection(client, source.host, source.port, socket_timeout=timeout_ms / 1000 + 30)
     dst = node_connection(client, dest.host, dest.port, socket_timeout=30)
+    bystanders = [node_connection(client, m.host, m.port, socket_timeout=10) for m in others
+                  if m.node_id not in (source.node_id, dest.node_id)]
     base = client.nodes_manager.connection_kwargs
     auth: list = []
     if base.get("password"):
         auth = (["AUTH2", base["username"], base["password"]] if base.get("username")
                 else ["AUTH", base["password"]])
 
-    def migrate(pipe, names: list[bytes]) -> None:
-        pipe.execute_command("MIGRATE", dest.host, dest.port, "", 0, timeout_ms, "REPLACE",
-                             *auth, "KEYS", *names)
+    def migrate_all(pipe, names: list[bytes]) -> list[int]:
+        sizes = []
+        for i in range(0, len(names), batch):
+            chunk = names[i:i + batch]
+            pipe.execute_command("MIGRATE", dest.host, dest.port, "", 0, timeout_ms,
+                                 "REPLACE", *auth, "KEYS", *chunk)
+            sizes.append(len(chunk))
+        pipe.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)  # what is left
+        return sizes
 
     moved = 0
     try:
+        for conn in (src, dst, *bystanders):
+            conn.ping()  # connected and authenticated before anything is half-moved
         dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
-        names = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+        count = int(src.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
+        names = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, max(count, 1))
         pipe = src.pipeline(transaction=False)
         pipe.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dest.node_id)
-        if names:
-            migrate(pipe, names)
-        pipe.execute()
         while True:
-            moved += len(names)
-            if on_keys and names:
-                on_keys(len(names))
-            names = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+            sizes = migrate_all(pipe, names)
+            replies = pipe.execute()
+            for size in sizes:
+                moved += size
+                if on_keys:
+                    on_keys(size)
+            names = replies[-1]  # keys created while the first batches were sent
             if not names:
                 break
             pipe = src.pipeline(transaction=False)
-            migrate(pipe, names)
-            pipe.execute()
-        # the destination first, so the source's redirects never point back at itself
+        # the destination first, so no redirect ever points back at the source
         dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dest.node_id)
-        src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dest.node_id)
+        # the others only learn it from gossip (a higher config epoch) if this fails for them
+        failed = _at_once([src, *bystanders], slot, dest)
+        if failed[0] is not None:
+            raise failed[0]
     except redis.RedisError as exc:
         raise RebalanceError(
             f"moving slot {slot} from {source.name} to {dest.name} failed after {moved} keys: "
             f"{exc}; the slot may be left open (run 'redis-cli --cluster fix "
             f"{source.name}', then 'shardqa cluster rebalance' again)") from exc
-    for other in others:
-        if other.node_id in (source.node_id, dest.node_id):
-            continue
-        try:
-            node_connection(client, other.host, other.port, socket_timeout=10).execute_command(
-                "CLUSTER", "SETSLOT", slot, "NODE", dest.node_id)
-        except redis.RedisError:
-            pass  # it learns the new owner from gossip (higher config epoch) anyway
     return moved
+
+
+def _at_once(conns: list[redis.Redis], slot: int, dest: Master) -> list[Exception | None]:
+    """SETSLOT NODE on several nodes, all sent before any reply is read; per node, the
+    error it answered (or None)."""
+    held = []
+    errors: list[Exception | None] = []
+    try:
+        for conn in conns:
+            c = conn.connection_pool.get_connection()
+            held.append((conn, c))
+            c.send_command("CLUSTER", "SETSLOT", slot, "NODE", dest.node_id)
+        for _, c in held:
+            try:
+                c.read_response()
+                errors.append(None)
+            except redis.RedisError as exc:
+                errors.append(exc)
+    finally:
+        for conn, c in held:
+            conn.connection_pool.release(c)
+    return errors
 
 
 def rebalance(client, *, prepare: Callable[[Move], None] | None = None,

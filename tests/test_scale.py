@@ -1,0 +1,244 @@
+"""Issue 9: grow the cluster by a master while questions are being answered.
+
+The end-to-end test starts its own 3-master cluster with real workers and the tiny reader,
+grows it to 4 masters with ``shardqa.scale.add_master`` while a thread asks continuously,
+and checks nothing failed, every partition is served beside its new master, and the answers
+did not change.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cluster import keys, partitions, rebalance
+from cluster.partitions import Partition, PartitionMap, doc_key
+from gears.asker import Asker, NoReply
+from loaders.documents import Document
+from tests.conftest import WorkerPool, run_cli, start_cluster, start_pipeline
+from tests.corpus import QUESTIONS
+
+#: what a client may see while a slot is half-moved; asking again is a retried request
+REDIRECTS = (redis.exceptions.AskError, redis.exceptions.TryAgainError)
+
+# --- the plan, without a cluster ------------------------------------------------------------
+
+
+def _pmap(count: int) -> PartitionMap:
+    return PartitionMap([Partition(i, f"p{i}.0", i) for i in range(count)])
+
+
+@given(st.integers(1, 40), st.integers(1, 8), st.data())
+def test_plan_balances_with_fewest_moves_and_keeps_lowest(count, n_masters, data):
+    names = [f"m{i}" for i in range(n_masters)]
+    owner = {i: data.draw(st.sampled_from(names)) for i in range(count)}
+    moves = rebalance.plan(_pmap(count), owner, names)
+    after = dict(owner)
+    for move in moves:
+        assert after[move.partition.index] == move.source != move.dest
+        after[move.partition.index] = move.dest
+    sizes = Counter(after.values())
+    per_master = [sizes.get(m, 0) for m in names]
+    assert max(per_master) - min(per_master) <= 1
+    held = sorted((Counter(owner.values()).get(m, 0) for m in names), reverse=True)
+    per, extra = divmod(count, n_masters)
+    fewest = sum(max(0, c - per - (i < extra)) for i, c in enumerate(held))
+    assert len(moves) == fewest
+    for m in names:  # a master that keeps partitions keeps its lowest (its model copy's tag)
+        own = sorted(i for i, o in owner.items() if o == m)
+        if own and sizes.get(m, 0):
+            assert after[own[0]] == m
+    assert [m.partition.index for m in moves] == sorted(m.partition.index for m in moves)
+
+
+def test_plan_refuses_partitions_on_unknown_master():
+    with pytest.raises(rebalance.RebalanceError, match="not a healthy master"):
+        rebalance.plan(_pmap(2), {0: "a", 1: "gone"}, ["a"])
+
+
+# --- growing a serving cluster ----------------------------------------------------------------
+
+EXTRA = [  # one document for each partition that will move, so the new master serves content
+    ("baikal", "Lake Baikal in Siberia is the deepest lake in the world, reaching 1,642 "
+     "meters.", "What is the deepest lake in the world?"),
+    ("sahara", "The Sahara is the largest hot desert and covers most of North Africa.",
+     "What is the largest hot desert?"),
+    ("jupiter", "Jupiter is the largest planet in the Solar System and the fifth from the "
+     "Sun.", "Which is the largest planet in the Solar System?"),
+    ("danube", "The Danube flows through ten countries and ends in the Black Sea.",
+     "Where does the Danube end?"),
+]
+
+
+def documents_for(indices: list[int], count: int) -> list[Document]:
+    """EXTRA documents with ids chosen so that each lands in one of ``indices``."""
+    docs = []
+    for (name, text, _), index in zip(EXTRA, indices, strict=False):
+        n = 0
+        while int(doc_key(f"{name}-{n}"), 16) % count != index:
+            n += 1
+        docs.append(Document(f"{name}-{n}", text, title=name.title()))
+    return docs
+
+
+def served(client) -> dict[int, str]:
+    """Partition -> master of the worker whose fresh heartbeat lists it."""
+    out = {}
+    for raw in client.hgetall(keys.workers()).values():
+        beat = json.loads(raw)
+        if time.time() - beat["time"] < 3 and beat.get("model"):
+            for index in beat["partitions"]:
+                out[index] = beat["master"]
+    return out
+
+
+def test_add_master_while_asking(tmp_path, tiny_artifact):
+    from loaders.writer import ingest, wait_indexed
+    from models import store
+    from shardqa.scale import add_master
+
+    handle = start_cluster(tmp_path, masters=3)
+    pool = WorkerPool(handle, tmp_path, **{"--log-level": "INFO"})
+    try:
+        client = start_pipeline(handle, pool, tiny_artifact)
+        pmap = partitions.load(client)
+        moving = [m.partition.index for m in rebalance.plan(
+            pmap, partitions.owners(client, pmap), [*handle.masters, "~new"])]
+        assert len(moving) == 4
+        ingest(client, documents_for(moving, len(pmap)), progress=False)
+        wait_indexed(client, timeout=60, progress=False)
+        questions = QUESTIONS + [q for _, _, q in EXTRA]
+        asker = Asker(client, timeout_s=20)
+        before = {q: asker.ask(q, use_cache=False) for q in questions}
+        assert {pmap.for_passage(a.passage_id).index for a in before.values()
+                if a.passage_id} & set(moving), "no answer comes from a moving partition"
+
+        stop = threading.Event()
+        log: list[tuple[float, float, str, str | None]] = []  # start, end, question, error
+        changed: list[str] = []
+        retried: list[str] = []
+
+        def keep_asking() -> None:
+            mine = Asker(handle.client(), timeout_s=10)
+            i = 0
+            while not stop.is_set():
+                q = questions[i % len(questions)]
+                i += 1
+                t0 = time.monotonic()
+                try:
+                    try:
+                        answer = mine.ask(q, use_cache=False)
+                    except (NoReply, *REDIRECTS) as exc:
+                        retried.append(f"{type(exc).__name__}: {exc}")  # a retry is fine
+                        answer = mine.ask(q, use_cache=False)
+                    expected = before[q]
+                    if (answer.answer, answer.passage_id, answer.start, answer.end) != (
+                            expected.answer, expected.passage_id, expected.start, expected.end):
+                        changed.append(q)
+                    log.append((t0, time.monotonic(), q, None))
+                except Exception as exc:  # noqa: BLE001 - every failure is counted
+                    log.append((t0, time.monotonic(), q, f"{type(exc).__name__}: {exc}"[:300]))
+
+        asking = threading.Thread(target=keep_asking, daemon=True)
+        asking.start()
+        while len(log) < 3:
+            time.sleep(0.05)
+            assert asking.is_alive()
+        grow_start = time.monotonic()
+        growth = add_master(handle.local, start_worker=lambda m: pool.start(m).pid,
+                            show_progress=False)
+        grow_end = time.monotonic()
+        assert sorted(m.partition.index for m in growth.moves) == sorted(moving)
+        assert {m.dest for m in growth.moves} == {growth.master}
+        deadline = time.monotonic() + 30
+        while True:
+            owner = partitions.owners(client, pmap)
+            if served(client) == owner or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        answered = len(log)
+        while len(log) < answered + 2 * len(questions):
+            time.sleep(0.05)
+            assert asking.is_alive()
+        stop.set()
+        asking.join(timeout=60)
+
+        failures = [(q, err) for _, _, q, err in log if err]
+        assert failures == [], Counter(err for _, err in failures).most_common(5)
+        assert changed == []
+        during = [e for e in log if e[0] < grow_end and e[1] > grow_start]
+        assert during, "no question was asked while the cluster grew"
+        # every partition served by the worker beside the master that owns it now
+        owner = partitions.owners(client, pmap)
+        assert served(client) == owner
+        assert Counter(owner.values()) == Counter({m: 4 for m in [*handle.masters,
+                                                                  growth.master]})
+        client.nodes_manager.initialize()  # store.tag_for reads the slot cache
+        assert store.current_meta(client, growth.master) is not None
+        print(f"asked {len(log)}, {len(during)} while growing, retried {retried}")
+        for q in questions:
+            after = asker.ask(q, use_cache=False)
+            expected = before[q]
+            assert (after.answer, after.passage_id, after.start, after.end) == (
+                expected.answer, expected.passage_id, expected.start, expected.end)
+            assert after.score == pytest.approx(expected.score, abs=1e-4)
+        beats = [json.loads(v) for v in client.hgetall(keys.workers()).values()]
+        new_beat = [b for b in beats if b["master"] == growth.master]
+        assert new_beat and new_beat[0]["requests"] > 0
+        # balanced now: the CLI agrees there is nothing to move
+        proc = run_cli("cluster", "rebalance", "--dir", handle.target.directory)
+        assert proc.returncode == 0, proc.stderr
+        assert "nothing to move" in proc.stdout
+    finally:
+        pool.stop_all()
+        handle.local.down(purge=True)
+
+
+def test_add_master_with_replica_moves_keys_and_streams(tmp_path):
+    handle = start_cluster(tmp_path, masters=2, replicas=1, partition_count=4)
+    try:
+        client = handle.client()
+        pmap = partitions.load(client)
+        for p in pmap:
+            for i in range(30):
+                client.hset(keys.passage(p.tag, f"{p.index}.{i}"), "text", f"passage {i}")
+            stream = keys.request_stream(p.tag)
+            client.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+            client.xadd(stream, {"q": "pending"})
+            client.xreadgroup(keys.WORKER_GROUP, "worker-old", {stream: ">"})
+        proc = run_cli("cluster", "add-master", "--dir", handle.target.directory, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "no local workers are running" in proc.stdout
+        spec = handle.local.spec()
+        new_master, new_replica = spec.nodes[-2:]
+        assert (new_master.role, new_replica.role) == ("master", "replica")
+        assert new_replica.master_port == new_master.port
+        client = handle.client()
+        client.nodes_manager.initialize()
+        owner = partitions.owners(client, pmap)
+        assert sorted(Counter(owner.values()).values()) == [1, 1, 2]
+        new_name = f"{spec.host}:{new_master.port}"
+        assert new_name in owner.values()
+        replicas = partitions.slot_table(client)
+        moved_slot = pmap[next(i for i, m in owner.items() if m == new_name)].slot
+        holder = next(v for (lo, hi), v in replicas.items() if lo <= moved_slot <= hi)
+        assert holder["primary"] == new_name
+        assert holder["replicas"] == [f"{spec.host}:{new_replica.port}"]
+        for p in pmap:  # every key arrived, streams with their group and pending entries
+            assert all(client.hget(keys.passage(p.tag, f"{p.index}.{i}"), "text") ==
+                       f"passage {i}".encode() for i in range(30))
+            group = client.xinfo_groups(keys.request_stream(p.tag))[0]
+            assert group["name"] == b"workers" and group["pending"] == 1
+        # a restart brings the grown cluster back whole
+        handle.local.down()
+        handle.local.up()
+        assert len(handle.local.running_nodes()) == 6
+    finally:
+        handle.local.down(purge=True)
