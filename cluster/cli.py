@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cluster import functions, partitions
+from cluster import acl, functions, partitions
 from cluster.connection import DEFAULT_DIR, Target, connect
 from cluster.local import ClusterError, LocalCluster
 
@@ -68,6 +68,9 @@ def up_command(masters, replicas, port_base, partition_count, node_timeout, clus
         return
     bring_up(local, masters, replicas, port_base, partition_count, node_timeout)
     print_summary(Target(directory=cluster_dir))
+    if local.passwords():
+        console.print(f"ACL users admin, worker, api (default user off); passwords in "
+                      f"{local.dir / acl.USERS_FILE} (mode 0600)")
 
 
 def bring_up(local: LocalCluster, masters: int = 3, replicas: int = 0, port_base: int = 7000,
