@@ -285,6 +285,8 @@ class ShardWorker:
                     self.node.xautoclaim(stream, keys.WORKER_GROUP, self.consumer,
                                          self.settings.claim_idle_ms, start_id="0-0",
                                          count=1000, justid=True)
+                except (redis.exceptions.AskError, redis.exceptions.TryAgainError):
+                    self._next_refresh = 0.0  # moving away (rebalance): look again next turn
                 except redis.ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
