@@ -4,6 +4,10 @@ cache -> rank -> route -> wait -> merge. A cache hit costs one GET (the corpus g
 is remembered for ``generation_max_age_s``); a miss ranks every partition (two pipelined
 fan-outs, one round trip per master each), sends one read request per partition that holds
 one of the best k passages, waits on one reply list, keeps the best span and caches it.
+
+Concurrent misses of the same question in one process are computed once (single flight):
+the others wait for that answer instead of sending the shards the same work again, so a
+burst of a new popular question cannot flood the workers.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ class Asker:
         self._pmap = None
         self._generation = (0, -1.0)  # (value, monotonic time read)
         self._lock = threading.Lock()
+        self._inflight: dict[str, _Flight] = {}
 
     @property
     def pmap(self) -> partitions.PartitionMap:
@@ -139,6 +144,31 @@ class Asker:
                 answer.cached = True
                 answer.timings_ms = {"total": _ms(t0)}
                 return answer
+        with self._lock:
+            flight = self._inflight.get(cache_key) if use_cache else None
+            leader = flight is None
+            if leader:
+                flight = _Flight()
+                if use_cache:
+                    self._inflight[cache_key] = flight
+        if not leader:  # the same question is being answered right now: share it
+            answer = flight.wait(self.timeout_s + 5)
+            answer.timings_ms = {**answer.timings_ms, "total": _ms(t0)}
+            return answer
+        try:
+            answer = self._compute(q, k, gen, cache_key, t0)
+        except BaseException as exc:
+            flight.fail(exc)
+            raise
+        else:
+            flight.done(answer)
+        finally:
+            with self._lock:
+                if self._inflight.get(cache_key) is flight:
+                    del self._inflight[cache_key]
+        return answer
+
+    def _compute(self, q: str, k: int, gen: int, cache_key: str, t0: float) -> Answer:
         t_rank = time.perf_counter()
         ranked = ranking.rank(self.client, self.pmap, q, k)
         rank_ms = _ms(t_rank)
@@ -229,6 +259,32 @@ class Asker:
         title, text = self.client.hmget(keys.passage(tag, best.pid), ["title", "text"])
         answer.title = title.decode("utf-8") if title is not None else None
         answer.passage_text = text.decode("utf-8") if text is not None else None
+
+
+class _Flight:
+    """One question being answered; other threads asking it wait here for the answer."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._answer: Answer | None = None
+        self._error: BaseException | None = None
+
+    def done(self, answer: Answer) -> None:
+        self._answer = answer
+        self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def wait(self, timeout: float) -> Answer:
+        if not self._event.wait(timeout):
+            raise NoReply(f"no answer within {timeout:g}s (waiting for the same question)")
+        if self._error is not None:
+            if isinstance(self._error, ShardqaError):
+                raise type(self._error)(str(self._error))
+            raise self._error
+        return Answer.from_json(self._answer.to_json())  # a copy per caller
 
 
 def _ms(t0: float) -> float:

@@ -174,3 +174,20 @@ def test_extreme_but_valid_inputs(served):
                                       {"Content-Type": "application/json"})
     assert status == 413 and json.loads(body)["error"]["status"] == 413
     assert proc.poll() is None
+
+
+def test_burst_of_one_new_question_is_read_once(served, redis_cluster):
+    """A burst of the same uncached question: the shards read it once, all get the answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gears.asker import Asker
+
+    asker = Asker(redis_cluster.client_as("api"), timeout_s=20)
+    sends = []
+    send = asker._send
+    asker._send = lambda *a, **kw: (sends.append(1), send(*a, **kw))[1]
+    question = f"Who designed the Eiffel Tower, burst {time.time_ns()}?"
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: asker.ask(question), range(12)))
+    assert len({(a.answer, a.passage_id, a.start) for a in answers}) == 1
+    assert 1 <= len(sends) <= 2  # one send (plus at most the one retry), not twelve
