@@ -140,8 +140,8 @@ def move_slot(client, slot: int, source: Master, dest: Master, others: list[Mast
 
     Clients see the slot half-moved (ASK/TRYAGAIN from a multi-key FCALL) for as short a
     time as possible: the keys are listed first, then SETSLOT MIGRATING and every MIGRATE
-    batch go to the source in one pipeline, and at the end, once the destination owns the
-    slot, the source and every other master are told at the same moment.
+    batch go to the source in one pipeline, and at the end every master is told the new
+    owner at the same moment.
     """
     src = node_connection(client, source.host, source.port, socket_timeout=timeout_ms / 1000 + 30)
     dst = node_connection(client, dest.host, dest.port, socket_timeout=30)
@@ -183,12 +183,14 @@ def move_slot(client, slot: int, source: Master, dest: Master, others: list[Mast
             if not names:
                 break
             pipe = src.pipeline(transaction=False)
-        # the destination first, so no redirect ever points back at the source
-        dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dest.node_id)
-        # the others only learn it from gossip (a higher config epoch) if this fails for them
-        failed = _at_once([src, *bystanders], slot, dest)
+        # every master at the same moment (the destination first in line): commands that
+        # queued on the source behind MIGRATE meet ASK redirects only until then. A bystander
+        # that fails learns the owner from gossip (the destination's higher config epoch).
+        failed = _at_once([dst, src, *bystanders], slot, dest)
         if failed[0] is not None:
-            raise failed[0]
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dest.node_id)
+        if failed[1] is not None:
+            raise failed[1]
     except redis.RedisError as exc:
         raise RebalanceError(
             f"moving slot {slot} from {source.name} to {dest.name} failed after {moved} keys: "
