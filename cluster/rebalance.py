@@ -95,6 +95,25 @@ def masters(client) -> list[Master]:
     return sorted(found, key=lambda m: (m.host, m.port))
 
 
+def open_slots(raw_nodes: str | bytes) -> list[str]:
+    """The slots a node reports half-moved (``[slot->-id]`` / ``[slot-<-id]``) on its own
+    ``myself`` line of CLUSTER NODES (only the node itself knows them)."""
+    return [s for n in parse_nodes(raw_nodes) if "myself" in n["flags"]
+            for s in n["slots"] if s.startswith("[")]
+
+
+def refuse_open_slots(client, nodes: list[Master]) -> None:
+    """A move interrupted earlier leaves a slot open; moving more on top would mix them up."""
+    for m in nodes:
+        raw = node_connection(client, m.host, m.port, socket_timeout=10).execute_command(
+            "CLUSTER", "NODES")
+        found = open_slots(raw)
+        if found:
+            raise RebalanceError(
+                f"{m.name} has a half-moved slot {found[0]} (an interrupted move): run "
+                f"'redis-cli --cluster fix {m.name}' first")
+
+
 def plan(pmap: PartitionMap, owner: dict[int, str], master_names: list[str]) -> list[Move]:
     """The fewest whole-partition moves that leave masters differing by at most one.
 
@@ -236,6 +255,8 @@ def rebalance(client, *, prepare: Callable[[Move], None] | None = None,
     moves = plan(pmap, partitions.owners(client, pmap), list(by_name))
     if dry_run:
         return moves
+    if moves:
+        refuse_open_slots(client, all_masters)
     for dest in sorted({m.dest for m in moves}):
         # a new master has no functions library yet; rank/stats must work the moment it
         # owns a partition

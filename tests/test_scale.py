@@ -63,6 +63,31 @@ def test_plan_refuses_partitions_on_unknown_master():
         rebalance.plan(_pmap(2), {0: "a", 1: "gone"}, ["a"])
 
 
+NODES = """\
+07c37dfeb2352 127.0.0.1:30004@40004 master - 0 1426238317239 4 connected
+67ed2db8d677e 127.0.0.1:30002@40002,host-b master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7e 127.0.0.1:30003@40003 myself,master - 0 0 3 connected 10923-16383 [93->-07c37dfeb2352]
+e7d1eecce10fd 127.0.0.1:30005@40005 slave 292f8b365bb7e 0 1426238316232 3 connected
+"""
+
+
+def test_cluster_nodes_parsing_finds_masters_and_open_slots():
+    nodes = rebalance.parse_nodes(NODES)
+    assert [n["addr"] for n in nodes] == ["127.0.0.1:30004", "127.0.0.1:30002",
+                                          "127.0.0.1:30003", "127.0.0.1:30005"]
+    assert nodes[2]["flags"] == {"myself", "master"} and nodes[3]["master_id"] == "292f8b365bb7e"
+    assert rebalance.open_slots(NODES) == ["[93->-07c37dfeb2352]"]
+    assert rebalance.open_slots(NODES.replace(" [93->-07c37dfeb2352]", "")) == []
+
+
+def test_cli_needs_a_cluster(tmp_path):
+    proc = run_cli("cluster", "add-master", "--dir", str(tmp_path / "none"))
+    assert proc.returncode == 1 and "no local cluster" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("cluster", "rebalance", "--dir", str(tmp_path / "none"))
+    assert proc.returncode != 0 and proc.stderr.startswith("error: ")
+
+
 # --- growing a serving cluster ----------------------------------------------------------------
 
 EXTRA = [  # one document for each partition that will move, so the new master serves content
