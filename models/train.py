@@ -59,11 +59,12 @@ class TrainSettings:
     warmup: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
+    max_steps: int | None = None  # ends the schedule (and training) early, HF-style
 
     def must_match(self) -> dict:
-        """The settings a resumed run may not change (epochs may grow, paths may move)."""
+        """The settings a resumed run may not change (the schedule's length may, paths too)."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("epochs", "encoder", "train", "dev")}
+                if k not in ("epochs", "max_steps", "encoder", "train", "dev")}
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -218,6 +219,8 @@ def train(settings: TrainSettings, out: Path, resume: bool = False, threads: int
     lengths = [len(f.input_ids) for f in features]
     steps_per_epoch = math.ceil(len(features) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
+    if settings.max_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
     log(f"{len(features)} windows (mean {np.mean(lengths):.0f} tokens), {steps_per_epoch} "
         f"steps/epoch, {settings.epochs} epochs, {torch.get_num_threads()} threads")
 
@@ -231,7 +234,7 @@ def train(settings: TrainSettings, out: Path, resume: bool = False, threads: int
             raise TrainingError(f"{out}: --resume with different settings than the checkpoint "
                                 f"({state['settings']})")
         if state["total_steps"] != total_steps:
-            log(f"schedule extended from {state['total_steps']} to {total_steps} steps")
+            log(f"schedule length changed from {state['total_steps']} to {total_steps} steps")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])  # the step count; the lambda is ours
         torch.set_rng_state(state["torch_rng"])
@@ -241,9 +244,15 @@ def train(settings: TrainSettings, out: Path, resume: bool = False, threads: int
         log(f"nothing to do: {start_epoch} epochs done")
 
     step = start_epoch * steps_per_epoch
+    if step >= total_steps and start_epoch < settings.epochs:
+        log(f"nothing to do: step {step} >= --max-steps {total_steps}")
     for epoch in range(start_epoch + 1, settings.epochs + 1):
+        if step >= total_steps:
+            break
         model.train()
         batches = length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)
+        # the last epoch is cut short when --max-steps ends the schedule inside it
+        batches = batches[:total_steps - step]
         bar = tqdm(batches, desc=f"epoch {epoch}/{settings.epochs}", unit="batch",
                    disable=not progress, mininterval=_bar_interval(), file=sys.stderr)
         t0 = time.monotonic()
@@ -268,7 +277,9 @@ def train(settings: TrainSettings, out: Path, resume: bool = False, threads: int
                             lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
         bar.close()
         elapsed = time.monotonic() - t0
-        record = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(seen, 1),
+        record = {"epoch": epoch, "step": step, "batches": len(batches),
+                  "partial": len(batches) < steps_per_epoch,
+                  "train_loss": loss_sum / max(seen, 1),
                   "windows_per_s": seen / max(elapsed, 1e-9), "epoch_seconds": elapsed}
         if dev_examples:
             t1 = time.monotonic()
@@ -332,13 +343,16 @@ def _save_checkpoint(folder: Path, model, tokenizer, optimizer, scheduler,
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--max-steps", default=None, type=click.IntRange(1),
+              help="end the schedule (linear decay to 0) and training after this many steps, "
+                   "even inside an epoch; the last checkpoint is epoch-N of that partial epoch")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="torch CPU threads (default: torch's choice)")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="output folder: epoch-N/ checkpoints and the final checkpoint")
 @click.option("--resume", is_flag=True, help="continue from the latest epoch-N/ in --out")
 def train_command(encoder, train_file, dev_file, epochs, max_seq_len, stride, batch_size, lr,
-                  seed, threads, out, resume):
+                  seed, max_steps, threads, out, resume):
     """Fine-tune an extractive-QA reader (encoder + fresh QA head) on SQuAD-format data.
 
     On 2 CPU cores, MiniLM-L6 at --max-seq-len 256 trains at about 6 windows/s: about
@@ -347,7 +361,8 @@ def train_command(encoder, train_file, dev_file, epochs, max_seq_len, stride, ba
     settings = TrainSettings(
         encoder=str(Path(encoder).resolve()), train=str(Path(train_file).resolve()),
         dev=str(Path(dev_file).resolve()) if dev_file else None, epochs=epochs,
-        max_seq_len=max_seq_len, stride=stride, batch_size=batch_size, lr=lr, seed=seed)
+        max_seq_len=max_seq_len, stride=stride, batch_size=batch_size, lr=lr, seed=seed,
+        max_steps=max_steps)
     final = train(settings, Path(out), resume=resume, threads=threads,
                   log=lambda msg: click.echo(msg, err=True))
     summary = f"reader checkpoint in {out}"

@@ -153,3 +153,25 @@ def test_cli_rejects_a_folder_without_a_model(setup, tmp_path):
     assert isinstance(result.exception, ShardqaError)
     assert result.exception.exit_code == 2
     assert "no config.json" in str(result.exception)
+
+
+def test_max_steps_ends_the_schedule_inside_an_epoch(setup, tmp_path):
+    encoder, data = setup
+    out = tmp_path / "run"
+    first = TrainSettings(**{**settings(encoder, data, epochs=3).__dict__})
+    train(first, out, threads=1, progress=False, log=lambda _: None)  # 3 whole epochs
+    per_epoch = json.loads((out / "metrics.json").read_text())["history"][0]["step"]
+    assert per_epoch > 2
+    short = tmp_path / "short"
+    short.mkdir()
+    shutil.copytree(out / "epoch-1", short / "epoch-1")
+    cut = TrainSettings(**{**first.__dict__, "max_steps": per_epoch + 2})
+    logs: list[str] = []
+    train(cut, short, resume=True, threads=1, progress=False, log=logs.append)
+    assert any("schedule length changed" in line for line in logs)
+    history = json.loads((short / "metrics.json").read_text())["history"]
+    assert [(h["epoch"], h["step"], h["partial"]) for h in history] == [
+        (1, per_epoch, False), (2, per_epoch + 2, True)]
+    state = torch.load(short / "epoch-2" / "training_state.pt", weights_only=False)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # decayed to zero at max_steps
+    assert not (short / "epoch-3").exists()
