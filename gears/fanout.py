@@ -3,11 +3,12 @@
 redis-py's cluster pipeline resolves FCALL keys with an extra COMMAND GETKEYS round trip;
 here the partition -> master map comes from the client's own slot cache, so a fan-out over
 every partition costs exactly one round trip per master. A MOVED/ASK/connection error
-(slots moved, failover) refreshes the slot cache and retries once.
+(slots moved, failover) refreshes the slot cache and retries for a moment.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import redis
@@ -15,23 +16,30 @@ from redis.cluster import RedisCluster
 
 from cluster.partitions import Partition
 
+RETRY_FOR_S = 2.0
+
 
 def run(client: RedisCluster, partitions: Sequence[Partition],
         build: Callable[[object, Partition], None]) -> dict[int, object]:
     """``build(pipe, partition)`` queues one command; returns partition index -> reply.
 
-    A reply that is an error is returned as the exception object, not raised.
+    MOVED refreshes the slot cache; ASK and TRYAGAIN (a slot being migrated right now) and
+    a node going away are retried for up to ``RETRY_FOR_S``. A reply that is any other
+    error is returned as the exception object, not raised.
     """
-    for attempt in range(2):
+    deadline = time.monotonic() + RETRY_FOR_S
+    pause = 0.005
+    while True:
         try:
             return _run_once(client, partitions, build)
         except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.MovedError,
                 redis.exceptions.AskError, redis.exceptions.ClusterDownError,
                 redis.exceptions.TryAgainError):
-            if attempt:
+            if time.monotonic() > deadline:
                 raise
             client.nodes_manager.initialize()
-    raise AssertionError("unreachable")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
 
 def _run_once(client, partitions, build) -> dict[int, object]:
@@ -50,7 +58,8 @@ def _run_once(client, partitions, build) -> dict[int, object]:
             build(pipe, p)
         results = pipe.execute(raise_on_error=False)
         for p, result in zip(parts, results, strict=True):
-            if isinstance(result, (redis.exceptions.MovedError, redis.exceptions.AskError)):
+            if isinstance(result, (redis.exceptions.MovedError, redis.exceptions.AskError,
+                                   redis.exceptions.TryAgainError)):
                 raise result
             replies[p.index] = result
     return replies

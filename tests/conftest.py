@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 from cluster import functions, partitions
 from cluster.cli import bring_up
 from cluster.connection import Target, connect
-from cluster.local import LocalCluster, port_in_use
+from cluster.local import LocalCluster
 from tests.model_fixtures import *  # noqa: F403 - the tiny reader model fixtures
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,13 +27,25 @@ _PORTS = random.Random(os.getpid() ^ time.time_ns())
 
 
 def free_port_base(count: int) -> int:
-    """A base port with ``count`` consecutive free ports after it (and their bus ports +10000)."""
-    for _ in range(200):
-        base = _PORTS.randrange(20000, 50000)
-        ports = list(range(base, base + count))
-        if not any(port_in_use(p) or port_in_use(p + 10000) for p in ports):
+    """A base port with ``count`` consecutive free ports (and their bus ports, +10000).
+
+    Drawn below Linux's ephemeral range (32768+), so outgoing connections never take them,
+    and checked by binding.
+    """
+    for _ in range(500):
+        base = _PORTS.randrange(10000, 22000 - count)
+        if all(_bindable(p) and _bindable(p + 10000) for p in range(base, base + count)):
             return base
     raise RuntimeError("no free ports found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
