@@ -79,5 +79,6 @@ def demo_command(api_port, port_base, cluster_dir, questions):
     console.print(f"""curl '{url}/qa?q=Who+was+Isaac+Newton%3F'
 curl -X POST {url}/qa -H 'Content-Type: application/json' -d '{{"question": "What is DNA?"}}'
 shardqa ask "Where is Mount Everest?"
-redis-cli -c -p {port_base} GET "sq:qa:Where is Mount Everest?"   (GET again for the answer)
+REDISCLI_AUTH=<api password from {cluster_dir}/users.json> \\
+  redis-cli -c -p {port_base} --user api GET "sq:qa:Where is Mount Everest?"   (GET it again)
 stop everything: shardqa down""")
