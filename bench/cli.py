@@ -50,8 +50,12 @@ def bench_command(quick, out, model, dev, masters, worker_threads):
     """Measure shardqa and its baselines (naive eager HF, the-pattern style) on this machine:
     latency, throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option.
     Starts and stops its own cluster, workers and API on free ports."""
+    from transformers.utils import logging as hf_logging
+
     from bench import report
     from bench.run import Bench, BenchSettings
+
+    hf_logging.set_verbosity_error()  # the load report of a QA head on an encoder, every time
 
     settings = BenchSettings.for_run(quick, dev=dev, model=model, masters=masters,
                                      worker_threads=worker_threads)

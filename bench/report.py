@@ -14,7 +14,9 @@ def write(result: dict, out: Path) -> list[Path]:
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     md = out.with_suffix(".md")
     md.write_text(markdown(result))
-    return [out, md, *plots(result, out)]
+    readme = out.with_name(out.stem + "-readme.md")
+    readme.write_text(readme_section(result, out))
+    return [out, md, readme, *plots(result, out)]
 
 
 def _k(d: dict, k):
@@ -69,7 +71,8 @@ def markdown(r: dict) -> str:
             for c in s["concurrency"]:
                 row = _k(rows, c)
                 lines.append(f"| {name} | {c} | {_fmt(row['questions_per_s'])} | "
-                             f"{_fmt(row['latency']['p50'])} | {_fmt(row['latency']['p95'])} |")
+                             f"{_fmt(row['latency'].get('p50'))} | "
+                             f"{_fmt(row['latency'].get('p95'))} |")
     if r.get("cached"):
         c = r["cached"]
         lines += ["", "## Cached latency (ms)", "", "| path | p50 | p95 | p99 |",
@@ -153,6 +156,62 @@ def markdown(r: dict) -> str:
             mark = {True: "yes", False: "**no**", None: "-"}[g["reached"]]
             lines.append(f"| {g['goal']} | {_fmt(g['measured'], 2)} {g['unit']} | "
                          f"{g['target']} {g['unit']} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_section(r: dict, out: Path) -> str:
+    """The README's performance section: machine, command, headline table, goals."""
+    m, s = r["machine"], r["settings"]
+    systems = r.get("systems", {})
+    wiki = f"the first {s['distractor_docs']:,}" if s.get("distractor_docs") else "all 10,033"
+    lines = [
+        "## Performance",
+        "",
+        f"Measured by `shardqa bench{' --quick' if s.get('quick') else ''}` "
+        f"({r.get('started', '')}) on {m['cpu']}, {m['cores']} cores "
+        f"(load average {m.get('loadavg_at_start')} at start); {s['masters']} masters with one "
+        f"worker each ({s['worker_threads']} torch thread), the API under waitress; corpus: "
+        f"SQuAD dev paragraphs + {wiki}"
+        " ovos-wiki summaries as distractors; questions from dev, each asked once (uncached).",
+        f"Full figures: `{out.name}` and `{out.with_suffix('.md').name}` in `bench/results/`.",
+        "",
+        "| system | " + " | ".join(f"k={k} p50 / p95 ms" for k in s["ks"])
+        + " | k=5 vs naive |",
+        "|---|" + "---|" * (len(s["ks"]) + 1),
+    ]
+    for name, rows in systems.items():
+        cells = []
+        for k in s["ks"]:
+            lat = _k(rows, k)["latency"]
+            cells.append(f"{_fmt(lat['p50'])} / {_fmt(lat['p95'])}")
+        ratio = _k(r.get("vs_naive", {}).get(name, {}), 5)
+        speedup = f"{ratio:.1f}x" if ratio else ("1x" if name.startswith("naive") else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {speedup} |")
+    tp = r.get("throughput", {})
+    if tp:
+        lines += ["", "Throughput (uncached, k=5): " + "; ".join(
+            f"{name}: " + ", ".join(f"{_fmt(_k(rows, c)['questions_per_s'])} q/s at {c}"
+                                    for c in s["concurrency"]) for name, rows in tp.items())]
+    if r.get("cached"):
+        c = r["cached"]
+        lines.append(f"Cached: p50 {c['redis_get_cluster_client']['p50']:.3f} ms by Redis GET "
+                     f"(cluster client; {c['redis_get_direct_node']['p50']:.3f} ms direct), "
+                     f"{c['http_api']['p50']:.3f} ms through the HTTP API.")
+    if r.get("ingest"):
+        i = r["ingest"]
+        lines.append(f"Ingest: {i['write_passages_per_s']:,} passages/s written, "
+                     f"{i['indexed_passages_per_s']:,} passages/s tokenized and indexed; "
+                     f"{i['redis_bytes_per_passage']:,} Redis bytes per passage.")
+    if r.get("rank_scale"):
+        lines.append("Rank (k=5) p50: " + ", ".join(
+            f"{_fmt(row['exact']['p50'], 2)} ms at {row['passages']:,}"
+            for row in r["rank_scale"]) + " passages.")
+    if r.get("goals"):
+        lines += ["", "| goal | target | measured | reached |", "|---|---|---|---|"]
+        for g in r["goals"]:
+            mark = {True: "yes", False: "no", None: "-"}[g["reached"]]
+            lines.append(f"| {g['goal']} | {g['target']} {g['unit']} | "
+                         f"{_fmt(g['measured'], 2)} {g['unit']} | {mark} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from bench.ingest_write import free_port_base, used_memory
@@ -19,7 +21,7 @@ from cluster.cli import bring_up
 from cluster.connection import Target, connect
 from cluster.errors import ShardqaError
 from cluster.local import port_in_use
-from shardqa.stack import LocalStack, wait_healthy
+from shardqa.stack import LocalStack
 
 
 class TestbedError(ShardqaError):
@@ -81,10 +83,11 @@ class Testbed:
             state["api"] = {"pid": pid, "url": self.api_url}
         self.stack.save(state)
         if artifact is not None:
-            wait_healthy(self.client, self.owners, state.get("api"), timeout)
             self.wait_model(self.model_version, timeout)
         else:
             self._wait_heartbeats(timeout)
+        if self.api_url:
+            self._wait_api(timeout)
         return self
 
     def stop(self) -> None:
@@ -133,6 +136,22 @@ class Testbed:
             if time.monotonic() > deadline:
                 raise TestbedError(f"workers sent no heartbeat within {timeout:g}s "
                                    f"(see {self.stack.dir / 'logs'})")
+            time.sleep(0.2)
+
+    def _wait_api(self, timeout: float) -> None:
+        """Until the API serves requests (its /health judges the cluster, which the bench
+        checks itself: workers with the model)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.api_url + "/openapi.json", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TestbedError(f"the API does not answer at {self.api_url} within "
+                                   f"{timeout:g}s (see {self.stack.dir / 'logs'})")
             time.sleep(0.2)
 
     def _beats(self) -> dict[str, dict]:

@@ -134,10 +134,11 @@ def test_goals_say_what_was_reached_and_what_not():
 
 def test_report_writes_json_markdown_and_plots(tmp_path):
     r = _result()
+    r["vs_naive"] = vs_naive(r["systems"], [1, 5])
     r["goals"] = goals(r)
     paths = report.write(r, tmp_path / "run.json")
     names = {p.name for p in paths}
-    assert {"run.json", "run.md", "run-latency-k.png", "run-rank-size.png",
+    assert {"run.json", "run.md", "run-readme.md", "run-latency-k.png", "run-rank-size.png",
             "run-throughput.png"} <= names
     for p in paths:
         if p.suffix == ".png":
@@ -145,6 +146,9 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
     md = (tmp_path / "run.md").read_text()
     assert "| shardqa int8 | 5 | 10.0 | 12.0 | 12.5 | 2 | 50.0 | 40.0 |" in md
     assert "**no**" in md
+    readme = (tmp_path / "run-readme.md").read_text()
+    assert readme.startswith("## Performance")
+    assert "| shardqa int8 | 10.0 / 12.0 | 10.0 / 12.0 | 6.0x |" in readme
     # the JSON read back (string keys) renders the same table
     again = json.loads((tmp_path / "run.json").read_text())
     assert report.markdown(again) == md
