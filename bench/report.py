@@ -58,6 +58,16 @@ def markdown(r: dict) -> str:
             lines.append(f"| {name} | {k} | {_fmt(lat['p50'])} | {_fmt(lat['p95'])} | "
                          f"{_fmt(lat['p99'])} | {lat['n']} | {_fmt(row['f1'])} | "
                          f"{_fmt(row['exact_match'])} |")
+    stages = [(name, k, _k(rows, k).get("server_stages_p50_ms"))
+              for name, rows in r.get("systems", {}).items() for k in s["ks"]]
+    stages = [(name, k, st) for name, k, st in stages if st]
+    if stages:
+        lines += ["", "Where the time goes (server-side p50 per stage, ms: rank = BM25 fan-out, "
+                  "wait = request to reply, queue = in the request stream, read = the "
+                  "worker's reader batch):", ""]
+        for name, k, st in stages:
+            lines.append(f"- {name}, k={k}: " + ", ".join(
+                f"{stage} {_fmt(v)}" for stage, v in st.items() if v is not None))
     if r.get("vs_naive"):
         lines += ["", "Speed-up over the naive baseline (naive p50 / p50, same questions):", ""]
         for name, by_k in r["vs_naive"].items():
