@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from api.app import create_app
 from cluster import acl, keys
@@ -58,14 +60,15 @@ def test_passwords_on_disk_are_private_and_default_user_is_off(redis_cluster):
         assert mode(node_dir / "redis.conf") == 0o600
         for password in users.values():  # nodes keep hashes only
             assert password not in (node_dir / "users.acl").read_text()
+    once = Retry(NoBackoff(), 0)  # a refusal is final: don't retry it
     for host, port in node_addresses(redis_cluster):
-        anonymous = redis.Redis(host=host, port=port, protocol=2)
+        anonymous = redis.Redis(host=host, port=port, protocol=2, retry=once)
         with pytest.raises(redis.AuthenticationError):
             anonymous.ping()
-        with pytest.raises(redis.AuthenticationError):
-            redis.Redis(host=host, port=port, username="default", password="x").ping()
-        with pytest.raises(redis.AuthenticationError):
-            redis.Redis(host=host, port=port, username="api", password="wrong").ping()
+        for user, password in (("default", "x"), ("api", "wrong")):
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(host=host, port=port, username=user, password=password,
+                            retry=once).ping()
 
 
 def test_api_user_can_ask_and_nothing_more(shared_pipeline, redis_cluster):
