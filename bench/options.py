@@ -249,8 +249,8 @@ def bf16_check(threads: int) -> dict:
     than fp32), so the reader stays fp32/int8. Measured, not assumed."""
     flags = cpu_flags()
     fast = sorted(flags & {"amx_bf16", "avx512_bf16", "amx_tile"})
-    fp32 = matmul_gflops(threads, n=1024, runs=5)
-    bf16 = matmul_gflops(threads, n=1024, runs=5, dtype=torch.bfloat16)
+    fp32 = matmul_gflops(threads, n=512, runs=3)
+    bf16 = matmul_gflops(threads, n=512, runs=3, dtype=torch.bfloat16)  # slow if emulated
     return {"cpu_bf16_flags": fast, "fast_bf16": bool(fast),
             "matmul_fp32_gflops": fp32["median_gflops"],
             "matmul_bf16_gflops": bf16["median_gflops"],
