@@ -94,6 +94,7 @@ def _result() -> dict:
     naive_row = {**row, "latency": {**lat, "p50": 60.0, "p95": 70.0, "p99": 71.0},
                  "latency_ms": [55.0, 65.0]}
     rank_row = {"passages": 1000, "exact": lat, "capped": lat, "capped_overlap_at_k": 1.0,
+                "k": 5, "cap": 1000,
                 "redis_bytes_per_passage_index_only": 900}
     return {
         "settings": {"quick": True, "ks": [1, 5], "concurrency": [1, 4], "masters": 2,
