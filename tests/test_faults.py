@@ -25,11 +25,19 @@ import redis
 
 from cluster import keys, partitions
 from cluster.cli import bring_up
+from cluster.connection import Target, connect
+from cluster.local import LocalCluster
 from gears import index
 from gears.asker import Asker, NoReply
 from loaders.documents import Document
 from loaders.writer import ingest, wait_indexed
-from tests.conftest import WorkerPool, free_port_base, start_cluster, start_pipeline
+from tests.conftest import (
+    WorkerPool,
+    free_port_base,
+    run_cli,
+    start_cluster,
+    start_pipeline,
+)
 from tests.corpus import CORPUS, QUESTIONS
 
 #: what a client may see while a master is down and its replica takes over
@@ -225,6 +233,41 @@ def test_master_killed_replica_takes_over(replicated, tmp_path):
     assert_index_consistent(api_client, stored)
     for q in QUESTIONS:
         assert key(asker.ask(q, use_cache=False)) == want[q]
+    # the killed node comes back as a replica of the promoted one; the worker stays there
+    bring_up(handle.local)
+
+    def rejoined():
+        table = partitions.slot_table(api_client)
+        return any(v["primary"] == replica_addr and victim_addr in v["replicas"]
+                   for v in table.values())
+
+    wait_until(rejoined, 30, "the old master did not rejoin as a replica")
+    pool.wait_ready()
+    for q in QUESTIONS:
+        assert key(asker.ask(q, use_cache=False)) == want[q]
+    beats = [json.loads(v) for v in api_client.hgetall(keys.workers()).values()]
+    assert any(b["master"] == victim_addr and b.get("serving") == replica_addr for b in beats)
+
+
+def test_cli_up_with_replicas_is_secured_and_replicated(tmp_path):
+    env = {"SHARDQA_DIR": str(tmp_path / "c")}
+    base = free_port_base(6)
+    up = run_cli("cluster", "up", "--replicas", "1", "--node-timeout", "2000",
+                 "--port-base", str(base), env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "ACL users admin, worker, api" in up.stdout and "users.json" in up.stdout
+        status = run_cli("cluster", "status", env=env, check=True)
+        assert status.stdout.count("replica") == 3
+        handle_target = Target(directory=env["SHARDQA_DIR"])
+        client = connect(handle_target)
+        table = partitions.slot_table(client)
+        assert len(table) == 3 and all(len(v["replicas"]) == 1 for v in table.values())
+        spec = LocalCluster(env["SHARDQA_DIR"]).spec()
+        assert spec.replicas == 1 and spec.node_timeout_ms == 2000
+        client.close()
+    finally:
+        run_cli("cluster", "down", "--purge", env=env)
 
 
 def test_worker_killed_mid_ingest_loses_nothing_and_counts_nothing_twice(pipeline, workers,
