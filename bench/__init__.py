@@ -1,1 +1,5 @@
 """``shardqa bench``: shardqa measured side by side with its baselines on one machine."""
+
+#: The parts of a bench run, in order (``shardqa bench --only``). Kept here, not in bench.run,
+#: so the CLI can name them without importing torch.
+PHASES = ("machine", "forward", "quality", "api", "baselines", "cached", "options", "rank")

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from bench import PHASES
+
 console = Console(highlight=False)
 
 
@@ -46,7 +48,9 @@ class _Bar:
               help="masters of the bench cluster (one worker each)")
 @click.option("--worker-threads", type=click.IntRange(1, 64), default=1, show_default=True,
               help="torch threads per worker")
-def bench_command(quick, out, model, dev, masters, worker_threads):
+@click.option("--only", default=None, metavar="PHASE,...",
+              help="run only these phases: " + ", ".join(PHASES) + " [default: all]")
+def bench_command(quick, out, model, dev, masters, worker_threads, only):
     """Measure shardqa and its baselines (naive eager HF, the-pattern style) on this machine:
     latency, throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option.
     Starts and stops its own cluster, workers and API on free ports."""
@@ -57,8 +61,13 @@ def bench_command(quick, out, model, dev, masters, worker_threads):
 
     hf_logging.set_verbosity_error()  # the load report of a QA head on an encoder, every time
 
+    phases = tuple(p.strip() for p in (only or "").split(",") if p.strip())
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        raise click.BadParameter(f"unknown phase(s) {', '.join(unknown)}; choose from "
+                                 f"{', '.join(PHASES)}", param_hint="--only")
     settings = BenchSettings.for_run(quick, dev=dev, model=model, masters=masters,
-                                     worker_threads=worker_threads)
+                                     worker_threads=worker_threads, only=phases or None)
     if out is None:
         stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
         out = Path("bench/results") / f"{stamp}{'-quick' if quick else ''}.json"

@@ -61,6 +61,7 @@ class BenchSettings:
     rank_targets: tuple[int, ...] = (10_000, 50_000, 100_000)
     rank_questions: int = 200
     forward_runs: int = 7
+    only: tuple[str, ...] = ()  # phases to run (empty: all of bench.PHASES)
 
     @classmethod
     def for_run(cls, quick: bool, **overrides) -> BenchSettings:
@@ -146,39 +147,47 @@ class Bench:
         questions = corpus.dev_questions(s.dev)
         pool = corpus.QuestionPool(questions)
 
-        self.phase("machine: matmul limit, bf16")
-        r["matmul"] = {f"{t}_threads": matmul_gflops(t) for t in (1, 2)}
-        r["bf16"] = options.bf16_check(2)
+        if self.want("machine") or self.want("forward"):
+            self.phase("machine: matmul limit, bf16")
+            r["matmul"] = {f"{t}_threads": matmul_gflops(t) for t in (1, 2)}
+            r["bf16"] = options.bf16_check(2)
 
-        self.phase("reader forward: eager vs TorchScript, GFLOP/s")
-        r["forward"] = self.forward(artifact, meta)
-        r["warm_up"] = options.warm_up_effect(artifact, variants[-1], s.worker_threads)
-        r["threads_per_worker"] = options.thread_scaling(artifact, variants[-1])
+        if self.want("forward"):
+            self.phase("reader forward: eager vs TorchScript, GFLOP/s")
+            r["forward"] = self.forward(artifact, meta)
+            r["warm_up"] = options.warm_up_effect(artifact, variants[-1], s.worker_threads)
+            r["threads_per_worker"] = options.thread_scaling(artifact, variants[-1])
 
-        self.phase("quality: EM/F1 on dev per variant (reader mode)")
-        quality_set = questions[: s.quality_questions] if s.quality_questions else questions
-        if meta.get("random_qa_head") and not s.quality_questions:
-            quality_set = questions[:100]  # meaningless with a random head: keep it short
-        r["quality"] = options.reader_quality(artifact, quality_set, variants, 2,
-                                              progress=self.interactive)
+        if self.want("quality"):
+            self.phase("quality: EM/F1 on dev per variant (reader mode)")
+            quality_set = questions[: s.quality_questions] if s.quality_questions else questions
+            if meta.get("random_qa_head") and not s.quality_questions:
+                quality_set = questions[:100]  # meaningless with a random head: keep it short
+            r["quality"] = options.reader_quality(artifact, quality_set, variants, 2,
+                                                  progress=self.interactive)
 
         latency_qs = pool.take(s.latency_questions * len(s.ks))
         throughput_qs = pool.take(sum(s.throughput_questions.values()))
         work = Path(tempfile.mkdtemp(prefix="shardqa-bench-"))
         try:
-            self.deployment(work, artifact, variants, latency_qs, throughput_qs)
-            self.phase("rank latency against corpus size (index-only cluster)")
-            seeds = corpus.distractors()
-            r["rank_scale"] = rank_scale.rank_at_scale(
-                work / "rank", masters=s.masters, targets=list(s.rank_targets),
-                base=corpus.dev_documents(s.dev), seeds=seeds,
-                questions=[q.question for q in questions[: s.rank_questions]], say=self.say)
+            if any(self.want(p) for p in ("api", "baselines", "cached", "options")):
+                self.deployment(work, artifact, variants, latency_qs, throughput_qs)
+            if self.want("rank"):
+                self.phase("rank latency against corpus size (index-only cluster)")
+                r["rank_scale"] = rank_scale.rank_at_scale(
+                    work / "rank", masters=s.masters, targets=list(s.rank_targets),
+                    base=corpus.dev_documents(s.dev), seeds=corpus.distractors(),
+                    questions=[q.question for q in questions[: s.rank_questions]],
+                    say=self.say)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         r["goals"] = goals(r)
         r["elapsed_s"] = round(time.perf_counter() - self.started, 1)
         r["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return r
+
+    def want(self, phase: str) -> bool:
+        return not self.s.only or phase in self.s.only
 
     def phase(self, name: str) -> None:
         self.say(f"[{time.perf_counter() - self.started:6.0f}s] {name}")
@@ -241,28 +250,33 @@ class Bench:
 
             r["systems"] = {}
             r["throughput"] = {}
-            for variant in variants:
+            for variant in variants if self.want("api") else variants[:1]:
                 if variant != variants[0]:
                     bed.use_variant(artifact, variant)
                 name = f"shardqa {variant}"
-                self.phase(f"{name}: uncached latency through the API")
-                r["systems"][name] = self.api_latency(bed, api, latency_qs)
-                self.phase(f"{name}: throughput")
-                r["throughput"][name] = self.throughput(bed, api, throughput_qs)
-                if variant == variants[0]:
+                if self.want("api"):
+                    self.phase(f"{name}: uncached latency through the API")
+                    r["systems"][name] = self.api_latency(bed, api, latency_qs)
+                    self.phase(f"{name}: throughput")
+                    r["throughput"][name] = self.throughput(bed, api, throughput_qs)
+                if variant == variants[0] and self.want("baselines"):
                     self.phase(f"the-pattern style baseline (workers on {variant})")
                     r["systems"][f"the-pattern style ({variant} workers)"] = self.baseline(
                         lambda q, k: pattern_answer(client, pmap, q, k), latency_qs)
-            self.phase("naive baseline: eager HF, padded pairs one by one")
-            naive = NaiveBaseline(self.meta["source"], max_seq_len=int(self.meta["max_seq_len"]),
-                                  threads=2)
-            r["systems"]["naive (eager HF)"] = self.baseline(
-                lambda q, k: naive.answer(client, pmap, q, k), latency_qs)
+            if self.want("baselines"):
+                self.phase("naive baseline: eager HF, padded pairs one by one")
+                naive = NaiveBaseline(self.meta["source"],
+                                      max_seq_len=int(self.meta["max_seq_len"]), threads=2)
+                r["systems"]["naive (eager HF)"] = self.baseline(
+                    lambda q, k: naive.answer(client, pmap, q, k), latency_qs)
             r["vs_naive"] = vs_naive(r["systems"], self.s.ks)
-            self.phase("cached latency: Redis GET and HTTP API")
-            r["cached"] = self.cached(bed, api, latency_qs[: 10 if s.quick else 40])
+            if self.want("cached"):
+                self.phase("cached latency: Redis GET and HTTP API")
+                r["cached"] = self.cached(bed, api, latency_qs[: 10 if s.quick else 40])
             r["worker_batches"] = {m: b.get("batch_sizes") for m, b in
                                    bed.worker_counters().items()}
+            if not self.want("options"):
+                return
 
             self.phase("reader options on ranked candidates (in process)")
             opt_qs = latency_qs[: s.option_questions]
