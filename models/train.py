@@ -355,8 +355,9 @@ def train_command(encoder, train_file, dev_file, epochs, max_seq_len, stride, ba
                   seed, max_steps, threads, out, resume):
     """Fine-tune an extractive-QA reader (encoder + fresh QA head) on SQuAD-format data.
 
-    On 2 CPU cores, MiniLM-L6 at --max-seq-len 256 trains at about 6 windows/s: about
-    25-30 minutes per epoch on 8,468 questions (9,752 windows).
+    Measured on 2 shared CPU cores (AMD EPYC, AVX2): MiniLM-L6 at --max-seq-len 256, batch 16
+    trains at 4-4.4 windows/s, about 40 minutes per epoch of 8,468 questions (9,752 windows);
+    68 minutes when the cores were shared with other heavy jobs.
     """
     settings = TrainSettings(
         encoder=str(Path(encoder).resolve()), train=str(Path(train_file).resolve()),
