@@ -251,9 +251,14 @@ def test_add_master_with_replica_moves_keys_and_streams(tmp_path):
         assert sorted(Counter(owner.values()).values()) == [1, 1, 2]
         new_name = f"{spec.host}:{new_master.port}"
         assert new_name in owner.values()
-        replicas = partitions.slot_table(client)
         moved_slot = pmap[next(i for i, m in owner.items() if m == new_name)].slot
-        holder = next(v for (lo, hi), v in replicas.items() if lo <= moved_slot <= hi)
+        deadline = time.monotonic() + 30  # the slot table lists a replica once it has synced
+        while True:
+            replicas = partitions.slot_table(client)
+            holder = next(v for (lo, hi), v in replicas.items() if lo <= moved_slot <= hi)
+            if holder["replicas"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert holder["primary"] == new_name
         assert holder["replicas"] == [f"{spec.host}:{new_replica.port}"]
         for p in pmap:  # every key arrived, streams with their group and pending entries
