@@ -20,12 +20,16 @@ from cluster.connection import connect
               envvar="SHARDQA_ASK_TIMEOUT", help="seconds to wait for shard workers")
 @click.option("--cache-ttl", default=3600, show_default=True, type=click.IntRange(1),
               envvar="SHARDQA_CACHE_TTL", help="answer cache TTL in seconds")
+@click.option("--retrieval-weight", default=None, type=click.FloatRange(0),
+              envvar="SHARDQA_RETRIEVAL_WEIGHT",
+              help="weight of the passage's relative BM25 score in the answer score [3.0]")
 @click.option("--token", default=None, envvar="SHARDQA_API_TOKEN",
               help="require 'Authorization: Bearer TOKEN' on /qa [env SHARDQA_API_TOKEN]")
 @click.option("--rate-limit", default=0.0, show_default=True, type=click.FloatRange(0),
               envvar="SHARDQA_RATE_LIMIT", help="requests/s per client address (0: off)")
 @target_options
-def serve_command(host, port, threads, timeout, cache_ttl, token, rate_limit, target):
+def serve_command(host, port, threads, timeout, cache_ttl, retrieval_weight, token, rate_limit,
+                  target):
     """Serve the QA API (GET/POST /qa, /health, /metrics, /openapi.json)."""
     from waitress import serve
 
@@ -34,7 +38,8 @@ def serve_command(host, port, threads, timeout, cache_ttl, token, rate_limit, ta
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     client = connect(target, max_connections=4 * threads)
-    app = create_app(Asker(client, timeout_s=timeout, cache_ttl_s=cache_ttl), token=token,
-                     rate_limit=rate_limit)
+    tuning = {} if retrieval_weight is None else {"retrieval_weight": retrieval_weight}
+    app = create_app(Asker(client, timeout_s=timeout, cache_ttl_s=cache_ttl, **tuning),
+                     token=token, rate_limit=rate_limit)
     click.echo(f"shardqa API on http://{host}:{port}")
     serve(app, host=host, port=port, threads=threads, ident="shardqa")

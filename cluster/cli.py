@@ -18,7 +18,8 @@ console = Console(highlight=False)
 #: The ACL user (cluster.acl) a command connects as on a local secured cluster; every other
 #: command manages the cluster, models or corpus and connects as ``admin``. With --redis the
 #: URL's user (or SHARDQA_REDIS_USER) decides.
-COMMAND_ROLES = {"worker": "worker", "serve": "api", "ask": "api", "eval": "api"}
+# eval ingests its file in open mode (unless --no-ingest), so it runs as admin
+COMMAND_ROLES = {"worker": "worker", "serve": "api", "ask": "api"}
 
 
 def target_options(func):

@@ -104,12 +104,24 @@ class Answer:
         }
 
 
+#: how much the passage's BM25 score (relative to the best passage's) adds to the reader's
+#: span score; the reader alone is poorly calibrated across passages (chosen on dev, open mode)
+RETRIEVAL_WEIGHT = 3.0
+
+
+def answer_score(span_score: float, bm25: float, top_bm25: float, weight: float) -> float:
+    """Reader span score (start + end logit) plus ``weight`` x the passage's relative BM25."""
+    return span_score + (weight * bm25 / top_bm25 if top_bm25 > 0 else 0.0)
+
+
 class Asker:
     """Thread-safe; one per process is plenty."""
 
     def __init__(self, client, *, timeout_s: float = 10.0, cache_ttl_s: int = 3600,
-                 generation_max_age_s: float = 0.25):
+                 generation_max_age_s: float = 0.25,
+                 retrieval_weight: float = RETRIEVAL_WEIGHT):
         self.client = client
+        self.retrieval_weight = retrieval_weight
         self.timeout_s = timeout_s
         self.cache_ttl_s = cache_ttl_s
         self.generation_max_age_s = generation_max_age_s
@@ -251,9 +263,15 @@ class Asker:
         answer.batch_sizes = sorted(r.batch_requests for r in replies)
         if not spans:
             return
+        bm25 = {r.pid: r.score for r in ranked}
+        top = max(bm25.values())
+
+        def score(s) -> float:
+            return answer_score(s.score, bm25.get(s.pid, 0.0), top, self.retrieval_weight)
+
         # deterministic whatever order the replies came in: score, then passage, then offset
-        best = min(spans, key=lambda s: (-s.score, s.pid, s.start, s.end))
-        answer.answer, answer.score = best.text, best.score
+        best = min(spans, key=lambda s: (-score(s), s.pid, s.start, s.end))
+        answer.answer, answer.score = best.text, score(best)
         answer.start, answer.end, answer.passage_id = best.start, best.end, best.pid
         tag = self.pmap.for_passage(best.pid).tag
         title, text = self.client.hmget(keys.passage(tag, best.pid), ["title", "text"])

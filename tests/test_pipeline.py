@@ -10,7 +10,7 @@ import pytest
 
 from cluster import keys, partitions
 from gears import ranking
-from gears.asker import Asker, QuestionError
+from gears.asker import RETRIEVAL_WEIGHT, Asker, QuestionError, answer_score
 from tests.corpus import QUESTIONS
 
 
@@ -30,10 +30,12 @@ def direct_answer(client, tiny_artifact, question, k=5):
         int(meta["max_seq_len"]), int(meta["max_question_tokens"])), 128)
     spans = reader.read_many([(question, list(zip(texts, tokens, strict=True)))])[0]
     best = None
+    top = max(r.score for r in ranked)
     for r, span in zip(ranked, spans, strict=True):
         if span is None:
             continue
-        key = (-span.score, r.pid, span.start, span.end)
+        score = answer_score(span.score, r.score, top, RETRIEVAL_WEIGHT)
+        key = (-score, r.pid, span.start, span.end)
         if best is None or key < best[0]:
             best = (key, r.pid, span)
     return ranked, best
@@ -50,7 +52,9 @@ def test_answers_equal_direct_reader_and_cache(shared_pipeline, tiny_artifact):
         _, pid, span = best
         assert (answer.passage_id, answer.start, answer.end) == (pid, span.start, span.end)
         assert answer.answer == span.text == answer.passage_text[answer.start:answer.end]
-        assert answer.score == pytest.approx(span.score, abs=1e-3)
+        assert answer.score == pytest.approx(
+            answer_score(span.score, ranked[[r.pid for r in ranked].index(pid)].score,
+                         ranked[0].score, RETRIEVAL_WEIGHT), abs=1e-3)
         assert not answer.cached
         again = asker.ask(question)
         assert again.cached and again.answer == answer.answer
