@@ -23,11 +23,11 @@ console = Console(highlight=False)
 
 QUESTIONS = [
     "Who designed and built the Eiffel Tower?",
-    "What is the highest mountain on Earth above sea level?",
+    "When was the Eiffel Tower built?",
     "When was Philosophiae Naturalis Principia Mathematica first published?",
-    "What is the capital of Japan?",
     "Which formula has been called the world's most famous equation?",
-    "What do plants convert light energy into?",
+    "Which river has the largest discharge volume of water in the world?",
+    "How far is the Moon from Earth on average?",
 ]
 
 
