@@ -226,9 +226,12 @@ def test_master_killed_replica_takes_over(replicated, tmp_path):
     # the recovered tail answers everything (the loop's last answers are all good)
     assert not isinstance(seen[-1][1], BaseException)
     # the worker beside the dead master followed its shard to the promoted replica
-    beats = [json.loads(v) for v in api_client.hgetall(keys.workers()).values()]
-    assert any(b["master"] == victim_addr and b.get("serving") == replica_addr
-               and b["partitions"] for b in beats)
+    def following() -> bool:  # heartbeats are written every second
+        beats = [json.loads(v) for v in api_client.hgetall(keys.workers()).values()]
+        return any(b["master"] == victim_addr and b.get("serving") == replica_addr
+                   and b["partitions"] for b in beats)
+
+    wait_until(following, 15, "the worker beside the dead master did not follow its shard")
     # nothing ingested before the kill is lost, and the index on the new master is whole
     assert_index_consistent(api_client, stored)
     for q in QUESTIONS:
