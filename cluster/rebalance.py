@@ -91,7 +91,12 @@ def masters(client) -> list[Master]:
         flags = n["flags"]
         if "master" in flags and not flags & {"fail", "fail?", "handshake", "noaddr"}:
             host, _, port = n["addr"].rpartition(":")
-            found.append(Master(n["id"], host, int(port)))
+            # the node itself is the authority on its role: gossip may not yet show that a
+            # newly added node was made a replica
+            role = node_connection(client, host, int(port), socket_timeout=10).execute_command(
+                "ROLE")[0]
+            if role in (b"master", "master"):
+                found.append(Master(n["id"], host, int(port)))
     return sorted(found, key=lambda m: (m.host, m.port))
 
 

@@ -214,8 +214,13 @@ def test_add_master_while_asking(tmp_path, tiny_artifact):
             assert (after.answer, after.passage_id, after.start, after.end) == (
                 expected.answer, expected.passage_id, expected.start, expected.end)
             assert after.score == pytest.approx(expected.score, abs=1e-4)
-        beats = [json.loads(v) for v in client.hgetall(keys.workers()).values()]
-        new_beat = [b for b in beats if b["master"] == growth.master]
+        deadline = time.monotonic() + 10  # heartbeats are written every second
+        while True:
+            beats = [json.loads(v) for v in client.hgetall(keys.workers()).values()]
+            new_beat = [b for b in beats if b["master"] == growth.master]
+            if (new_beat and new_beat[0]["requests"] > 0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert new_beat and new_beat[0]["requests"] > 0
         # balanced now: the CLI agrees there is nothing to move
         proc = run_cli("cluster", "rebalance", "--dir", handle.target.directory)
