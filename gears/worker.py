@@ -66,7 +66,6 @@ class WorkerSettings:
     refresh_s: float = 2.0
     keymiss_threads: int = 4
     answer_ttl_s: int = 3600
-    variant: str | None = None  # unused placeholder for future per-worker variant choice
 
 
 class ShardFollower:
