@@ -520,8 +520,12 @@ class ShardWorker:
         for stream, items in by_partition.items():
             changed += self._index_partition(streams[stream], stream, items)
         if changed:
+            # Before the acks: once nothing is pending (wait_indexed), the generation has moved
+            # and no cached answer from the old corpus can be served as current.
             gen = self.client.incr(keys.generation())
             self.client.publish(keys.generation_channel(), gen)
+        for stream, items in by_partition.items():
+            self._ack(stream, [entry_id for entry_id, _ in items])
         self.counters.ingested += len(entries)
         return len(entries)
 
@@ -555,7 +559,6 @@ class ShardWorker:
             self._store_tokens([(pid, text, tok) for (pid, text), tok in
                                 zip(texts, fresh, strict=True)])
         change = index.apply(self.node, tag, puts, deletes)
-        self._ack(stream, [entry_id for entry_id, _ in items])
         return change.indexed + change.removed
 
     def _still_deleted(self, tag: str, pids: list[str]) -> list[str]:
