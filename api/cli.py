@@ -23,13 +23,17 @@ from cluster.connection import connect
 @click.option("--retrieval-weight", default=None, type=click.FloatRange(0),
               envvar="SHARDQA_RETRIEVAL_WEIGHT",
               help="weight of the passage's relative BM25 score in the answer score [3.0]")
+@click.option("--min-rank-ratio", default=None, type=click.FloatRange(0, 1),
+              envvar="SHARDQA_MIN_RANK_RATIO",
+              help="skip candidates ranked below this share of the best BM25 score; 0 reads "
+                   "all k [0.5]")
 @click.option("--token", default=None, envvar="SHARDQA_API_TOKEN",
               help="require 'Authorization: Bearer TOKEN' on /qa [env SHARDQA_API_TOKEN]")
 @click.option("--rate-limit", default=0.0, show_default=True, type=click.FloatRange(0),
               envvar="SHARDQA_RATE_LIMIT", help="requests/s per client address (0: off)")
 @target_options
-def serve_command(host, port, threads, timeout, cache_ttl, retrieval_weight, token, rate_limit,
-                  target):
+def serve_command(host, port, threads, timeout, cache_ttl, retrieval_weight, min_rank_ratio,
+                  token, rate_limit, target):
     """Serve the QA API (GET/POST /qa, /health, /metrics, /openapi.json)."""
     from waitress import serve
 
@@ -38,7 +42,9 @@ def serve_command(host, port, threads, timeout, cache_ttl, retrieval_weight, tok
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     client = connect(target, max_connections=4 * threads)
-    tuning = {} if retrieval_weight is None else {"retrieval_weight": retrieval_weight}
+    tuning = {name: value for name, value in (("retrieval_weight", retrieval_weight),
+                                              ("min_rank_ratio", min_rank_ratio))
+              if value is not None}
     app = create_app(Asker(client, timeout_s=timeout, cache_ttl_s=cache_ttl, **tuning),
                      token=token, rate_limit=rate_limit)
     click.echo(f"shardqa API on http://{host}:{port}")

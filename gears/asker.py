@@ -23,7 +23,7 @@ import redis
 
 from cluster import keys, partitions
 from cluster.errors import ShardqaError
-from gears import ranking
+from gears import health, ranking
 from gears.protocol import ReadReply, ReadRequest, now_ms
 
 log = logging.getLogger("shardqa.ask")
@@ -108,6 +108,10 @@ class Answer:
 #: span score; the reader alone is poorly calibrated across passages (chosen on dev, open mode)
 RETRIEVAL_WEIGHT = 3.0
 
+#: candidates ranking below this share of the best BM25 score are not read (bench/: faster,
+#: and no F1 lost end to end); 0 reads all k
+MIN_RANK_RATIO = 0.5
+
 
 def answer_score(span_score: float, bm25: float, top_bm25: float, weight: float) -> float:
     """Reader span score (start + end logit) plus ``weight`` x the passage's relative BM25."""
@@ -119,9 +123,11 @@ class Asker:
 
     def __init__(self, client, *, timeout_s: float = 10.0, cache_ttl_s: int = 3600,
                  generation_max_age_s: float = 0.25,
-                 retrieval_weight: float = RETRIEVAL_WEIGHT):
+                 retrieval_weight: float = RETRIEVAL_WEIGHT,
+                 min_rank_ratio: float = MIN_RANK_RATIO):
         self.client = client
         self.retrieval_weight = retrieval_weight
+        self.min_rank_ratio = min_rank_ratio
         self.timeout_s = timeout_s
         self.cache_ttl_s = cache_ttl_s
         self.generation_max_age_s = generation_max_age_s
@@ -182,7 +188,8 @@ class Asker:
 
     def _compute(self, q: str, k: int, gen: int, cache_key: str, t0: float) -> Answer:
         t_rank = time.perf_counter()
-        ranked = ranking.rank(self.client, self.pmap, q, k)
+        ranked = ranking.above_floor(ranking.rank(self.client, self.pmap, q, k),
+                                     self.min_rank_ratio)
         rank_ms = _ms(t_rank)
         answer = Answer(q, None, None, None, None, None, None, None, generation=gen, k=k,
                         passages_read=[r.pid for r in ranked])
@@ -203,6 +210,13 @@ class Asker:
     # --- routing -------------------------------------------------------------------------
 
     def _read(self, question: str, ranked: list[ranking.Ranked]) -> tuple[list[ReadReply], float]:
+        """One read request per partition, then wait for every reply up to the timeout.
+
+        Retry rule: half way through, a silent partition's request is sent again only if it
+        is lost: gone from its stream (a failover dropped it) or in a stream no live worker
+        reads. A request still queued for a live worker is waited for: a copy would only
+        lengthen the queue it is in, and that is how overload turns into collapse.
+        """
         t0 = time.perf_counter()
         by_partition: dict[int, list[str]] = {}
         for r in ranked:
@@ -210,17 +224,18 @@ class Asker:
         ask_id = uuid.uuid4().hex[:16]
         reply_to = keys.reply_list(ask_id)
         replies: dict[int, ReadReply] = {}
-        # half the budget for the first try, the rest for the one retry
-        budget = [self.timeout_s / 2, self.timeout_s / 2]
-        for attempt, seconds in enumerate(budget):
-            missing = {p: pids for p, pids in by_partition.items() if p not in replies}
-            if not missing:
-                break
-            self._send(ask_id, question, missing, reply_to, seconds)
-            self._wait(reply_to, replies, set(missing), seconds)
-            if attempt == 0 and len(replies) < len(by_partition):
-                log.warning("ask %s: %d partition(s) silent, retrying once", ask_id,
-                            len(by_partition) - len(replies))
+        end = time.monotonic() + self.timeout_s
+        sent = self._send(ask_id, question, by_partition, reply_to, self.timeout_s)
+        self._wait(reply_to, replies, set(by_partition), self.timeout_s / 2)
+        silent = set(by_partition) - set(replies)
+        if silent:
+            lost = self._lost(silent, sent)
+            if lost:
+                log.warning("ask %s: request(s) for partition(s) %s lost, sending again",
+                            ask_id, sorted(lost))
+                self._send(ask_id, question, {p: by_partition[p] for p in lost}, reply_to,
+                           max(0.0, end - time.monotonic()))
+            self._wait(reply_to, replies, set(by_partition), max(0.0, end - time.monotonic()))
         self.client.delete(reply_to)
         if len(replies) < len(by_partition):
             silent = sorted(set(by_partition) - set(replies))
@@ -231,7 +246,8 @@ class Asker:
             raise NoReply(f"a shard worker could not read: {errors[0]}")
         return list(replies.values()), _ms(t0)
 
-    def _send(self, ask_id, question, missing, reply_to, seconds) -> None:
+    def _send(self, ask_id, question, missing, reply_to, seconds) -> dict[int, str]:
+        """Partition -> the id of its request entry."""
         deadline = now_ms() + int(seconds * 1000)
         pipe = self.client.pipeline(transaction=False)
         for index, pids in missing.items():
@@ -239,7 +255,19 @@ class Asker:
             request = ReadRequest(ask_id, index, question, pids, reply_to, deadline)
             pipe.xadd(keys.request_stream(p.tag), request.fields(), maxlen=100_000,
                       approximate=True)
-        pipe.execute()
+        return {index: _text(entry_id)
+                for index, entry_id in zip(missing, pipe.execute(), strict=True)}
+
+    def _lost(self, silent: set[int], sent: dict[int, str]) -> set[int]:
+        """The silent partitions whose request no live worker will read."""
+        served = health.served_partitions(self.client)
+        pipe = self.client.pipeline(transaction=False)
+        order = sorted(silent)
+        for index in order:
+            pipe.xrange(keys.request_stream(self.pmap[index].tag), sent[index], sent[index])
+        found = pipe.execute(raise_on_error=False)
+        return {index for index, entries in zip(order, found, strict=True)
+                if index not in served or not entries or isinstance(entries, Exception)}
 
     def _wait(self, reply_to: str, replies: dict[int, ReadReply], want: set[int],
               seconds: float) -> None:
@@ -303,6 +331,10 @@ class _Flight:
                 raise type(self._error)(str(self._error))
             raise self._error
         return Answer.from_json(self._answer.to_json())  # a copy per caller
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _ms(t0: float) -> float:

@@ -51,6 +51,20 @@ def status(client) -> dict:
             "workers": workers, "memory": memory}
 
 
+def served_partitions(client, now: float | None = None) -> set[int]:
+    """Partitions named by a worker whose heartbeat is fresh: someone is reading them."""
+    now = time.time() if now is None else now
+    served: set[int] = set()
+    for raw in client.hvals(keys.workers()):
+        try:
+            beat = json.loads(raw)
+            if now - float(beat["time"]) <= HEARTBEAT_STALE_S:
+                served.update(int(i) for i in beat.get("partitions", []))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return served
+
+
 def _pending(client, stream: str) -> int:
     """Entries not yet acknowledged: undelivered (lag) plus delivered but pending."""
     try:

@@ -80,3 +80,15 @@ def rank(client, pmap: PartitionMap, question: str, k: int = 5,
             found.append(Ranked(pid, index, float(reply[i + 1])))
     found.sort(key=lambda r: (-r.score, r.pid))
     return found[:k]
+
+
+def above_floor(ranked: list[Ranked], ratio: float) -> list[Ranked]:
+    """The candidates scoring at least ``ratio`` x the best one (best first, as given).
+
+    Reading a passage that ranks far below the best costs a full reader pass and rarely
+    gives the answer; bench/ measures the speed and F1 of the ratio.
+    """
+    if not ranked or ratio <= 0:
+        return ranked
+    floor = ratio * ranked[0].score
+    return [r for r in ranked if r.score >= floor]

@@ -10,7 +10,7 @@ import pytest
 
 from cluster import keys, partitions
 from gears import ranking
-from gears.asker import RETRIEVAL_WEIGHT, Asker, QuestionError, answer_score
+from gears.asker import MIN_RANK_RATIO, RETRIEVAL_WEIGHT, Asker, QuestionError, answer_score
 from tests.corpus import QUESTIONS
 
 
@@ -20,7 +20,7 @@ def direct_answer(client, tiny_artifact, question, k=5):
     from models.tokenization import tokenize_passages, window_token_budget
 
     pmap = partitions.load(client)
-    ranked = ranking.rank(client, pmap, question, k)
+    ranked = ranking.above_floor(ranking.rank(client, pmap, question, k), MIN_RANK_RATIO)
     loaded = store.load(client, client.get_primaries()[0].name)
     reader = loaded.reader()
     meta = loaded.meta

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
-from cluster import partitions
+import pytest
+
+from cluster import keys, partitions
+from gears import ranking
 from gears.asker import Asker, NoReply
 from loaders.documents import Document
 from loaders.writer import ingest, wait_indexed
@@ -55,3 +59,24 @@ def test_killed_worker_requests_are_claimed_or_503(pipeline, workers, cluster):
     workers.wait_ready()
     for q in QUESTIONS:  # and afterwards everything answers
         assert asker.ask(q, use_cache=False).answer is not None
+
+
+def test_a_busy_worker_gets_no_second_copy_of_a_request(pipeline, workers):
+    """Retry rule: a request queued for a live worker is waited for, never sent twice."""
+    client = pipeline
+    pmap = partitions.load(client)
+    ranked = ranking.rank(client, pmap, QUESTIONS[0], 5)
+    victim = partitions.owners(client, pmap)[ranked[0].partition]
+    streams = [keys.request_stream(p.tag) for p in pmap]
+
+    def requests_sent() -> int:
+        return sum(client.xlen(s) for s in streams if client.exists(s))
+
+    before = requests_sent()
+    workers.procs[victim].send_signal(signal.SIGSTOP)  # alive (fresh heartbeat), not reading
+    try:
+        with pytest.raises(NoReply):
+            Asker(client, timeout_s=3, min_rank_ratio=0).ask(QUESTIONS[0], use_cache=False)
+    finally:
+        workers.procs[victim].send_signal(signal.SIGCONT)
+    assert requests_sent() - before == len({c.partition for c in ranked})

@@ -131,3 +131,11 @@ def test_analyzer_is_total_and_consistent(text):
     assert all(len(t) <= analyzer.MAX_TERM_CHARS for t in terms)
     assert Counter(terms) == analyzer.term_frequencies(text)
     assert set(analyzer.query_terms(text)) <= set(terms)
+
+
+def test_rank_floor_keeps_candidates_at_or_above_the_share_of_the_best():
+    ranked = [ranking.Ranked("a.0", 0, 10.0), ranking.Ranked("b.0", 1, 5.0),
+              ranking.Ranked("c.0", 2, 4.99)]
+    assert [r.pid for r in ranking.above_floor(ranked, 0.5)] == ["a.0", "b.0"]
+    assert ranking.above_floor(ranked, 0) == ranked
+    assert ranking.above_floor([], 0.5) == []
