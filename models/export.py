@@ -187,14 +187,40 @@ def parity(reference: Callable, candidate: Callable, inputs: list) -> dict:
             "pairs": total}
 
 
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 Linear layers with per-channel weights; the QA output layer (hidden x 2,
-    negligible cost) stays fp32 since its outputs are the logits themselves."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
+    """Dynamic int8 Linear with full 8-bit activations and 7-bit weights.
 
-    spec = {name: per_channel_dynamic_qconfig for name, mod in model.named_modules()
+    fbgemm's default quantizes activations to 7 bits (reduce_range) so that u8 x s8 pair sums
+    cannot saturate AVX2's 16-bit accumulators. Taking that bit from the per-channel weights
+    instead keeps the same guarantee and loses less: dev F1 69.02 vs 68.19 (fp32 70.13).
+    """
+
+    _FLOAT_MODULE = torch.nn.Linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(
+            x, self._packed_params._packed_params, reduce_range=False).to(x.dtype)
+
+    def _get_name(self) -> str:
+        return "Int8Linear"
+
+
+#: per-channel symmetric weights in [-64, 63], activations quantized per call over [0, 255]
+INT8_QCONFIG = torch.ao.quantization.QConfig(
+    activation=torch.ao.quantization.observer.default_dynamic_quant_observer,
+    weight=torch.ao.quantization.observer.PerChannelMinMaxObserver.with_args(
+        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-64, quant_max=63))
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Every Linear to Int8Linear but the QA output layer (hidden x 2, negligible cost),
+    which stays fp32 since its outputs are the logits themselves."""
+    from torch.ao.quantization import quantize_dynamic
+
+    spec = {name: INT8_QCONFIG for name, mod in model.named_modules()
             if isinstance(mod, torch.nn.Linear) and not name.endswith("qa_outputs")}
-    return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
+    return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8,
+                            mapping={torch.nn.Linear: Int8Linear})
 
 
 def _trace(wrapper: torch.nn.Module, example) -> torch.jit.ScriptModule:
@@ -250,7 +276,7 @@ def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
     report = {"fp32": fp32, "shapes": shapes, "tolerance": FP32_TOLERANCE}
     traced_int8 = None
     if int8:
-        say("quantizing int8 (dynamic, per-channel)")
+        say("quantizing int8 (dynamic; 8-bit activations, 7-bit per-channel weights)")
         qmodel = quantize_int8(model)
         traced_int8 = _trace(_QAOutputs(qmodel, with_types).eval(),
                              sample_inputs(vocab, specials, 2, 16, seed=99))
