@@ -19,14 +19,14 @@ NAME = "minilm-squad"
 def default_artifact(variant_int8: bool = True, cache_dir: str | os.PathLike | None = None
                      ) -> Path:
     """Export the bundled reader (fp32 + int8) unless an export of it is already cached."""
-    from models.export import export
+    from models.export import EXPORT_SCHEME, export
 
     if not (BUNDLED / "config.json").is_file():
         raise ShardqaError(f"the bundled reader is missing ({BUNDLED}); pass --model ARTIFACT")
     cache = Path(cache_dir or os.environ.get("SHARDQA_ARTIFACTS", ".shardqa/artifacts"))
     stamp = str(int((BUNDLED / "model.safetensors").stat().st_mtime)) if (
         BUNDLED / "model.safetensors").exists() else "0"
-    out = cache / f"{NAME}-{stamp}"
+    out = cache / f"{NAME}-{stamp}-x{EXPORT_SCHEME}"
     if (out / "shardqa-model.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
