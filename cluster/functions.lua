@@ -2,7 +2,7 @@
 -- The shardqa functions library, loaded on every master (FUNCTION LOAD REPLACE).
 -- Every function touches only the keys it is given, all in one partition's slot.
 
-local VERSION = '3'
+local VERSION = '4'
 
 local function shardqa_version(keys, args)
   return VERSION
@@ -24,19 +24,29 @@ end
 
 -- rank: BM25 over one partition with global weights, so scores compare across partitions.
 -- KEYS: lengths, term postings (one sorted set per query term: member passage id, score tf).
--- ARGV: k, k1, b, avgdl, weight(term1), weight(term2), ...  (weights: global idf)
+-- ARGV: k, k1, b, avgdl, cap, weight(term1), weight(term2), ...  (weights: global idf)
+-- cap > 0 reads at most cap postings per term, highest tf first, so the work stops growing
+-- with the corpus; every passage so found still gets its exact score (ZMSCORE fills in the
+-- terms whose postings were cut). cap 0 reads every posting.
 -- Returns {passage id, score, passage id, score, ...} best first, at most k pairs.
 local function rank(keys, args)
   local k = tonumber(args[1]) or 5
   local k1 = tonumber(args[2]) or 1.2
   local b = tonumber(args[3]) or 0.75
   local avgdl = tonumber(args[4]) or 1
+  local cap = tonumber(args[5]) or 0
   if avgdl <= 0 then avgdl = 1 end
-  local pids, tf_lists, weights = {}, {}, {}
-  local seen = {}
+  local pids, seen, cut = {}, {}, {}
   for i = 2, #keys do
-    local w = tonumber(args[3 + i]) or 1
-    local postings = redis.call('ZRANGE', keys[i], 0, -1, 'WITHSCORES')
+    local postings
+    if cap > 0 then
+      postings = redis.call('ZRANGE', keys[i], 0, cap - 1, 'REV', 'WITHSCORES')
+      if #postings >= 2 * cap and redis.call('ZCARD', keys[i]) > cap then
+        cut[#cut + 1] = i
+      end
+    else
+      postings = redis.call('ZRANGE', keys[i], 0, -1, 'WITHSCORES')
+    end
     for j = 1, #postings, 2 do
       local pid = postings[j]
       local entry = seen[pid]
@@ -45,26 +55,33 @@ local function rank(keys, args)
         seen[pid] = entry
         pids[#pids + 1] = pid
       end
-      entry[#entry + 1] = w
-      entry[#entry + 1] = tonumber(postings[j + 1])
+      entry[i] = tonumber(postings[j + 1])
     end
   end
   if #pids == 0 then return {} end
-  local scored = {}
   local chunk = 4000
+  for _, i in ipairs(cut) do
+    for start = 1, #pids, chunk do
+      local stop = math.min(start + chunk - 1, #pids)
+      local tfs = redis.call('ZMSCORE', keys[i], unpack(pids, start, stop))
+      for x = start, stop do
+        local tf = tfs[x - start + 1]
+        if tf then seen[pids[x]][i] = tonumber(tf) end
+      end
+    end
+  end
+  local scored = {}
   for start = 1, #pids, chunk do
     local stop = math.min(start + chunk - 1, #pids)
     local lens = redis.call('HMGET', keys[1], unpack(pids, start, stop))
-    for i = start, stop do
-      local dl = tonumber(lens[i - start + 1]) or avgdl
+    for x = start, stop do
+      local dl = tonumber(lens[x - start + 1]) or avgdl
       local norm = k1 * (1 - b + b * dl / avgdl)
-      local entry = seen[pids[i]]
       local s = 0
-      for j = 1, #entry, 2 do
-        local tf = entry[j + 1]
-        s = s + entry[j] * tf * (k1 + 1) / (tf + norm)
+      for i, tf in pairs(seen[pids[x]]) do
+        s = s + (tonumber(args[4 + i]) or 1) * tf * (k1 + 1) / (tf + norm)
       end
-      scored[#scored + 1] = {pids[i], s}
+      scored[#scored + 1] = {pids[x], s}
     end
   end
   table.sort(scored, function(x, y)
@@ -77,6 +94,38 @@ local function rank(keys, args)
     out[#out + 1] = string.format('%.17g', scored[i][2])
   end
   return out
+end
+
+-- postings: a batch's postings changes in one partition, in one call (the shard worker,
+-- inside its per-partition transaction). KEYS: term postings.
+-- ARGV: for each key in order: n, then n pairs tf, passage id (tf 0: the passage leaves).
+local function postings(keys, args)
+  local at = 1
+  for i = 1, #keys do
+    local n = tonumber(args[at])
+    local adds, removes = {}, {}
+    for j = at + 1, at + 2 * n, 2 do
+      if tonumber(args[j]) > 0 then
+        adds[#adds + 1] = args[j]
+        adds[#adds + 1] = args[j + 1]
+      else
+        removes[#removes + 1] = args[j + 1]
+      end
+    end
+    if #adds > 0 then redis.call('ZADD', keys[i], unpack(adds)) end
+    if #removes > 0 then redis.call('ZREM', keys[i], unpack(removes)) end
+    at = at + 1 + 2 * n
+  end
+  return #keys
+end
+
+-- counts: HINCRBY of many fields of one hash in one call (the worker's document-frequency
+-- changes of a batch). KEYS: the hash. ARGV: field, delta, ...
+local function counts(keys, args)
+  for i = 1, #args, 2 do
+    redis.call('HINCRBY', keys[1], args[i], args[i + 1])
+  end
+  return #args / 2
 end
 
 -- ask: for redis-cli. KEYS: the answer key "sq:qa:<question>".
@@ -93,3 +142,5 @@ redis.register_function{function_name='shardqa_version', callback=shardqa_versio
 redis.register_function{function_name='stats', callback=stats, flags={'no-writes'}}
 redis.register_function{function_name='rank', callback=rank, flags={'no-writes'}}
 redis.register_function{function_name='ask', callback=ask, flags={'no-writes'}}
+redis.register_function{function_name='postings', callback=postings}
+redis.register_function{function_name='counts', callback=counts}

@@ -26,13 +26,8 @@ s t d ll m re ve y
 
 def terms(text: str) -> list[str]:
     """Index terms of ``text`` in order (repeats kept: they are term frequencies)."""
-    out = []
-    for match in _WORD.finditer(text.casefold()):
-        word = match.group()
-        if word in STOPWORDS or word == "_" * len(word):
-            continue
-        out.append(word[:MAX_TERM_CHARS])
-    return out
+    return [word[:MAX_TERM_CHARS] for word in _WORD.findall(text.casefold())
+            if word not in STOPWORDS and word.strip("_")]
 
 
 def term_frequencies(text: str) -> Counter[str]:

@@ -49,6 +49,13 @@ def apply(conn, tag: str, puts: dict[str, Counter[str]], deletes: list[str]) -> 
     n_delta = 0
     total_delta = 0
     df_delta: Counter[str] = Counter()
+    # term -> {pid: tf, 0 to remove}: the batch's postings changes go to Redis in one call
+    # (functions.lua: postings); a command per term and passage made the client's command
+    # handling, not Redis, the bound on indexing speed
+    postings: dict[str, dict[str, int]] = {}
+    lengths: dict[str, int] = {}
+    doc_terms: dict[str, str] = {}
+    gone_pids: list[str] = []
     for pid in pids:
         old = olds[pid]
         new = puts.get(pid)
@@ -58,33 +65,47 @@ def apply(conn, tag: str, puts: dict[str, Counter[str]], deletes: list[str]) -> 
         old = old or Counter()
         new_terms = new or Counter()
         for term in old.keys() - new_terms.keys():
-            tx.zrem(keys.index_term(tag, term), pid)
+            postings.setdefault(term, {})[pid] = 0
             df_delta[term] -= 1
         for term, tf in new_terms.items():
             if old.get(term) != tf:
-                tx.zadd(keys.index_term(tag, term), {pid: tf})
+                postings.setdefault(term, {})[pid] = tf
             if term not in old:
                 df_delta[term] += 1
         old_len = sum(old.values())
         had = olds[pid] is not None
         if new is None:
-            tx.hdel(keys.index_lengths(tag), pid)
-            tx.delete(keys.index_doc_terms(tag, pid))
-            tx.delete(keys.passage(tag, pid))
-            tx.hdel(keys.index_windows(tag), pid)
+            gone_pids.append(pid)
             n_delta -= 1 if had else 0
             total_delta -= old_len
             change.removed += 1
         else:
             new_len = sum(new_terms.values())
-            tx.hset(keys.index_lengths(tag), pid, new_len)
-            tx.set(keys.index_doc_terms(tag, pid), _encode(new_terms))
+            lengths[pid] = new_len
+            doc_terms[keys.index_doc_terms(tag, pid)] = _encode(new_terms)
             n_delta += 0 if had else 1
             total_delta += new_len - old_len
             change.indexed += 1
-    for term, delta in df_delta.items():
-        if delta:
-            tx.hincrby(keys.index_df(tag), term, delta)
+    if lengths:
+        tx.hset(keys.index_lengths(tag), mapping=lengths)
+        tx.mset(doc_terms)  # one slot: every key carries the partition's hash tag
+    if gone_pids:
+        tx.hdel(keys.index_lengths(tag), *gone_pids)
+        tx.hdel(keys.index_windows(tag), *gone_pids)
+        tx.delete(*[keys.index_doc_terms(tag, pid) for pid in gone_pids],
+                  *[keys.passage(tag, pid) for pid in gone_pids])
+    if postings:
+        terms = list(postings)
+        args: list = []
+        for term in terms:
+            members = postings[term]
+            args.append(len(members))
+            for pid, tf in members.items():
+                args += (tf, pid)
+        tx.fcall("postings", len(terms), *[keys.index_term(tag, t) for t in terms], *args)
+    deltas = [x for term, delta in df_delta.items() if delta for x in (term, delta)]
+    if deltas:
+        tx.fcall("counts", 1, keys.index_df(tag), *deltas)
     if n_delta:
         tx.hincrby(keys.index_stats(tag), "n", n_delta)
     if total_delta:

@@ -17,6 +17,10 @@ from gears import analyzer, fanout
 
 K1 = 1.2
 B = 0.75
+#: postings read per query term and partition, highest tf first (0: all of them); every
+#: passage found is still scored exactly. Keeps rank time flat as the corpus grows; bench/
+#: measures its latency and its overlap with the exact top k.
+POSTINGS_CAP = 0
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def global_stats(client, pmap: PartitionMap, terms: list[str]) -> GlobalStats:
 
 
 def rank(client, pmap: PartitionMap, question: str, k: int = 5,
-         stats: GlobalStats | None = None) -> list[Ranked]:
+         stats: GlobalStats | None = None, cap: int | None = None) -> list[Ranked]:
     """The best ``k`` passages across the cluster, best first (ties by passage id)."""
     terms = analyzer.query_terms(question)
     if not terms:
@@ -69,7 +73,8 @@ def rank(client, pmap: PartitionMap, question: str, k: int = 5,
     def build(pipe, p):
         pipe.fcall_ro("rank", 1 + len(terms), keys.index_lengths(p.tag),
                       *[keys.index_term(p.tag, t) for t in terms],
-                      k, K1, B, repr(stats.avgdl), *weights)
+                      k, K1, B, repr(stats.avgdl), POSTINGS_CAP if cap is None else cap,
+                      *weights)
 
     found: list[Ranked] = []
     for index, reply in fanout.run(client, pmap.partitions, build).items():

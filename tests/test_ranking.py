@@ -113,6 +113,22 @@ def test_reindex_is_idempotent_and_replacement_leaves_index(indexed):
     assert stats.passages == len(CORPUS) - 1 and stats.df["quarks"] == 0
 
 
+def test_capped_rank_scores_every_passage_it_finds_exactly(cluster):
+    """cap=1: one posting per term and partition is read, yet found passages score exactly."""
+    client = cluster.client()
+    pmap = partitions.load(client)
+    corpus = {f"d{i}": ("", "dog " * (1 + i % 4) + f"filler{i}") for i in range(48)}
+    corpus["u"] = ("", "a dog met a unicorn")
+    pids = put_corpus(client, pmap, corpus)
+    question = "the dog and the unicorn"
+    exact = {r.pid: r.score for r in ranking.rank(client, pmap, question, k=100, cap=0)}
+    capped = ranking.rank(client, pmap, question, k=100, cap=1)
+    assert len(exact) == len(corpus) and len(capped) < len(exact)
+    assert capped[0].pid == pids["u"]
+    for r in capped:
+        assert r.score == pytest.approx(exact[r.pid], rel=1e-9)
+
+
 def snapshot(client, pmap):
     state = {}
     for p in pmap:
