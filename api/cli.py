@@ -27,13 +27,16 @@ from cluster.connection import connect
               envvar="SHARDQA_MIN_RANK_RATIO",
               help="skip candidates ranked below this share of the best BM25 score; 0 reads "
                    "all k [0.5]")
+@click.option("--rank-cap", default=None, type=click.IntRange(0), envvar="SHARDQA_RANK_CAP",
+              help="postings read per query term and partition, highest tf first; 0 reads "
+                   "all [100]")
 @click.option("--token", default=None, envvar="SHARDQA_API_TOKEN",
               help="require 'Authorization: Bearer TOKEN' on /qa [env SHARDQA_API_TOKEN]")
 @click.option("--rate-limit", default=0.0, show_default=True, type=click.FloatRange(0),
               envvar="SHARDQA_RATE_LIMIT", help="requests/s per client address (0: off)")
 @target_options
 def serve_command(host, port, threads, timeout, cache_ttl, retrieval_weight, min_rank_ratio,
-                  token, rate_limit, target):
+                  rank_cap, token, rate_limit, target):
     """Serve the QA API (GET/POST /qa, /health, /metrics, /openapi.json)."""
     from waitress import serve
 
@@ -43,7 +46,8 @@ def serve_command(host, port, threads, timeout, cache_ttl, retrieval_weight, min
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     client = connect(target, max_connections=4 * threads)
     tuning = {name: value for name, value in (("retrieval_weight", retrieval_weight),
-                                              ("min_rank_ratio", min_rank_ratio))
+                                              ("min_rank_ratio", min_rank_ratio),
+                                              ("rank_cap", rank_cap))
               if value is not None}
     app = create_app(Asker(client, timeout_s=timeout, cache_ttl_s=cache_ttl, **tuning),
                      token=token, rate_limit=rate_limit)

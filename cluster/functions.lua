@@ -70,7 +70,11 @@ local function rank(keys, args)
       end
     end
   end
-  local scored = {}
+  local w = {}
+  for i = 2, #keys do w[i] = tonumber(args[4 + i]) or 1 end
+  -- keep only the best k while scoring (k is small): sorting every candidate cost more than
+  -- reading the postings once corpora reach 100k passages
+  local best = {}
   for start = 1, #pids, chunk do
     local stop = math.min(start + chunk - 1, #pids)
     local lens = redis.call('HMGET', keys[1], unpack(pids, start, stop))
@@ -79,19 +83,24 @@ local function rank(keys, args)
       local norm = k1 * (1 - b + b * dl / avgdl)
       local s = 0
       for i, tf in pairs(seen[pids[x]]) do
-        s = s + (tonumber(args[4 + i]) or 1) * tf * (k1 + 1) / (tf + norm)
+        s = s + w[i] * tf * (k1 + 1) / (tf + norm)
       end
-      scored[#scored + 1] = {pids[x], s}
+      local n = #best
+      if n < k or s > best[n][2] or (s == best[n][2] and pids[x] < best[n][1]) then
+        local at = math.min(n + 1, k)
+        while at > 1 and (s > best[at - 1][2] or
+                          (s == best[at - 1][2] and pids[x] < best[at - 1][1])) do
+          best[at] = best[at - 1]
+          at = at - 1
+        end
+        best[at] = {pids[x], s}
+      end
     end
   end
-  table.sort(scored, function(x, y)
-    if x[2] == y[2] then return x[1] < y[1] end
-    return x[2] > y[2]
-  end)
   local out = {}
-  for i = 1, math.min(k, #scored) do
-    out[#out + 1] = scored[i][1]
-    out[#out + 1] = string.format('%.17g', scored[i][2])
+  for i = 1, #best do
+    out[#out + 1] = best[i][1]
+    out[#out + 1] = string.format('%.17g', best[i][2])
   end
   return out
 end

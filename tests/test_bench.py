@@ -13,7 +13,6 @@ import pytest
 from bench import corpus, report
 from bench.baselines import NaiveBaseline, pattern_answer
 from bench.options import SKIP_RATIO, candidates, option_speed
-from bench.rank_scale import CAPPED_LIBRARY, rank_capped
 from bench.reader_forward import model_flops
 from bench.run import goals, vs_naive
 from bench.timing import percentiles
@@ -178,19 +177,14 @@ def test_naive_baseline_agrees_with_the_reader_on_single_window_passages(
         assert answer == asker.ask(question, 1, use_cache=False).answer
 
 
-def test_capped_rank_equals_the_shipped_rank_when_the_cap_covers_every_posting(
+def test_capped_rank_equals_the_exact_rank_when_the_cap_covers_every_posting(
         shared_pipeline):
     client = shared_pipeline
     pmap = partitions.load(client)
-    client.function_load(CAPPED_LIBRARY, replace=True)
-    try:
-        for question in QUESTIONS:
-            exact = [r.pid for r in ranking.rank(client, pmap, question, 3)]
-            assert rank_capped(client, pmap, question, 3, cap=10_000) == exact
-            assert len(rank_capped(client, pmap, question, 3, cap=1)) <= 3
-    finally:
-        for node in client.get_primaries():
-            client.get_redis_connection(node).function_delete("shardqa_bench")
+    for question in QUESTIONS:
+        exact = ranking.rank(client, pmap, question, 3, cap=0)
+        assert ranking.rank(client, pmap, question, 3, cap=10_000) == exact
+        assert len(ranking.rank(client, pmap, question, 3, cap=1)) <= 3
 
 
 def test_option_speed_measures_every_option_on_the_ranked_candidates(
