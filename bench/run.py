@@ -446,9 +446,10 @@ def goals(r: dict) -> list[dict]:
     cached = r.get("cached")
     if cached:
         http = cached["http_api"]["p50"]
-        get = cached["redis_get_cluster_client"]["p50"]
+        get = cached["redis_get_direct_node"]["p50"]
         goal("cached p50, HTTP API", http, "<= 1", http <= 1, "ms")
-        goal("cached p50, Redis GET (cluster client)", get, "<= 0.2", get <= 0.2, "ms")
+        goal("cached p50, Redis GET (on the owning master's connection, as the asker does)",
+             get, "<= 0.2", get <= 0.2, "ms")
     fwd = r.get("forward", {}).get("2_threads", [])
     typical = next((row for row in fwd if (row["batch"], row["length"]) == (5, 192)), None)
     if typical:
