@@ -66,9 +66,8 @@ def rules(role: str) -> list[str]:
         return ([f"~{_ANSWERS}", f"~{_REQUESTS}", f"~{_REPLIES}"]
                 + [f"%R~{p}" for p in (*_INDEX, _PASSAGES, _META, _ASK, _INGEST)]
                 + ["+get", "+set", "+fcall", "+fcall_ro", "+xadd", "+blpop", "+del", "+hmget",
-                   "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+xrange", "+xinfo|groups",
-                   "+expire",
-                   *_CONNECT])
+                   "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+zcard", "+zmscore",
+                   "+xrange", "+xinfo|groups", "+expire", *_CONNECT])
     raise ShardqaError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
 
 

@@ -18,6 +18,7 @@ from api.app import create_app
 from cluster import acl, keys
 from cluster.connection import Target, connect
 from cluster.local import ClusterError
+from gears import health
 from gears.asker import Asker
 from models import store
 from tests.conftest import run_cli
@@ -89,6 +90,17 @@ def test_api_user_can_ask_and_nothing_more(shared_pipeline, redis_cluster):
     tag = next(iter(store.master_tags(admin).values()))
     assert refused(lambda: api.hset(keys.passage(tag, "x.0"), "text", "forged"))
     assert refused(lambda: api.xadd(keys.ingest_stream(tag), {"op": "del", "pid": "x.0"}))
+    # what the ask path needs beyond that: a capped rank (ZCARD, ZMSCORE inside the function)
+    # and the retry rule's look at request streams and heartbeats
+    term = keys.index_term(tag, "zz-acl-probe")
+    admin.zadd(term, {"x.0": 3, "x.1": 2, "x.2": 1})
+    try:
+        ranked = api.fcall_ro("rank", 2, keys.index_lengths(tag), term, 5, 1.2, 0.75, 10, 1, 1.0)
+        assert [pid.decode() for pid in ranked[::2]] == ["x.0"]
+    finally:
+        admin.delete(term)
+    api.xrange(keys.request_stream(tag), "-", "+", count=1)
+    assert health.served_partitions(api)
 
 
 def test_worker_user_cannot_change_acls_or_models(shared_pipeline, redis_cluster):
