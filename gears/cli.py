@@ -26,15 +26,20 @@ console = Console(highlight=False)
               envvar="SHARDQA_MAX_BATCH", help="requests per batch (BATCHSIZE)")
 @click.option("--max-wait-ms", default=2.0, show_default=True, type=click.FloatRange(0, 1000),
               envvar="SHARDQA_MAX_WAIT_MS", help="wait for a fuller batch (MINBATCHTIMEOUT)")
-@click.option("--max-batch-pairs", default=32, show_default=True, type=click.IntRange(1, 1024),
-              help="question/window pairs per forward pass")
+@click.option("--max-batch-pairs", default=8, show_default=True, type=click.IntRange(1, 1024),
+              envvar="SHARDQA_MAX_BATCH_PAIRS",
+              help="question/window pairs per forward pass; a batch's requests are read and "
+                   "answered in groups of this size")
+@click.option("--ingest-batch", default=256, show_default=True, type=click.IntRange(1, 10_000),
+              envvar="SHARDQA_INGEST_BATCH",
+              help="ingest entries per partition per indexing step (one MULTI each)")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), envvar="SHARDQA_THREADS",
               help="torch threads for the reader [default: torch's]")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @target_options
-def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs, threads,
-                   log_level, target):
+def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs, ingest_batch,
+                   threads, log_level, target):
     """Run the shard worker beside one master (one per master)."""
     from cluster.connection import Target
     from gears.worker import ShardWorker, WorkerSettings
@@ -44,7 +49,8 @@ def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs,
         url = cluster_url if "://" in cluster_url else f"redis://{cluster_url}"
         target = Target(url=url, directory=target.directory)
     settings = WorkerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms,
-                              max_batch_pairs=max_batch_pairs, threads=threads)
+                              max_batch_pairs=max_batch_pairs, ingest_batch=ingest_batch,
+                              threads=threads)
     ShardWorker(target, master, settings).run()
 
 

@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -56,7 +57,7 @@ XADD_CHANNEL = "__keyevent@0__:xadd"
 class WorkerSettings:
     max_batch: int = 16  # requests per batch
     max_wait_ms: float = 2.0  # how long a partial batch may wait for more requests
-    max_batch_pairs: int = 32  # (question, window) pairs per forward pass
+    max_batch_pairs: int = 8  # (question, window) pairs per forward pass, and per reply group
     ingest_batch: int = 256
     threads: int | None = None  # torch threads for the reader
     stride: int = 128  # token overlap of consecutive windows
@@ -398,6 +399,9 @@ class ShardWorker:
         return len(batch)
 
     def _answer(self, batch: list[tuple[str, str, dict]]) -> None:
+        """Read a batch of requests in groups that fill one forward pass each, replying and
+        acknowledging after every group: under load the first requests do not wait for the
+        whole batch, and a request whose asker gave up meanwhile is skipped, not read."""
         started = now_ms()
         requests: list[tuple[str, str, ReadRequest]] = []
         for stream, entry_id, fields in batch:
@@ -407,26 +411,38 @@ class ShardWorker:
                 log.warning("dropping malformed request %s on %s", entry_id, stream)
                 self._ack(stream, [entry_id])
         live = [r for r in requests if not r[2].expired(started)]
-        replies: list[tuple[ReadRequest, ReadReply]] = []
-        if live:
-            replies = self._read_passages([r for _, _, r in live], started)
-        if replies:
-            pipe = self.client.pipeline(transaction=False)
-            for request, reply in replies:
-                pipe.rpush(request.reply_to, reply.to_json())
-                pipe.expire(request.reply_to, REPLY_TTL_S)
-            pipe.execute()
+        passages = {}
+        if live and self._reader is not None:
+            passages = self._passages(sorted({pid for _, _, r in live for pid in r.pids}))
+        done = [r for r in requests if r[2].expired(started)]
+        def windows(item) -> int:
+            return sum(len(passages[pid][1].windows) for pid in item[2].pids if pid in passages)
+
+        for group in reply_groups(live, windows, self.settings.max_batch_pairs):
+            group_start = now_ms()
+            fresh = [r for r in group if not r[2].expired(group_start)]
+            replies = self._read_passages([r for _, _, r in fresh], passages, group_start)
+            if replies:
+                pipe = self.client.pipeline(transaction=False)
+                for request, reply in replies:
+                    pipe.rpush(request.reply_to, reply.to_json())
+                    pipe.expire(request.reply_to, REPLY_TTL_S)
+                pipe.execute()
+            self._ack_requests(group)
+            self.counters.requests += len(fresh)
+            self.counters.batches += 1
+            size = len(fresh)
+            self.counters.batch_sizes[size] = self.counters.batch_sizes.get(size, 0) + 1
+        self._ack_requests(done)
+
+    def _ack_requests(self, items: list) -> None:
         by_stream: dict[str, list] = {}
-        for stream, entry_id, _ in requests:
+        for stream, entry_id, _ in items:
             by_stream.setdefault(stream, []).append(entry_id)
         for stream, ids in by_stream.items():
             self._ack(stream, ids)
-        self.counters.requests += len(live)
-        self.counters.batches += 1
-        size = len(live)
-        self.counters.batch_sizes[size] = self.counters.batch_sizes.get(size, 0) + 1
 
-    def _read_passages(self, requests: list[ReadRequest], started: int
+    def _read_passages(self, requests: list[ReadRequest], passages: dict, started: int
                        ) -> list[tuple[ReadRequest, ReadReply]]:
         def reply(r: ReadRequest, spans, pairs=0, read_ms=0.0, error=None) -> ReadReply:
             return ReadReply(
@@ -434,11 +450,11 @@ class ShardWorker:
                 batch_requests=len(requests), batch_pairs=pairs,
                 queue_ms=max(0.0, started - r.enqueued_ms), read_ms=read_ms, error=error)
 
+        if not requests:
+            return []
         if self._reader is None:
             err = "no reader model on this shard (run 'shardqa model push')"
             return [(r, reply(r, [], error=err)) for r in requests]
-        pids = sorted({pid for r in requests for pid in r.pids})
-        passages = self._passages(pids)
         jobs = []
         for r in requests:
             present = [pid for pid in r.pids if pid in passages]
@@ -607,6 +623,20 @@ class ShardWorker:
         finally:
             with self._keymiss_lock:
                 self._keymiss_inflight.discard(key)
+
+
+def reply_groups(items: list, windows: Callable[[object], int], budget: int) -> list[list]:
+    """Consecutive items whose windows fit one forward pass (one item at least per group)."""
+    groups: list[list] = []
+    used = budget
+    for item in items:
+        n = windows(item)
+        if not groups or used + n > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += n
+    return groups
 
 
 def _owner(table: dict[tuple[int, int], dict], slot: int) -> str | None:

@@ -261,6 +261,20 @@ def _flip(client, tag: str, meta: dict) -> None:
     client.set(keys.model_current(tag), json.dumps({k: meta[k] for k in _POINTER_FIELDS}))
 
 
+def place_copy(client, tag: str, meta: dict, blob: bytes,
+               progress: Callable[[int], None] | None = None) -> bool:
+    """Write a model copy under ``tag`` and make it current, unless an intact one is there.
+
+    Returns whether it wrote. The pointer flips only after every chunk is in place, so a
+    worker never loads a half-written copy.
+    """
+    if _copy_complete(client, tag, meta):
+        return False
+    _write_copy(client, tag, meta, blob, progress)
+    _flip(client, tag, meta)
+    return True
+
+
 def _versions(client, node: str, tag: str) -> list[dict]:
     """Every model version stored under ``tag`` (meta hashes), newest push first."""
     prefix = keys.model_prefix(tag)
@@ -393,12 +407,9 @@ def sync(client, progress: Callable[[int], None] | None = None) -> list[str]:
     source_meta.pop("master", None)
     repaired = []
     for node, tag in tags.items():
-        if _copy_complete(client, tag, source_meta):
-            continue
-        _write_copy(client, tag, source_meta, blob, progress)
-        _flip(client, tag, source_meta)
-        _prune(client, node, tag)
-        repaired.append(node)
+        if place_copy(client, tag, source_meta, blob, progress):
+            _prune(client, node, tag)
+            repaired.append(node)
     return sorted(repaired)
 
 

@@ -63,11 +63,7 @@ def model_copy_hook(client) -> Callable[[Move], None]:
         except store.NoModel:
             return  # nothing pushed yet: nothing to carry
         meta.pop("master", None)
-        tag = move.partition.tag
-        if store._copy_complete(client, tag, meta):
-            return
-        store._write_copy(client, tag, meta, blob, None)
-        store._flip(client, tag, meta)
+        store.place_copy(client, move.partition.tag, meta, blob)
 
     return prepare
 

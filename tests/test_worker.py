@@ -8,6 +8,7 @@ from collections import Counter
 
 from cluster import keys, partitions
 from gears import ranking
+from gears.worker import reply_groups
 from loaders.documents import Document, read_documents
 from loaders.passages import split_passages
 from loaders.writer import ingest, remaining_entries, wait_indexed
@@ -110,6 +111,9 @@ def test_worker_killed_mid_ingest_loses_nothing(cluster, workers, tmp_path):
 
     ingest(client, docs, progress=False)
     queued = victim_left()
+    # small indexing steps, so the kill below lands between two of them and not after the
+    # last one (at 256 a partition, ~1,300 entries take two steps)
+    workers.options["--ingest-batch"] = "16"
     workers.start(victim)
     deadline = time.monotonic() + 60
     while victim_left() == queued and time.monotonic() < deadline:
@@ -124,3 +128,10 @@ def test_worker_killed_mid_ingest_loses_nothing(cluster, workers, tmp_path):
     for p in pmap:
         for group in client.xinfo_groups(keys.ingest_stream(p.tag)):
             assert int(group["pending"]) == 0
+
+
+def test_reply_groups_fill_one_forward_pass_each_in_arrival_order():
+    windows = {"a": 3, "b": 4, "c": 1, "d": 9, "e": 2}
+    groups = reply_groups(list(windows), windows.get, budget=8)
+    assert groups == [["a", "b", "c"], ["d"], ["e"]]  # an oversized request goes alone
+    assert reply_groups([], windows.get, budget=8) == []
