@@ -22,11 +22,11 @@ from cluster.connection import connect
               envvar="SHARDQA_CACHE_TTL", help="answer cache TTL in seconds")
 @click.option("--retrieval-weight", default=None, type=click.FloatRange(0),
               envvar="SHARDQA_RETRIEVAL_WEIGHT",
-              help="weight of the passage's relative BM25 score in the answer score [3.0]")
+              help="weight of the passage's relative BM25 score in the answer score [4.0]")
 @click.option("--min-rank-ratio", default=None, type=click.FloatRange(0, 1),
               envvar="SHARDQA_MIN_RANK_RATIO",
               help="skip candidates ranked below this share of the best BM25 score; 0 reads "
-                   "all k [0.5]")
+                   "all k [0.8]")
 @click.option("--rank-cap", default=None, type=click.IntRange(0), envvar="SHARDQA_RANK_CAP",
               help="postings read per query term and partition, highest tf first; 0 reads "
                    "all [100]")

@@ -25,7 +25,7 @@ from bench.reader_forward import matmul_gflops
 from cluster import keys
 from cluster.partitions import PartitionMap
 from gears import ranking
-from gears.asker import MIN_RANK_RATIO, normalize
+from gears.asker import MIN_RANK_RATIO, RETRIEVAL_WEIGHT, answer_score, normalize
 from models.export import VARIANT_FILES, read_metadata, sample_inputs
 from models.reader import Reader, special_ids
 from models.squad import SquadExample, score_answer
@@ -151,7 +151,11 @@ def option_speed(artifact: Path, examples: list[SquadExample],
             spans = reader.read_many([(e.question, [(t, tok) for _s, t, tok in use])])[0]
             times[n].append((time.perf_counter() - t0) * 1000)
             windows[n].append(sum(len(tok.windows) for _s, _t, tok in use))
-            best = max((s for s in spans if s is not None), key=lambda s: s.score, default=None)
+            # merged as the asker merges: span score plus the passage's relative BM25
+            top = found[0][0]
+            merged = [(answer_score(s.score, c[0], top, RETRIEVAL_WEIGHT), s)
+                      for s, c in zip(spans, use, strict=True) if s is not None]
+            best = max(merged, key=lambda m: m[0], default=(0.0, None))[1]
             scores[n].append(score_answer(best.text if best else "", e.answers))
         if progress:
             progress(1)

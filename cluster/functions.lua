@@ -2,7 +2,7 @@
 -- The shardqa functions library, loaded on every master (FUNCTION LOAD REPLACE).
 -- Every function touches only the keys it is given, all in one partition's slot.
 
-local VERSION = '4'
+local VERSION = '5'
 
 local function shardqa_version(keys, args)
   return VERSION
@@ -25,10 +25,18 @@ end
 -- rank: BM25 over one partition with global weights, so scores compare across partitions.
 -- KEYS: lengths, term postings (one sorted set per query term: member passage id, score tf).
 -- ARGV: k, k1, b, avgdl, cap, weight(term1), weight(term2), ...  (weights: global idf)
--- cap > 0 reads at most cap postings per term, highest tf first, so the work stops growing
--- with the corpus; every passage so found still gets its exact score (ZMSCORE fills in the
--- terms whose postings were cut). cap 0 reads every posting.
 -- Returns {passage id, score, passage id, score, ...} best first, at most k pairs.
+--
+-- MaxScore: terms are taken rarest (highest weight) first, and each one's postings bring new
+-- candidates, every one scored in full at once (ZMSCORE of the other terms, its length). A
+-- term can add at most weight x (k1 + 1) to a passage; once the terms not yet read could
+-- not lift a passage that has none of the terms read so far past the current k-th best,
+-- their postings are never read: common words cost nothing unless the rare ones leave the
+-- top k short. The result is the top k that reading every term would give (exact BM25).
+-- cap > 0 also reads at most cap postings per term, highest tf first, so the work stops
+-- growing with the corpus even for questions made only of common words; every passage found
+-- still gets its exact score (an unseen passage may hold a cut term, at most with the last
+-- tf read: the bound counts that). cap 0 reads every posting a term needs.
 local function rank(keys, args)
   local k = tonumber(args[1]) or 5
   local k1 = tonumber(args[2]) or 1.2
@@ -36,71 +44,88 @@ local function rank(keys, args)
   local avgdl = tonumber(args[4]) or 1
   local cap = tonumber(args[5]) or 0
   if avgdl <= 0 then avgdl = 1 end
-  local pids, seen, cut = {}, {}, {}
+  local w, order = {}, {}
   for i = 2, #keys do
-    local postings
+    w[i] = tonumber(args[4 + i]) or 1
+    order[#order + 1] = i
+  end
+  table.sort(order, function(x, y)
+    if w[x] ~= w[y] then return w[x] > w[y] end
+    return x < y
+  end)
+  local rest = {[#order + 1] = 0}  -- rest[j]: the most terms order[j..] can add together
+  for j = #order, 1, -1 do rest[j] = rest[j + 1] + w[order[j]] * (k1 + 1) end
+  local chunk = 4000
+  local seen, best = {}, {}
+  local done = {}  -- terms read before, every posting of them: unseen passages lack them
+  local open = 0   -- the most the cut terms read so far can add to an unseen passage
+
+  local function keep(pid, s)  -- into the best k, sorted by score then passage id
+    local n = #best
+    if n < k or s > best[n][2] or (s == best[n][2] and pid < best[n][1]) then
+      local at = math.min(n + 1, k)
+      while at > 1 and (s > best[at - 1][2] or
+                        (s == best[at - 1][2] and pid < best[at - 1][1])) do
+        best[at] = best[at - 1]
+        at = at - 1
+      end
+      best[at] = {pid, s}
+    end
+  end
+
+  for j = 1, #order do
+    if #best >= k and rest[j] + open <= best[k][2] then break end
+    local i = order[j]
+    local postings, complete
     if cap > 0 then
       postings = redis.call('ZRANGE', keys[i], 0, cap - 1, 'REV', 'WITHSCORES')
-      if #postings >= 2 * cap and redis.call('ZCARD', keys[i]) > cap then
-        cut[#cut + 1] = i
-      end
+      complete = #postings < 2 * cap or redis.call('ZCARD', keys[i]) <= cap
     else
       postings = redis.call('ZRANGE', keys[i], 0, -1, 'WITHSCORES')
+      complete = true
     end
-    for j = 1, #postings, 2 do
-      local pid = postings[j]
-      local entry = seen[pid]
-      if not entry then
-        entry = {}
-        seen[pid] = entry
-        pids[#pids + 1] = pid
-      end
-      entry[i] = tonumber(postings[j + 1])
-    end
-  end
-  if #pids == 0 then return {} end
-  local chunk = 4000
-  for _, i in ipairs(cut) do
-    for start = 1, #pids, chunk do
-      local stop = math.min(start + chunk - 1, #pids)
-      local tfs = redis.call('ZMSCORE', keys[i], unpack(pids, start, stop))
-      for x = start, stop do
-        local tf = tfs[x - start + 1]
-        if tf then seen[pids[x]][i] = tonumber(tf) end
+    local new, tfs = {}, {}
+    for x = 1, #postings, 2 do
+      local pid = postings[x]
+      if not seen[pid] then
+        seen[pid] = true
+        new[#new + 1] = pid
+        tfs[pid] = {[i] = tonumber(postings[x + 1])}
       end
     end
-  end
-  local w = {}
-  for i = 2, #keys do w[i] = tonumber(args[4 + i]) or 1 end
-  -- keep only the best k while scoring (k is small): sorting every candidate cost more than
-  -- reading the postings once corpora reach 100k passages
-  local best = {}
-  for start = 1, #pids, chunk do
-    local stop = math.min(start + chunk - 1, #pids)
-    local lens = redis.call('HMGET', keys[1], unpack(pids, start, stop))
-    for x = start, stop do
-      local dl = tonumber(lens[x - start + 1]) or avgdl
-      local norm = k1 * (1 - b + b * dl / avgdl)
-      local s = 0
-      for i, tf in pairs(seen[pids[x]]) do
-        s = s + w[i] * tf * (k1 + 1) / (tf + norm)
-      end
-      local n = #best
-      if n < k or s > best[n][2] or (s == best[n][2] and pids[x] < best[n][1]) then
-        local at = math.min(n + 1, k)
-        while at > 1 and (s > best[at - 1][2] or
-                          (s == best[at - 1][2] and pids[x] < best[at - 1][1])) do
-          best[at] = best[at - 1]
-          at = at - 1
+    for start = 1, #new, chunk do
+      local stop = math.min(start + chunk - 1, #new)
+      for _, t in ipairs(order) do
+        if t ~= i and not done[t] then
+          local got = redis.call('ZMSCORE', keys[t], unpack(new, start, stop))
+          for x = start, stop do
+            local tf = got[x - start + 1]
+            if tf then tfs[new[x]][t] = tonumber(tf) end
+          end
         end
-        best[at] = {pids[x], s}
       end
+      local lens = redis.call('HMGET', keys[1], unpack(new, start, stop))
+      for x = start, stop do
+        local dl = tonumber(lens[x - start + 1]) or avgdl
+        local norm = k1 * (1 - b + b * dl / avgdl)
+        local s = 0
+        for t, tf in pairs(tfs[new[x]]) do
+          s = s + w[t] * tf * (k1 + 1) / (tf + norm)
+        end
+        keep(new[x], s)
+      end
+    end
+    if complete then
+      done[i] = true
+    else  -- an unseen passage has this term at most as often as the last posting read
+      local tf = tonumber(postings[#postings])
+      open = open + w[i] * tf * (k1 + 1) / (tf + k1 * (1 - b))
     end
   end
   local out = {}
-  for i = 1, #best do
-    out[#out + 1] = best[i][1]
-    out[#out + 1] = string.format('%.17g', best[i][2])
+  for x = 1, #best do
+    out[#out + 1] = best[x][1]
+    out[#out + 1] = string.format('%.17g', best[x][2])
   end
   return out
 end

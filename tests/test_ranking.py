@@ -129,6 +129,65 @@ def test_capped_rank_scores_every_passage_it_finds_exactly(cluster):
         assert r.score == pytest.approx(exact[r.pid], rel=1e-9)
 
 
+def test_maxscore_top_k_equals_reading_every_posting(cluster):
+    """Rare terms first, common ones skipped once they cannot matter: the same top k."""
+    import random
+
+    client = cluster.client()
+    pmap = partitions.load(client)
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(40)]
+    corpus = {}
+    for d in range(120):
+        # a Zipf-like mix: low-numbered words are common, high-numbered ones rare
+        picks = [words[min(39, int(rng.paretovariate(1.1)) - 1)] for _ in range(rng.randint(3, 30))]
+        corpus[f"z{d}"] = ("", " ".join(picks))
+    put_corpus(client, pmap, corpus)
+    for _ in range(40):
+        question = " ".join(rng.sample(words, rng.randint(1, 6)))
+        expected = reference_bm25(corpus, question)
+        for k in (1, 3, 10):
+            got = ranking.rank(client, pmap, question, k=k, cap=0)
+            want = sorted(expected.values(), reverse=True)[:k]
+            assert [r.score for r in got] == pytest.approx(want, rel=1e-9), question
+            for r in got:  # and each one is the passage that really has that score
+                doc = next(d for d in corpus if partitions.passage_id(d, 0) == r.pid)
+                assert r.score == pytest.approx(expected[doc], rel=1e-9)
+
+
+def test_common_terms_are_not_read_when_rare_ones_decide(cluster):
+    """One partition: a rare term's passage wins by more than a common term could add, so
+    the common term's postings are never fetched (counted by Redis' command stats)."""
+    client = cluster.client()
+    pmap = partitions.load(client)
+    tag = pmap[0].tag
+    node = client.get_redis_connection(client.get_node_from_key(keys.index_stats(tag)))
+    puts = {f"{tag}-d{i}": index.passage_terms("", "dog " * (1 + i % 3) + "filler")
+            for i in range(60)}
+    puts[f"{tag}-u"] = index.passage_terms("", "a dog met a unicorn")
+    for pid in puts:
+        node.hset(keys.passage(tag, pid), mapping={"text": "x"})
+    index.apply(node, tag, puts, [])
+    stats = ranking.global_stats(client, pmap, ["dog", "unicorn"])
+    weights = [repr(stats.idf("dog")), repr(stats.idf("unicorn"))]
+    term_keys = [keys.index_term(tag, "dog"), keys.index_term(tag, "unicorn")]
+
+    def zrange_calls() -> int:
+        return int(node.info("commandstats").get("cmdstat_zrange", {}).get("calls", 0))
+
+    def rank(k: int) -> list:
+        before = zrange_calls()
+        reply = node.fcall_ro("rank", 3, keys.index_lengths(tag), *term_keys, k,
+                              ranking.K1, ranking.B, repr(stats.avgdl), 0, *weights)
+        return [r.decode() if isinstance(r, bytes) else r for r in reply[::2]], \
+            zrange_calls() - before
+
+    top, reads = rank(1)
+    assert top == [f"{tag}-u"] and reads == 1  # unicorn's postings only
+    top, reads = rank(5)
+    assert top[0] == f"{tag}-u" and len(top) == 5 and reads == 2  # the top 5 needs the dogs
+
+
 def snapshot(client, pmap):
     state = {}
     for p in pmap:
