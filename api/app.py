@@ -8,6 +8,7 @@ or a traceback.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import threading
 import time
@@ -70,6 +71,13 @@ class RateLimiter:
             return True
 
 
+def json_response(body, status: int = 200) -> Response:
+    """Compact JSON, keys in the order written: Flask's jsonify sorts and indents-checks
+    every key, a third of the app's own time on a cached answer."""
+    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+                    status=status, mimetype="application/json")
+
+
 def error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": {"status": status, "message": message}}), status
 
@@ -78,6 +86,9 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
     app = Flask("shardqa")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     metrics = Metrics()
+    # the cached path's metric children, looked up once
+    cache_hits, cache_misses = metrics.cache.labels("hit"), metrics.cache.labels("miss")
+    hit_latency, miss_latency = metrics.latency.labels("true"), metrics.latency.labels("false")
     limiter = RateLimiter(rate_limit)
     app.extensions["shardqa_metrics"] = metrics
 
@@ -145,15 +156,18 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
         t0 = time.perf_counter()
         result = asker.ask(question, k)
         elapsed = time.perf_counter() - t0
-        metrics.cache.labels("hit" if result.cached else "miss").inc()
-        metrics.latency.labels(str(result.cached).lower()).observe(elapsed)
-        if not result.cached:
-            for stage in ("rank", "wait", "queue", "read"):
-                if stage in result.timings_ms:
-                    metrics.stage.labels(stage).observe(result.timings_ms[stage] / 1000)
-            for size in result.batch_sizes:
-                metrics.batch.observe(size)
-        return jsonify(result.public())
+        if result.cached:
+            cache_hits.inc()
+            hit_latency.observe(elapsed)
+            return json_response(result.public())
+        cache_misses.inc()
+        miss_latency.observe(elapsed)
+        for stage in ("rank", "wait", "queue", "read"):
+            if stage in result.timings_ms:
+                metrics.stage.labels(stage).observe(result.timings_ms[stage] / 1000)
+        for size in result.batch_sizes:
+            metrics.batch.observe(size)
+        return json_response(result.public())
 
     @app.get("/health")
     def health_check():

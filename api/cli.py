@@ -26,7 +26,7 @@ from cluster.connection import connect
 @click.option("--min-rank-ratio", default=None, type=click.FloatRange(0, 1),
               envvar="SHARDQA_MIN_RANK_RATIO",
               help="skip candidates ranked below this share of the best BM25 score; 0 reads "
-                   "all k [0.8]")
+                   "all k [0.85]")
 @click.option("--rank-cap", default=None, type=click.IntRange(0), envvar="SHARDQA_RANK_CAP",
               help="postings read per query term and partition, highest tf first; 0 reads "
                    "all [100]")
