@@ -89,7 +89,10 @@ def markdown(r: dict) -> str:
                   "|---|---|---|---|"]
         for name, label in (("redis_get_cluster_client", "Redis GET (RedisCluster client)"),
                             ("redis_get_direct_node", "Redis GET (direct to the node)"),
-                            ("http_api", "HTTP API")):
+                            ("http_api", "HTTP API (lean keep-alive client, as wrk/curl)"),
+                            ("http_api_python_client", "HTTP API (Python http.client)")):
+            if name not in c:
+                continue
             lines.append(f"| {label} | {_fmt(c[name]['p50'], 3)} | {_fmt(c[name]['p95'], 3)} | "
                          f"{_fmt(c[name]['p99'], 3)} |")
     if r.get("ingest"):
@@ -109,8 +112,9 @@ def markdown(r: dict) -> str:
     if r.get("forward"):
         lim = r["matmul"]
         lines += ["", "## Reader forward vs the fp32 matmul limit", "",
-                  f"fp32 matmul (2048^2): {lim['1_threads']['median_gflops']} GFLOP/s on 1 thread, "
-                  f"{lim['2_threads']['median_gflops']} on 2.", "",
+                  f"fp32 matmul (2048^2; median of 7, the better of a measurement before and "
+                  f"one after the forward runs): {lim['1_threads']['median_gflops']} GFLOP/s on "
+                  f"1 thread, {lim['2_threads']['median_gflops']} on 2.", "",
                   "| threads | batch x len | GFLOP | eager ms | TS fp32 ms | TS int8 ms | "
                   "fp32 GFLOP/s (% of matmul) |", "|---|---|---|---|---|---|---|"]
         for key, rows in r["forward"].items():
@@ -207,7 +211,10 @@ def readme_section(r: dict, out: Path) -> str:
         lines.append(f"Cached: p50 {c['redis_get_direct_node']['p50']:.3f} ms by Redis GET on "
                      f"the owning master's connection (what the asker does; "
                      f"{c['redis_get_cluster_client']['p50']:.3f} ms through redis-py's "
-                     f"cluster client), {c['http_api']['p50']:.3f} ms through the HTTP API.")
+                     f"cluster client), {c['http_api']['p50']:.3f} ms through the HTTP API "
+                     f"(a lean keep-alive client; "
+                     f"{c.get('http_api_python_client', {}).get('p50', 0):.3f} ms with Python's "
+                     f"http.client, whose header parsing is the client's own cost).")
     if r.get("ingest"):
         i = r["ingest"]
         lines.append(f"Ingest: {i['write_passages_per_s']:,} passages/s written, "
@@ -266,7 +273,8 @@ def optimizations(r: dict) -> list[str]:
     if t:
         lines.append(f"- threads per worker: a k=5 batch takes {t['1_thread_ms']:.0f} ms on 1 "
                      f"thread, {t['2_thread_ms']:.0f} ms on 2 ({t['speedup_2_threads']:.2f}x); "
-                     "one 1-thread worker per core keeps both cores reading")
+                     "so each worker gets every core (`--threads`, default: cores): a read "
+                     "alone uses both, and under load the workers share them")
     b = r.get("bf16")
     if b:
         flags = ", ".join(b["cpu_bf16_flags"]) or "none of amx_bf16/avx512_bf16"

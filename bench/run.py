@@ -24,6 +24,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,10 +34,18 @@ from bench import corpus, options, rank_scale
 from bench.baselines import NaiveBaseline, pattern_answer
 from bench.reader_forward import cpu_name, forward_rows, matmul_gflops, model_flops
 from bench.testbed import Testbed
-from bench.timing import ApiClient, ask_or_error, median, percentiles, run_concurrent
+from bench.timing import (
+    ApiClient,
+    LeanHttpClient,
+    ask_or_error,
+    median,
+    percentiles,
+    run_concurrent,
+)
 from cluster import keys, partitions
 from cluster.connection import node_client
 from gears.asker import cache_form
+from gears.worker import default_threads
 from loaders.writer import ingest, wait_indexed
 from models.export import METADATA, read_metadata
 from models.squad import score_answer
@@ -48,7 +57,7 @@ class BenchSettings:
     dev: Path = corpus.DEV
     model: Path | None = None
     masters: int = 2
-    worker_threads: int = 1
+    worker_threads: int = field(default_factory=default_threads)  # as 'shardqa up'
     ks: tuple[int, ...] = (1, 5, 10)
     concurrency: tuple[int, ...] = (1, 4, 16)
     latency_questions: int = 100  # per k, asked through the API per variant
@@ -206,7 +215,15 @@ class Bench:
         for threads in thread_counts:
             rows = forward_rows(artifact, threads, self.s.forward_runs, shapes,
                                 eager_source=source if eager_ok else None)
-            limit = self.result["matmul"][f"{threads}_threads"]["median_gflops"]
+            # the limit is measured again after the forward runs and the better of the two
+            # kept: one sample taken while a neighbour loads the machine made the forward
+            # pass look faster than matmul itself
+            before = self.result["matmul"][f"{threads}_threads"]
+            after = matmul_gflops(threads)
+            best = dict(max(before, after, key=lambda m: m["median_gflops"]))
+            best["samples_median_gflops"] = [before["median_gflops"], after["median_gflops"]]
+            self.result["matmul"][f"{threads}_threads"] = best
+            limit = best["median_gflops"]
             for row in rows:
                 flops = model_flops(config, row["batch"], row["length"])
                 row["gflop"] = round(flops / 1e9, 2)
@@ -380,9 +397,12 @@ class Bench:
             node = client.get_node_from_key(n)
             if node.name not in direct:
                 direct[node.name] = node_client(bed.target, node.host, node.port)
-        get_cluster, get_direct, http = [], [], []
+        lean = LeanHttpClient(bed.api_url)
+        requests = [lean.request_bytes("/qa?" + urllib.parse.urlencode({"q": q.question, "k": 5}))
+                    for q in questions]
+        get_cluster, get_direct, http, http_lean = [], [], [], []
         for _ in range(reps):
-            for q, n in zip(questions, names, strict=True):
+            for q, n, request in zip(questions, names, requests, strict=True):
                 t0 = time.perf_counter()
                 client.get(n)
                 get_cluster.append((time.perf_counter() - t0) * 1000)
@@ -394,14 +414,21 @@ class Bench:
                 if not body.get("cached"):
                     raise AssertionError("a repeated question missed the cache")
                 http.append(took)
+                took, status, raw = lean.get(request)
+                if status != 200 or b'"cached":true' not in raw:
+                    raise AssertionError("a repeated question missed the cache (lean client)")
+                http_lean.append(took)
+        lean.close()
         for conn in direct.values():
             conn.close()
         out = {"redis_get_cluster_client": percentiles(get_cluster),
                "redis_get_direct_node": percentiles(get_direct),
-               "http_api": percentiles(http)}
+               "http_api": percentiles(http_lean),
+               "http_api_python_client": percentiles(http)}
         self.say(f"  GET p50 {out['redis_get_cluster_client']['p50']:.3f} ms (direct "
                  f"{out['redis_get_direct_node']['p50']:.3f}), HTTP p50 "
-                 f"{out['http_api']['p50']:.3f} ms")
+                 f"{out['http_api']['p50']:.3f} ms (Python http.client "
+                 f"{out['http_api_python_client']['p50']:.3f})")
         return out
 
 

@@ -53,6 +53,14 @@ KEYMISS_CHANNEL = "__keyevent@0__:keymiss"
 XADD_CHANNEL = "__keyevent@0__:xadd"
 
 
+def default_threads() -> int:
+    """Torch threads of a worker when none are asked for: every core, also with several
+    workers on one machine. A reader pass alone then uses all cores, and under load the
+    workers share them: bench/, 2 masters on 2 cores, one worker each with 2 threads against
+    1 thread: int8 k=5 p50 48 vs 67 ms, 10.4 vs 9.3 questions/s at concurrency 16."""
+    return os.cpu_count() or 1
+
+
 @dataclass
 class WorkerSettings:
     max_batch: int = 16  # requests per batch

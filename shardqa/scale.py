@@ -14,7 +14,6 @@ copies (models/) and the local stack's workers (shardqa/stack.py); cluster/ impo
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from cluster.cli import cluster_group, target_options
 from cluster.connection import DEFAULT_DIR, Target, connect
 from cluster.local import ClusterError, LocalCluster, process_alive
 from cluster.rebalance import Move
+from gears.worker import default_threads
 
 console = Console(highlight=False)
 
@@ -127,8 +127,7 @@ def stack_worker_starter(directory: str, threads: int | None = None
         return None
 
     def start(master: str) -> int:
-        count = len(state["workers"]) + 1
-        n = threads or max(1, (os.cpu_count() or 1) // count)
+        n = threads or default_threads()
         pid = stack.spawn(f"worker-{master.replace(':', '-')}",
                           ["worker", "--master", master, "--threads", str(n)])
         fresh = stack.state()
@@ -177,7 +176,7 @@ def print_moves(moves: list[Move], title: str) -> None:
 @click.option("--replicas", default=None, type=click.IntRange(0, 4),
               help="replicas of the new master [default: as many as the other masters have]")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
-              help="torch threads of the new worker [default: cores / masters]")
+              help="torch threads of the new worker [default: cores]")
 @click.option("--batch", default=rebalance.DEFAULT_BATCH, show_default=True,
               type=click.IntRange(1, 100_000), help="keys per MIGRATE while moving a slot")
 @click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,

@@ -15,7 +15,7 @@ from bench.baselines import NaiveBaseline, pattern_answer
 from bench.options import SKIP_RATIO, candidates, option_speed
 from bench.reader_forward import model_flops
 from bench.run import goals, vs_naive
-from bench.timing import percentiles
+from bench.timing import LeanHttpClient, percentiles
 from cluster import partitions
 from cluster.partitions import passage_id
 from gears import ranking
@@ -51,6 +51,42 @@ def test_question_pool_never_repeats_and_says_when_dev_runs_out():
     assert {e.id for e in first}.isdisjoint({e.id for e in second})
     with pytest.raises(corpus.CorpusError, match="more questions"):
         pool.take(3)
+
+
+def test_lean_http_client_reads_whole_responses_on_one_connection():
+    """The cached-answer figure's client: framed by Content-Length, one kept-alive socket."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    connections = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 - the http.server API
+            connections.append(self.client_address)
+            body = json.dumps({"path": self.path, "pad": "x" * 100_000}).encode()
+            self.send_response(200 if self.path != "/missing" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = LeanHttpClient(f"http://127.0.0.1:{server.server_address[1]}")
+        for path in ("/qa?q=a", "/qa?q=b", "/missing"):
+            ms, status, body = client.get(client.request_bytes(path))
+            assert json.loads(body)["path"] == path and ms > 0
+            assert status == (404 if path == "/missing" else 200)
+        client.close()
+        assert len(set(connections)) == 1  # kept alive
+    finally:
+        server.shutdown()
 
 
 def test_dev_questions_are_a_fixed_shuffle(tmp_path):
