@@ -42,7 +42,8 @@ def markdown(r: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; load average at start "
         f"{m.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}. "
         f"Deployment: {s['masters']} masters, one worker each ({s['worker_threads']} torch "
-        f"thread), the API under waitress. Reader: {reader.get('name')} "
+        f"thread{'s' if s['worker_threads'] != 1 else ''}), the API under waitress. "
+        f"Reader: {reader.get('name')} "
         f"({'random QA head: F1 not meaningful' if reader.get('random_qa_head') else 'trained'})"
         f". Run took {_fmt(r.get('elapsed_s'))} s.",
         "",
@@ -184,7 +185,8 @@ def readme_section(r: dict, out: Path) -> str:
         f"Measured by `shardqa bench{' --quick' if s.get('quick') else ''}` "
         f"({r.get('started', '')}) on {m['cpu']}, {m['cores']} cores "
         f"(load average {m.get('loadavg_at_start')} at start); {s['masters']} masters with one "
-        f"worker each ({s['worker_threads']} torch thread), the API under waitress; corpus: "
+        f"worker each ({s['worker_threads']} torch "
+        f"thread{'s' if s['worker_threads'] != 1 else ''}), the API under waitress; corpus: "
         f"SQuAD dev paragraphs + {wiki}"
         " ovos-wiki summaries as distractors; questions from dev, each asked once (uncached).",
         f"Full figures: `{out.name}` and `{out.with_suffix('.md').name}` in `bench/results/`.",
@@ -306,7 +308,8 @@ def plots(r: dict, out: Path) -> list[Path]:
             p95 = [_k(rows, k)["latency"]["p95"] for k in ks]
             line, = ax.plot(ks, p50, marker="o", label=f"{name} p50")
             ax.plot(ks, p95, linestyle="--", color=line.get_color(), alpha=0.6)
-        ax.set_xlabel("k (passages read per question)")
+        ax.set_xlabel("k (best-ranked passages per question; the baselines read all k, "
+                      "shardqa skips those far below the best)", fontsize=8)
         ax.set_ylabel("uncached latency, ms (dashed: p95)")
         ax.set_yscale("log")
         ax.set_xticks(ks)

@@ -24,7 +24,7 @@ console = Console(highlight=False)
 QUESTIONS = [
     "Who designed and built the Eiffel Tower?",
     "When was the Eiffel Tower built?",
-    "When was Philosophiae Naturalis Principia Mathematica first published?",
+    "Who wrote Philosophiae Naturalis Principia Mathematica?",
     "Which formula has been called the world's most famous equation?",
     "Which river has the largest discharge volume of water in the world?",
     "How far is the Moon from Earth on average?",
