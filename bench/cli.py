@@ -47,7 +47,7 @@ class _Bar:
 @click.option("--masters", type=click.IntRange(1, 16), default=2, show_default=True,
               help="masters of the bench cluster (one worker each)")
 @click.option("--worker-threads", type=click.IntRange(1, 64), default=None,
-              help="torch threads per worker [default: cores, as 'shardqa up']")
+              help="torch threads per worker [default: cores]")
 @click.option("--only", default=None, metavar="PHASE,...",
               help="run only these phases: " + ", ".join(PHASES) + " [default: all]")
 def bench_command(quick, out, model, dev, masters, worker_threads, only):

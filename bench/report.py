@@ -275,8 +275,9 @@ def optimizations(r: dict) -> list[str]:
     if t:
         lines.append(f"- threads per worker: a k=5 batch takes {t['1_thread_ms']:.0f} ms on 1 "
                      f"thread, {t['2_thread_ms']:.0f} ms on 2 ({t['speedup_2_threads']:.2f}x); "
-                     "so each worker gets every core (`--threads`, default: cores): a read "
-                     "alone uses both, and under load the workers share them")
+                     "the bench gives each of its 2 workers every core; `shardqa up` divides "
+                     "the cores among its workers, since 3 workers with 2 threads each on 2 "
+                     "cores made the soak's slowest questions slower")
     b = r.get("bf16")
     if b:
         flags = ", ".join(b["cpu_bf16_flags"]) or "none of amx_bf16/avx512_bf16"

@@ -53,12 +53,13 @@ KEYMISS_CHANNEL = "__keyevent@0__:keymiss"
 XADD_CHANNEL = "__keyevent@0__:xadd"
 
 
-def default_threads() -> int:
-    """Torch threads of a worker when none are asked for: every core, also with several
-    workers on one machine. A reader pass alone then uses all cores, and under load the
-    workers share them: bench/, 2 masters on 2 cores, one worker each with 2 threads against
-    1 thread: int8 k=5 p50 48 vs 67 ms, 10.4 vs 9.3 questions/s at concurrency 16."""
-    return os.cpu_count() or 1
+def default_threads(workers: int = 1) -> int:
+    """Torch threads of each of ``workers`` workers sharing this machine: the cores divided
+    among them (at least one). Measured both ways on 2 cores: two 2-thread workers beat two
+    1-thread ones on uncached questions (bench/: int8 k=5 p50 48 vs 67 ms, 10.4 vs 9.3 q/s at
+    concurrency 16), but three 2-thread workers under the soak's mixed load tripled its p99
+    (380 vs 121 ms): oversubscribed cores make the slowest questions slower."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 @dataclass

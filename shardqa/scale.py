@@ -127,7 +127,7 @@ def stack_worker_starter(directory: str, threads: int | None = None
         return None
 
     def start(master: str) -> int:
-        n = threads or default_threads()
+        n = threads or default_threads(len(state["workers"]) + 1)
         pid = stack.spawn(f"worker-{master.replace(':', '-')}",
                           ["worker", "--master", master, "--threads", str(n)])
         fresh = stack.state()
@@ -176,7 +176,7 @@ def print_moves(moves: list[Move], title: str) -> None:
 @click.option("--replicas", default=None, type=click.IntRange(0, 4),
               help="replicas of the new master [default: as many as the other masters have]")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
-              help="torch threads of the new worker [default: cores]")
+              help="torch threads of the new worker [default: cores / masters]")
 @click.option("--batch", default=rebalance.DEFAULT_BATCH, show_default=True,
               type=click.IntRange(1, 100_000), help="keys per MIGRATE while moving a slot")
 @click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,

@@ -72,7 +72,7 @@ class LocalStack:
         state = self.state()
         owners = sorted(set(partitions.owners(client, partitions.load(client)).values()))
         if threads is None:
-            threads = default_threads()
+            threads = default_threads(len(owners))
         for master in owners:
             pid = state["workers"].get(master)
             if pid and process_alive(pid):
@@ -169,7 +169,7 @@ def _http_ok(url: str) -> bool:
 @click.option("--port-base", default=7000, show_default=True, type=click.IntRange(1024, 65000),
               envvar="SHARDQA_PORT_BASE")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
-              help="torch threads per worker [default: cores]")
+              help="torch threads per worker [default: cores / masters]")
 @click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
               show_default=True, type=click.Path(file_okay=False))
 def up_command(corpus, model, masters, api_port, api_host, port_base, threads, cluster_dir):
