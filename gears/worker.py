@@ -419,11 +419,13 @@ class ShardWorker:
             except (KeyError, ValueError):
                 log.warning("dropping malformed request %s on %s", entry_id, stream)
                 self._ack(stream, [entry_id])
-        live = [r for r in requests if not r[2].expired(started)]
+        live, expired = [], []
+        for item in requests:
+            (expired if item[2].expired(started) else live).append(item)
         passages = {}
         if live and self._reader is not None:
             passages = self._passages(sorted({pid for _, _, r in live for pid in r.pids}))
-        done = [r for r in requests if r[2].expired(started)]
+
         def windows(item) -> int:
             return sum(len(passages[pid][1].windows) for pid in item[2].pids if pid in passages)
 
@@ -442,7 +444,7 @@ class ShardWorker:
             self.counters.batches += 1
             size = len(fresh)
             self.counters.batch_sizes[size] = self.counters.batch_sizes.get(size, 0) + 1
-        self._ack_requests(done)
+        self._ack_requests(expired)
 
     def _ack_requests(self, items: list) -> None:
         by_stream: dict[str, list] = {}
