@@ -43,7 +43,7 @@ class _Bar:
               "reader, else the MiniLM encoder (speed figures only)]")
 @click.option("--dev", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="SQuAD v1.1 questions and paragraphs "
-              "[default: ../shared/data/squad/dev.json]")
+              "[default: data/squad/dev.json]")
 @click.option("--masters", type=click.IntRange(1, 16), default=2, show_default=True,
               help="masters of the bench cluster (one worker each)")
 @click.option("--worker-threads", type=click.IntRange(1, 64), default=None,

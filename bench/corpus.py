@@ -1,7 +1,7 @@
 """What the bench reads and asks: SQuAD dev paragraphs and questions, Wikipedia distractors,
 and a synthetic corpus of distinct passages grown to a target size for rank at scale.
 
-Questions come from ``shared/data/squad/dev.json`` in a fixed shuffled order; each phase
+Questions come from the repository's ``data/squad/dev.json`` in a fixed shuffled order; each phase
 takes its own slice, so no question is asked twice (every ask is a cache miss).
 """
 
@@ -16,8 +16,9 @@ from cluster.errors import ShardqaError
 from loaders.documents import Document, read_documents, read_ovos_wiki
 from loaders.passages import split_passages
 from models.squad import SquadExample, read_squad
+from shardqa import datasets
 
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev.json"
+DEV = datasets.SQUAD_DEV
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 

@@ -1,7 +1,7 @@
 """Ingest write throughput and Redis memory per passage, on a throwaway local cluster.
 
 Measures the loader side only (file -> passages in Redis + ingest stream entries; no worker):
-  * SQuAD train+dev (../shared/data/squad/), and the 10,033 ovos-wiki summaries;
+  * SQuAD train+dev (the repository's data/squad/), and the 10,033 ovos-wiki summaries;
   * re-ingest of the same input (digests only, nothing written);
   * a baseline in the same run: the same ovos-wiki sample written one command per round trip
     (no batching, no pipelining), to show what batching per partition buys;
@@ -29,8 +29,9 @@ from cluster.local import LocalCluster, port_in_use
 from loaders.documents import Document, read_documents, read_ovos_wiki
 from loaders.passages import split_passages
 from loaders.writer import digest, ingest
+from shardqa import datasets
 
-SQUAD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "squad"
+SQUAD = datasets.DATA / "squad"
 
 
 def free_port_base(count: int) -> int:

@@ -49,6 +49,7 @@ from gears.worker import default_threads
 from loaders.writer import ingest, wait_indexed
 from models.export import METADATA, read_metadata
 from models.squad import score_answer
+from shardqa import datasets
 
 
 @dataclass
@@ -152,7 +153,8 @@ class Bench:
         self.artifact, self.meta = artifact, meta
         variants = [v for v in ("fp32", "int8") if v in meta["variants"]]
         r["reader"] = {"artifact": str(artifact), "name": meta["name"],
-                       "source": meta.get("source"), "random_qa_head": meta.get("random_qa_head"),
+                       "source": meta.get("source") and datasets.shown(Path(meta["source"])),
+                       "random_qa_head": meta.get("random_qa_head"),
                        "variants": variants, "max_seq_len": meta["max_seq_len"],
                        "int8_parity": meta.get("parity", {}).get("int8")}
         questions = corpus.dev_questions(s.dev)
@@ -515,7 +517,7 @@ class _NoBar:
 
 def _jsonable(value):
     if isinstance(value, Path):
-        return str(value)
+        return datasets.shown(value)
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-SQUAD_TRAIN = Path("/work/shared/data/squad/train.json")
+from shardqa.datasets import SQUAD_TRAIN
+
 TINY_VOCAB = 3000
 
 

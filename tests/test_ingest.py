@@ -13,9 +13,10 @@ from cluster import keys, partitions
 from loaders.documents import Document, read_documents, read_ovos_wiki
 from loaders.passages import split_passages
 from loaders.writer import IndexWaitTimeout, ingest, remaining_entries, wait_indexed
+from shardqa import datasets
 from tests.conftest import run_cli
 
-SQUAD_DEV = "/work/shared/data/squad/dev.json"
+SQUAD_DEV = str(datasets.SQUAD_DEV)
 
 
 def stream_entries(client, pmap, with_ids: bool = False) -> list[tuple]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,8 +24,9 @@ from loaders.documents import (
     read_ovos_wiki,
 )
 from loaders.passages import MAX_CHARS, cut_long, split_passages, split_text
+from shardqa import datasets
 
-SQUAD_DEV = Path("/work/shared/data/squad/dev.json")
+SQUAD_DEV = datasets.SQUAD_DEV
 
 
 def docs_of(items) -> list[Document]:

@@ -13,8 +13,9 @@ from loaders.documents import Document, read_documents
 from loaders.passages import split_passages
 from loaders.writer import ingest, remaining_entries, wait_indexed
 from models.tokenization import PassageTokens
+from shardqa import datasets
 
-SQUAD_DEV = "/work/shared/data/squad/dev.json"
+SQUAD_DEV = str(datasets.SQUAD_DEV)
 
 
 def assert_indexed_once(client, docs: list[Document], tokenized: bool = True) -> None:
