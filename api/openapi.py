@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gears.asker import MAX_K, MAX_QUESTION_CHARS
+from gears.asker import DEFAULT_K, MAX_K, MAX_QUESTION_CHARS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -29,7 +29,7 @@ def spec() -> dict:
                                     "maxLength": MAX_QUESTION_CHARS}},
                         {"name": "k", "in": "query", "required": False,
                          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K,
-                                    "default": 5}},
+                                    "default": DEFAULT_K}},
                     ],
                     "responses": {"200": answer_ok, **_errors(400, 401, 429, 503)},
                 },
@@ -52,7 +52,7 @@ def spec() -> dict:
         "components": {"schemas": {
             "Question": {"type": "object", "required": ["question"], "properties": {
                 "question": {"type": "string", "minLength": 1, "maxLength": MAX_QUESTION_CHARS},
-                "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 5}}},
+                "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}}},
             "Answer": {"type": "object", "properties": {
                 "question": {"type": "string"},
                 "answer": {"type": "string", "nullable": True},

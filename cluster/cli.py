@@ -1,46 +1,18 @@
-"""``shardqa cluster``: start, stop and inspect the cluster; the shared --dir/--redis options."""
+"""``shardqa cluster``: start, stop and inspect the cluster (shared options: cluster.options)."""
 
 from __future__ import annotations
-
-import functools
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from cluster import acl, functions, partitions
-from cluster.connection import DEFAULT_DIR, Target, connect
-from cluster.local import ClusterError, LocalCluster
+from cluster.connection import Target, connect
+from cluster.errors import ClusterError
+from cluster.local import LocalCluster
+from cluster.options import dir_option, target_options
 
 console = Console(highlight=False)
-
-
-#: The ACL user (cluster.acl) a command connects as on a local secured cluster; every other
-#: command manages the cluster, models or corpus and connects as ``admin``. With --redis the
-#: URL's user (or SHARDQA_REDIS_USER) decides.
-# eval ingests its file in open mode (unless --no-ingest), so it runs as admin
-COMMAND_ROLES = {"worker": "worker", "serve": "api", "ask": "api"}
-
-
-def target_options(func):
-    """--dir / --redis, flags first then SHARDQA_DIR / SHARDQA_REDIS_URL; passes ``target``.
-
-    The target's role is the command's entry in COMMAND_ROLES (admin otherwise).
-    """
-
-    @click.option("--redis", "redis_url", envvar="SHARDQA_REDIS_URL", default=None,
-                  metavar="URL", help="redis://[USER:PASSWORD@]HOST:PORT of a cluster started "
-                  "elsewhere [env SHARDQA_REDIS_URL; SHARDQA_REDIS_USER/_PASSWORD]")
-    @click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
-                  show_default=True, type=click.Path(file_okay=False),
-                  help="local cluster folder [env SHARDQA_DIR]")
-    @functools.wraps(func)
-    def wrapper(*args, redis_url, cluster_dir, **kwargs):
-        role = COMMAND_ROLES.get(click.get_current_context().info_name, "admin")
-        return func(*args, target=Target(url=redis_url, directory=cluster_dir, role=role),
-                    **kwargs)
-
-    return wrapper
 
 
 @click.group("cluster")
@@ -58,8 +30,7 @@ def cluster_group() -> None:
               help="number of partitions (fixed when the cluster is created)")
 @click.option("--node-timeout", default=5000, show_default=True, type=click.IntRange(100),
               help="cluster-node-timeout in ms")
-@click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
-              show_default=True, type=click.Path(file_okay=False))
+@dir_option
 def up_command(masters, replicas, port_base, partition_count, node_timeout, cluster_dir):
     """Start a local cluster of real redis-server processes (or restart a stopped one)."""
     local = LocalCluster(cluster_dir)
@@ -105,8 +76,7 @@ def init_command(partition_count, target):
 
 @cluster_group.command("down")
 @click.option("--purge", is_flag=True, help="also delete the cluster's data")
-@click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
-              show_default=True, type=click.Path(file_okay=False))
+@dir_option
 def down_command(purge, cluster_dir):
     """Stop exactly the redis-server processes this folder started (data kept unless --purge)."""
     local = LocalCluster(cluster_dir)

@@ -21,7 +21,8 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from cluster import acl
-from cluster.local import ClusterError, LocalCluster
+from cluster.errors import ClusterError
+from cluster.local import LocalCluster
 
 DEFAULT_DIR = ".shardqa/cluster"
 

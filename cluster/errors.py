@@ -1,4 +1,4 @@
-"""The one error type the CLI and API turn into a one-line message (never a traceback)."""
+"""The error types the CLI and API turn into a one-line message (never a traceback)."""
 
 
 class ShardqaError(RuntimeError):
@@ -17,3 +17,9 @@ class ShardqaError(RuntimeError):
             self.exit_code = exit_code
         if http_status is not None:
             self.http_status = http_status
+
+
+class ClusterError(ShardqaError):
+    """The cluster could not be started, stopped or reached."""
+
+    http_status = 503

@@ -25,16 +25,10 @@ from pathlib import Path
 import redis
 
 from cluster import acl
-from cluster.errors import ShardqaError
+from cluster.errors import ClusterError
 
 STATE_FILE = "cluster.json"
 ALL_SLOTS = 16384
-
-
-class ClusterError(ShardqaError):
-    """The local cluster could not be started, stopped or reached."""
-
-    http_status = 503
 
 
 @dataclass

@@ -30,6 +30,9 @@ log = logging.getLogger("shardqa.ask")
 
 MAX_QUESTION_CHARS = 1000
 MAX_K = 50
+DEFAULT_K = 5  # passages read per question
+ASK_TIMEOUT_S = 10.0  # how long a question waits for the shard workers
+CACHE_TTL_S = 3600  # how long an answer stays in the cache
 
 
 class QuestionError(ShardqaError):
@@ -126,8 +129,8 @@ def answer_score(span_score: float, bm25: float, top_bm25: float, weight: float)
 class Asker:
     """Thread-safe; one per process is plenty."""
 
-    def __init__(self, client, *, timeout_s: float = 10.0, cache_ttl_s: int = 3600,
-                 generation_max_age_s: float = 0.25,
+    def __init__(self, client, *, timeout_s: float = ASK_TIMEOUT_S,
+                 cache_ttl_s: int = CACHE_TTL_S, generation_max_age_s: float = 0.25,
                  retrieval_weight: float = RETRIEVAL_WEIGHT,
                  min_rank_ratio: float = MIN_RANK_RATIO,
                  rank_cap: int = ranking.POSTINGS_CAP):
@@ -157,7 +160,7 @@ class Asker:
             self._generation = (value, now)
         return value
 
-    def ask(self, question, k: int = 5, *, use_cache: bool = True) -> Answer:
+    def ask(self, question, k: int = DEFAULT_K, *, use_cache: bool = True) -> Answer:
         t0 = time.perf_counter()
         q, k = validate(question, k)
         gen = self.generation()

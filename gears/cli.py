@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cluster.cli import target_options
 from cluster.connection import connect
+from cluster.options import target_options
+from gears.asker import ASK_TIMEOUT_S, DEFAULT_K, MAX_K
 from gears.health import status
 
 console = Console(highlight=False)
@@ -56,10 +57,12 @@ def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs,
 
 @click.command("ask")
 @click.argument("question")
-@click.option("--k", default=5, show_default=True, type=click.IntRange(1, 50))
+@click.option("--k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K),
+              help="passages read per question")
 @click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
 @click.option("--no-cache", is_flag=True, help="skip the answer cache (still writes it)")
-@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 600))
+@click.option("--timeout", default=ASK_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(0.1, 600), help="seconds to wait for shard workers")
 @target_options
 def ask_command(question, k, as_json, no_cache, timeout, target):
     """Ask a question of the corpus in the cluster."""

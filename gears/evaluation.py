@@ -30,8 +30,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cluster.cli import target_options
 from cluster.errors import ShardqaError
+from cluster.options import target_options
 from models.squad import SquadExample, read_squad, score_answer
 
 console = Console(highlight=False)

@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster import partitions
-from cluster.cli import target_options
 from cluster.connection import connect
 from cluster.errors import ShardqaError
+from cluster.options import target_options
 from loaders.documents import FORMATS, BadRecord, Document, InputUnit, input_units, read_unit
 from loaders.writer import IngestReport, ingest, stderr, wait_indexed
 

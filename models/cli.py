@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
-from cluster.cli import target_options
 from cluster.connection import connect
+from cluster.options import target_options
 from models.train import train_command
 
 console = Console(highlight=False)

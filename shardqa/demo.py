@@ -16,7 +16,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cluster.connection import DEFAULT_DIR, Target, connect
+from api.settings import ServeSettings
+from cluster.connection import Target, connect
+from cluster.options import dir_option
 from shardqa.stack import LocalStack
 
 console = Console(highlight=False)
@@ -40,12 +42,12 @@ def ask_http(url: str, question: str) -> tuple[dict, float]:
 
 
 @click.command("demo")
-@click.option("--api-port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+@click.option("--api-port", default=ServeSettings.port, show_default=True,
+              type=click.IntRange(1, 65535),
               envvar="SHARDQA_API_PORT")
 @click.option("--port-base", default=7000, show_default=True, type=click.IntRange(1024, 65000),
               envvar="SHARDQA_PORT_BASE")
-@click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
-              show_default=True, type=click.Path(file_okay=False))
+@dir_option
 @click.option("--question", "-q", "questions", multiple=True,
               help="ask these instead of the built-in questions")
 def demo_command(api_port, port_base, cluster_dir, questions):
@@ -55,7 +57,7 @@ def demo_command(api_port, port_base, cluster_dir, questions):
 
     console.rule("1. cluster, shard workers, API")
     state = LocalStack(cluster_dir).up(masters=3, port_base=port_base, api_port=api_port,
-                                       api_host="127.0.0.1", threads=None, model=None)
+                                       api_host=ServeSettings.host, threads=None, model=None)
     url = state["api"]["url"]
     console.print(f"up: {len(state['workers'])} shard workers, API at {url}")
 

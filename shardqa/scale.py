@@ -24,9 +24,11 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from cluster import keys, partitions, rebalance
-from cluster.cli import cluster_group, target_options
-from cluster.connection import DEFAULT_DIR, Target, connect
-from cluster.local import ClusterError, LocalCluster, process_alive
+from cluster.cli import cluster_group
+from cluster.connection import Target, connect
+from cluster.errors import ClusterError
+from cluster.local import LocalCluster, process_alive
+from cluster.options import dir_option, target_options
 from cluster.rebalance import Move
 from gears.worker import default_threads
 
@@ -179,8 +181,7 @@ def print_moves(moves: list[Move], title: str) -> None:
               help="torch threads of the new worker [default: cores / masters]")
 @click.option("--batch", default=rebalance.DEFAULT_BATCH, show_default=True,
               type=click.IntRange(1, 100_000), help="keys per MIGRATE while moving a slot")
-@click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
-              show_default=True, type=click.Path(file_okay=False))
+@dir_option
 def add_master_command(replicas, threads, batch, cluster_dir):
     """Add a master to the local cluster and move partitions to it while serving.
 

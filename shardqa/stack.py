@@ -20,10 +20,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from api.settings import ServeSettings
 from cluster import partitions
 from cluster.cli import bring_up
-from cluster.connection import DEFAULT_DIR, Target, connect
-from cluster.local import ClusterError, LocalCluster, port_in_use, process_alive
+from cluster.connection import Target, connect
+from cluster.errors import ClusterError
+from cluster.local import LocalCluster, port_in_use, process_alive
+from cluster.options import dir_option
 from gears.worker import default_threads
 
 console = Console(highlight=False)
@@ -163,15 +166,16 @@ def _http_ok(url: str) -> bool:
 @click.option("--model", default=None, type=click.Path(exists=True, file_okay=False),
               help="exported reader artifact to push [default: the bundled reader]")
 @click.option("--masters", default=3, show_default=True, type=click.IntRange(1, 64))
-@click.option("--api-port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--api-port", default=ServeSettings.port, show_default=True,
+              type=click.IntRange(0, 65535),
               envvar="SHARDQA_API_PORT", help="0: no API")
-@click.option("--api-host", default="127.0.0.1", show_default=True, envvar="SHARDQA_API_HOST")
+@click.option("--api-host", default=ServeSettings.host, show_default=True,
+              envvar="SHARDQA_API_HOST")
 @click.option("--port-base", default=7000, show_default=True, type=click.IntRange(1024, 65000),
               envvar="SHARDQA_PORT_BASE")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="torch threads per worker [default: cores / masters]")
-@click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
-              show_default=True, type=click.Path(file_okay=False))
+@dir_option
 def up_command(corpus, model, masters, api_port, api_host, port_base, threads, cluster_dir):
     """Start everything locally in the background: cluster, workers, API."""
     stack = LocalStack(cluster_dir)
@@ -192,8 +196,7 @@ def up_command(corpus, model, masters, api_port, api_host, port_base, threads, c
 
 @click.command("down")
 @click.option("--purge", is_flag=True, help="also delete the cluster's data")
-@click.option("--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR,
-              show_default=True, type=click.Path(file_okay=False))
+@dir_option
 def down_command(purge, cluster_dir):
     """Stop the API, the workers and the cluster that 'shardqa up' started."""
     stopped = LocalStack(cluster_dir).down(purge=purge)

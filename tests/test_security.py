@@ -17,7 +17,7 @@ from redis.retry import Retry
 from api.app import create_app
 from cluster import acl, keys
 from cluster.connection import Target, connect
-from cluster.local import ClusterError
+from cluster.errors import ClusterError
 from gears import health
 from gears.asker import Asker
 from models import store
