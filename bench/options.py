@@ -26,12 +26,14 @@ from cluster import keys
 from cluster.partitions import PartitionMap
 from gears import ranking
 from gears.asker import MIN_RANK_RATIO, RETRIEVAL_WEIGHT, answer_score, normalize
-from models.export import VARIANT_FILES, read_metadata, sample_inputs
+from models.artifact import load_reader as artifact_reader
+from models.artifact import read_artifact
+from models.evaluation import evaluate_reader, summarize
+from models.export import sample_inputs
 from models.reader import Reader, special_ids
 from models.squad import SquadExample, score_answer
 from models.tokenization import (
     PassageTokens,
-    load_tokenizer,
     window_token_budget,
 )
 
@@ -53,13 +55,9 @@ class PaddedReader(Reader):
 
 
 def load_reader(artifact: Path, variant: str, threads: int, padded: bool = False) -> Reader:
-    meta = read_metadata(artifact)
-    module = torch.jit.load(str(Path(artifact) / VARIANT_FILES[variant]), map_location="cpu")
-    module.eval()
-    tokenizer = load_tokenizer((Path(artifact) / "tokenizer.json").read_text())
-    cls = PaddedReader if padded else Reader
-    reader = cls(module, tokenizer, max_seq_len=int(meta["max_seq_len"]),
-                 max_question_tokens=int(meta["max_question_tokens"]), threads=threads)
+    """The artifact's reader (models.artifact, as ``shardqa eval``), warmed up."""
+    reader, _ = artifact_reader(artifact, variant=variant, threads=threads,
+                                reader_class=PaddedReader if padded else Reader)
     reader.warm_up()
     return reader
 
@@ -73,13 +71,10 @@ def _window_tokens(reader: Reader) -> int:
 def reader_quality(artifact: Path, examples: list[SquadExample], variants: list[str],
                    threads: int, progress: bool = False) -> dict:
     """EM/F1 per variant, each question read against its gold paragraph: the reader mode of
-    ``shardqa eval`` (gears.evaluation), so the bench and eval report the same score."""
-    from gears.evaluation import evaluate_reader, summarize
-    from gears.evaluation import load_reader as eval_reader
-
+    ``shardqa eval`` (models.evaluation), so the bench and eval report the same score."""
     out = {}
     for variant in variants:
-        reader, description = eval_reader(artifact, variant=variant, threads=threads)
+        reader, description = artifact_reader(artifact, variant=variant, threads=threads)
         t0 = time.perf_counter()
         results = evaluate_reader(examples, reader, stride=STRIDE, progress=progress)
         summary = summarize(results, file="dev", mode="reader", model=description)
@@ -212,9 +207,7 @@ def warm_up_effect(artifact: Path, variant: str, threads: int) -> dict:
     """First calls of a freshly loaded TorchScript reader vs its steady state: what the
     worker's warm-up at load keeps away from the first questions."""
     torch.set_num_threads(threads)
-    module = torch.jit.load(str(Path(artifact) / VARIANT_FILES[variant]), map_location="cpu")
-    module.eval()
-    tokenizer = load_tokenizer((Path(artifact) / "tokenizer.json").read_text())
+    module, tokenizer, _ = read_artifact(artifact, variant)
     calls = _timed_calls(module, _sample_inputs(tokenizer), 8)
     steady = statistics.median(calls[3:])
     return {"variant": variant, "batch": "5 pairs x 190 tokens",
@@ -225,9 +218,8 @@ def warm_up_effect(artifact: Path, variant: str, threads: int) -> dict:
 def thread_scaling(artifact: Path, variant: str, runs: int = 7) -> dict:
     """Forward time of one k=5 batch at 1 and 2 threads. Two 1-thread workers read two
     batches at once; one 2-thread worker gains only this speedup on one."""
-    module = torch.jit.load(str(Path(artifact) / VARIANT_FILES[variant]), map_location="cpu")
-    module.eval()
-    inputs = _sample_inputs(load_tokenizer((Path(artifact) / "tokenizer.json").read_text()))
+    module, tokenizer, _ = read_artifact(artifact, variant)
+    inputs = _sample_inputs(tokenizer)
     out = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from bench.corpus import synthetic_stages
 from bench.testbed import Testbed
-from bench.timing import percentiles
 from cluster import partitions
 from cluster.partitions import PartitionMap
 from gears import ranking
 from gears.asker import normalize
 from loaders.writer import ingest, wait_indexed
+from models.evaluation import percentiles
 
 
 def measure_rank(client, pmap: PartitionMap, questions: list[str], k: int, cap: int) -> dict:

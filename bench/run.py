@@ -39,7 +39,6 @@ from bench.timing import (
     LeanHttpClient,
     ask_or_error,
     median,
-    percentiles,
     run_concurrent,
 )
 from cluster import keys, partitions
@@ -47,6 +46,7 @@ from cluster.connection import node_client
 from gears.asker import cache_form
 from gears.worker import default_threads
 from loaders.writer import ingest, wait_indexed
+from models.evaluation import percentiles
 from models.export import METADATA, read_metadata
 from models.squad import score_answer
 from shardqa import datasets

@@ -15,8 +15,6 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from cluster.errors import ShardqaError
 
 
@@ -26,17 +24,6 @@ class ApiError(ShardqaError):
     def __init__(self, message: str, ms: float = 0.0):
         super().__init__(message)
         self.ms = ms
-
-
-def percentiles(ms: list[float]) -> dict:
-    """p50/p95/p99/mean/min in milliseconds (3 decimals), and the count."""
-    if not ms:
-        return {"n": 0}
-    arr = np.asarray(ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {"n": int(arr.size), "p50": round(float(p50), 3), "p95": round(float(p95), 3),
-            "p99": round(float(p99), 3), "mean": round(float(arr.mean()), 3),
-            "min": round(float(arr.min()), 3)}
 
 
 def median(values: list[float]) -> float | None:

@@ -116,15 +116,3 @@ def status_command(as_json, target):
     console.print(wt)
     for node, mem in report["memory"].items():
         console.print(f"{node}: {mem}")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(worker_command)
-    cli.add_command(ask_command)
-    cli.add_command(status_command)
-    try:
-        from gears.evaluation import eval_command
-    except ImportError:
-        pass
-    else:
-        cli.add_command(eval_command)

@@ -7,9 +7,14 @@ import sys
 import click
 import redis
 
+from api.cli import serve_command
+from bench.cli import bench_command
 from cluster.cli import cluster_group
 from cluster.errors import ShardqaError
-from shardqa import demo, stack
+from gears.cli import ask_command, status_command, worker_command
+from loaders.cli import ingest_command
+from models.cli import model_group
+from shardqa import demo, evaluation, scale, stack
 
 
 class ShardqaGroup(click.Group):
@@ -39,37 +44,12 @@ def cli() -> None:
 
 
 cli.add_command(cluster_group)
-cli.add_command(stack.up_command)
-cli.add_command(stack.down_command)
-cli.add_command(demo.demo_command)
-
-
-def _add_optional_groups() -> None:
-    """Groups of packages that are still growing register here as they land."""
-    import importlib
-
-    for module, attr in [
-        ("models.cli", "model_group"),
-        ("loaders.cli", "ingest_command"),
-        ("gears.cli", "register"),
-        ("api.cli", "serve_command"),
-        ("bench.cli", "bench_command"),
-        ("shardqa.scale", "register"),
-    ]:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue
-            raise
-        obj = getattr(mod, attr)
-        if isinstance(obj, click.Command):
-            cli.add_command(obj)
-        else:
-            obj(cli)
-
-
-_add_optional_groups()
+cluster_group.add_command(scale.add_master_command)
+cluster_group.add_command(scale.rebalance_command)
+for command in (stack.up_command, stack.down_command, demo.demo_command, model_group,
+                ingest_command, worker_command, ask_command, status_command,
+                evaluation.eval_command, serve_command, bench_command):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from cluster import keys, partitions, rebalance
-from cluster.cli import cluster_group
 from cluster.connection import Target, connect
 from cluster.errors import ClusterError
 from cluster.local import LocalCluster, process_alive
@@ -225,9 +224,3 @@ def rebalance_command(batch, dry_run, target):
     print_moves(moves, f"{len(moves)} partitions {'to move' if dry_run else 'moved'}")
     if synced:
         console.print(f"reader model copied to {', '.join(synced)}")
-
-
-def register(cli: click.Group) -> None:
-    """Both commands belong to ``shardqa cluster``."""
-    cluster_group.add_command(add_master_command)
-    cluster_group.add_command(rebalance_command)

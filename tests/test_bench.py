@@ -15,13 +15,14 @@ from bench.baselines import NaiveBaseline, pattern_answer
 from bench.options import SKIP_RATIO, candidates, option_speed
 from bench.reader_forward import model_flops
 from bench.run import goals, vs_naive
-from bench.timing import LeanHttpClient, percentiles
+from bench.timing import LeanHttpClient
 from cluster import partitions
 from cluster.partitions import passage_id
 from gears import ranking
 from gears.asker import Asker
 from loaders.documents import Document
 from loaders.passages import split_passages
+from models.evaluation import percentiles
 from models.squad import SquadExample
 from tests.corpus import QUESTIONS
 

@@ -13,15 +13,10 @@ from pathlib import Path
 import pytest
 
 from gears.asker import Asker
-from gears.evaluation import (
-    QuestionResult,
-    evaluate_open,
-    evaluate_reader,
-    ingest_file,
-    load_reader,
-    summarize,
-)
+from models.artifact import load_reader
+from models.evaluation import QuestionResult, evaluate_reader, summarize
 from models.squad import read_squad
+from shardqa.evaluation import evaluate_open, ingest_file
 from tests.conftest import run_cli
 
 ARTICLES = {

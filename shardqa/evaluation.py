@@ -1,0 +1,195 @@
+"""``shardqa eval``: SQuAD-format evaluation of the reader alone or of the whole system.
+
+``reader`` mode scores the reader on each question's own paragraph (models.evaluation).
+``open`` mode is a client of the running cluster: it ingests the file's paragraphs and asks
+every question through the full pipeline (cache, ranking, shard workers), reporting
+retrieval recall next to EM/F1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cluster.errors import ShardqaError
+from cluster.options import target_options
+from gears.asker import DEFAULT_K, MAX_K
+from models.evaluation import (
+    DEFAULT_STRIDE,
+    EvalReport,
+    EvaluationError,
+    QuestionResult,
+    evaluate_reader,
+    run_questions,
+    summarize,
+)
+from models.squad import SquadExample, read_squad, score_answer
+from shardqa import datasets
+
+console = Console(highlight=False)
+
+
+def ingest_file(client, path: str, progress: bool = True):
+    """Every paragraph of the SQuAD file into the cluster, then wait for the workers."""
+    from loaders.documents import read_documents
+    from loaders.writer import ingest, wait_indexed
+
+    report = ingest(client, read_documents([path], "squad"), source=path, progress=progress)
+    wait_indexed(client, progress=progress)
+    return report
+
+
+def evaluate_open(client, examples: list[SquadExample], *, k: int = DEFAULT_K, asker=None,
+                  progress: bool = True) -> list[QuestionResult]:
+    """Ask every question through the pipeline; the gold passage is paragraph i of article T."""
+    from cluster.partitions import passage_id
+    from gears.asker import Asker
+
+    asker = asker or Asker(client)
+
+    def answer(example: SquadExample) -> QuestionResult:
+        gold = passage_id(example.title, example.paragraph_index)
+        t0 = time.perf_counter()
+        try:
+            got = asker.ask(example.question, k=k)
+        except ShardqaError as exc:
+            latency = (time.perf_counter() - t0) * 1000
+            return QuestionResult(example.id, "", 0.0, 0.0, latency, error=str(exc))
+        latency = float((got.timings_ms or {}).get("total", (time.perf_counter() - t0) * 1000))
+        text = got.answer or ""
+        em, f1 = score_answer(text, example.answers)
+        read = list(got.passages_read or [])
+        rank = read.index(gold) + 1 if gold in read else None
+        return QuestionResult(example.id, text, em, f1, latency, cached=bool(got.cached),
+                              gold_rank=rank)
+
+    return run_questions(examples, answer, progress, "asking")
+
+
+def pushed_model(client) -> str:
+    """Name and version of the model current on the masters, for the report."""
+    try:
+        from models import store
+
+        rows = [r for r in store.list_models(client) if r.get("current_on")]
+    except Exception:  # noqa: BLE001 - the report still stands without the model's name
+        return "pushed model"
+    return ", ".join(f"{r['name']} {r['version']} {r['variant']}" for r in rows) or "none"
+
+
+def render(report: EvalReport) -> Table:
+    table = Table("metric", "value", title=f"shardqa eval ({report.mode}): {report.file}")
+    table.add_row("model", report.model)
+    table.add_row("questions", f"{report.count:,}")
+    table.add_row("exact match", f"{report.exact_match:.2f}")
+    table.add_row("F1", f"{report.f1:.2f}")
+    for at, value in (report.recall or {}).items():
+        table.add_row(f"recall@{at}", f"{value:.2f}")
+    lat = report.latency_ms
+    table.add_row("latency ms p50/p95/p99",
+                  f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}")
+    table.add_row("cache hit rate",
+                  "n/a (reader mode)" if report.cache_hit_rate is None
+                  else f"{100 * report.cache_hit_rate:.1f}%")
+    if report.errors:
+        table.add_row("errors", str(report.errors))
+    return table
+
+
+def reader_report(file: str, examples: list[SquadExample], model_path: str | None, *,
+                  variant: str, max_seq_len: int | None, stride: int, threads: int | None,
+                  progress: bool) -> EvalReport:
+    """Reader mode: the model at ``model_path`` (default: the bundled reader) on gold
+    paragraphs."""
+    from models.artifact import load_reader
+
+    if model_path is None:
+        from models.default import default_artifact
+
+        model_path = str(default_artifact())
+    reader, described = load_reader(model_path, variant=variant, max_seq_len=max_seq_len,
+                                    threads=threads)
+    reader.warm_up()
+    results = evaluate_reader(examples, reader, stride=stride, progress=progress)
+    return summarize(results, file=file, mode="reader", model=described)
+
+
+def open_report(file: str, examples: list[SquadExample], target, *, k: int, ingest: bool,
+                progress: bool) -> EvalReport:
+    """Open mode: (ingest the file, then) ask every question of the running system."""
+    from cluster.connection import connect
+
+    client = connect(target)
+    try:
+        if ingest:
+            ingest_file(client, file, progress=progress)
+        results = evaluate_open(client, examples, k=k, progress=progress)
+        described = pushed_model(client)
+    finally:
+        client.close()
+    return summarize(results, file=file, mode="open", model=described, k=k)
+
+
+@click.command("eval")
+@click.argument("file", type=click.Path(dir_okay=False), required=False)
+@click.option("--mode", type=click.Choice(["reader", "open"]), default="reader",
+              show_default=True,
+              help="reader: each question with its own paragraph; open: the full pipeline")
+@click.option("--model", "model_path", default=None, type=click.Path(),
+              help="reader mode: an exported artifact or a Hugging Face checkpoint folder "
+                   "[default: the bundled reader]")
+@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+              show_default=True, help="reader mode: which artifact variant to run")
+@click.option("--max-seq-len", default=None, type=click.IntRange(16, 4096),
+              help="reader mode: override the model's max_seq_len")
+@click.option("--stride", default=DEFAULT_STRIDE, show_default=True, type=click.IntRange(0),
+              help="reader mode: token overlap of a paragraph's windows (as the worker)")
+@click.option("--threads", default=None, type=click.IntRange(1, 256),
+              help="reader mode: torch threads")
+@click.option("--no-ingest", is_flag=True,
+              help="open mode: only ask, against whatever corpus is loaded")
+@click.option("--k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K),
+              help="open mode: passages read per question")
+@click.option("--limit", default=None, type=click.IntRange(1), help="first N questions only")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="also write the report (with every prediction) to this JSON file")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@target_options
+def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, no_ingest, k,
+                 limit, json_out, quiet, target):
+    """Score a SQuAD-format FILE: EM/F1, recall@1/@5/@k, latency p50/p95/p99, cache hits.
+
+    FILE defaults to the repository's SQuAD dev subset (data/squad/dev.json).
+    """
+    if file is None:
+        file = datasets.shown(datasets.SQUAD_DEV)
+        examples = read_squad(datasets.SQUAD_DEV)
+    else:
+        examples = read_squad(file)
+    examples = examples[:limit] if limit else examples
+    if not examples:
+        raise EvaluationError(f"{file}: no questions")
+    progress = not quiet and sys.stderr.isatty()
+    if mode == "reader":
+        if no_ingest:
+            raise EvaluationError("--no-ingest is for --mode open")
+        report = reader_report(file, examples, model_path, variant=variant,
+                               max_seq_len=max_seq_len, stride=stride, threads=threads,
+                               progress=progress)
+    else:
+        if model_path is not None:
+            raise EvaluationError("--model is for --mode reader; open mode uses the model "
+                                  "pushed to the cluster")
+        report = open_report(file, examples, target, k=k, ingest=not no_ingest,
+                             progress=progress)
+    console.print(render(report))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False)
+                                  + "\n", encoding="utf-8")
+        console.print(f"report written to {json_out}")
