@@ -21,6 +21,7 @@ from cluster.cli import bring_up
 from cluster.connection import Target, connect
 from cluster.errors import ShardqaError
 from cluster.local import port_in_use
+from cluster.waiting import until
 from shardqa.stack import LocalStack
 
 
@@ -141,18 +142,13 @@ class Testbed:
     def _wait_api(self, timeout: float) -> None:
         """Until the API serves requests (its /health judges the cluster, which the bench
         checks itself: workers with the model)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(self.api_url + "/openapi.json", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise TestbedError(f"the API does not answer at {self.api_url} within "
-                                   f"{timeout:g}s (see {self.stack.dir / 'logs'})")
-            time.sleep(0.2)
+        def answers() -> bool:
+            with urllib.request.urlopen(self.api_url + "/openapi.json", timeout=2) as resp:
+                return resp.status == 200
+
+        until(answers, timeout, 0.2, retry_on=(urllib.error.URLError, OSError),
+              error=TestbedError, what=f"the API does not answer at {self.api_url} within "
+              f"{timeout:g}s (see {self.stack.dir / 'logs'})")
 
     def _beats(self) -> dict[str, dict]:
         beats = {}

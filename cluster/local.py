@@ -26,6 +26,7 @@ import redis
 
 from cluster import acl
 from cluster.errors import ClusterError
+from cluster.waiting import Deadline, until
 
 STATE_FILE = "cluster.json"
 ALL_SLOTS = 16384
@@ -135,9 +136,6 @@ class LocalCluster:
         if not self.exists():
             return []
         return [n for n in self.spec().nodes if (pid := self.pid_of(n)) and process_alive(pid)]
-
-    def is_running(self) -> bool:
-        return bool(self.running_nodes())
 
     def passwords(self) -> dict[str, str] | None:
         """role -> password, or None for an open cluster."""
@@ -263,20 +261,15 @@ class LocalCluster:
         (ndir / "redis.pid.shardqa").write_text(str(proc.pid))
 
     def _wait_ping(self, host: str, port: int, timeout: float, log: Path) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def failed() -> str:
             try:
-                if self.connection(host, port, socket_timeout=1).ping():
-                    return
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                try:
-                    last = log.read_text().strip().splitlines()[-1]
-                except (OSError, IndexError):
-                    last = "no log"
-                raise ClusterError(f"redis-server on port {port} did not start: {last}")
-            time.sleep(0.05)
+                last = log.read_text().strip().splitlines()[-1]
+            except (OSError, IndexError):
+                last = "no log"
+            return f"redis-server on port {port} did not start: {last}"
+
+        until(lambda: self.connection(host, port, socket_timeout=1).ping(), timeout,
+              what=failed, retry_on=(redis.RedisError,))
 
     def _create(self, spec: ClusterSpec, timeout: float) -> None:
         """ADDSLOTSRANGE + MEET + REPLICATE: what ``redis-cli --cluster create`` does."""
@@ -292,64 +285,39 @@ class LocalCluster:
         for node in spec.nodes[1:]:
             conns[node.port].execute_command("CLUSTER MEET", spec.host, first)
         ids = {p: c.execute_command("CLUSTER MYID").decode() for p, c in conns.items()}
-        deadline = time.monotonic() + timeout
-        for node in spec.nodes:
-            if node.role != "replica":
-                continue
-            while True:
-                try:
-                    conns[node.port].execute_command("CLUSTER REPLICATE", ids[node.master_port])
-                    break
-                except redis.ResponseError:
-                    if time.monotonic() > deadline:
-                        raise ClusterError(f"replica {node.port} did not join") from None
-                    time.sleep(0.1)
+        _replicate(conns, {n.port: ids[n.master_port] for n in spec.nodes
+                           if n.role == "replica"}, Deadline(timeout))
 
     def wait_ok(self, spec: ClusterSpec | None = None, timeout: float = 30.0) -> None:
         spec = spec or self.spec()
-        deadline = time.monotonic() + timeout
-        pending = [n.port for n in spec.nodes]
-        while pending:
-            port = pending[0]
-            try:
-                info = self.connection(spec.host, port).cluster("INFO")
-                if str(info.get("cluster_state")) == "ok":
-                    pending.pop(0)
-                    continue
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise ClusterError(f"cluster did not reach cluster_state:ok (node {port})")
-            time.sleep(0.05)
+        deadline = Deadline(timeout)
+        for node in spec.nodes:
+            conn = self.connection(spec.host, node.port)
+            until(lambda c=conn: str(c.cluster("INFO").get("cluster_state")) == "ok",
+                  deadline.left(), what=f"cluster did not reach cluster_state:ok (node "
+                  f"{node.port})", retry_on=(redis.RedisError,))
 
     def wait_replicas(self, spec: ClusterSpec | None = None, timeout: float = 30.0) -> None:
         """Until every node that is a replica now has its link to its master up (synced)."""
         spec = spec or self.spec()
         if not spec.replicas:
             return
-        deadline = time.monotonic() + timeout
-        for node in spec.nodes:
-            while True:
-                try:
-                    info = self.connection(spec.host, node.port).info("replication")
-                    if info.get("role") != "slave" or info.get("master_link_status") == "up":
-                        break
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ClusterError(f"replica {node.port} did not sync with its master")
-                time.sleep(0.05)
-        for node in spec.nodes:  # and every node knows them (failover needs the votes)
-            while True:
-                try:
-                    slots = self.connection(spec.host, node.port).cluster("SLOTS")
-                    if all(len(entry) - 3 >= spec.replicas for entry in slots):
-                        break
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ClusterError(f"node {node.port} does not see every replica")
-                time.sleep(0.05)
+        deadline = Deadline(timeout)
+
+        def synced(conn: redis.Redis) -> bool:
+            info = conn.info("replication")
+            return info.get("role") != "slave" or info.get("master_link_status") == "up"
+
+        def sees_replicas(conn: redis.Redis) -> bool:
+            return all(len(entry) - 3 >= spec.replicas for entry in conn.cluster("SLOTS"))
+
+        conns = [(n.port, self.connection(spec.host, n.port)) for n in spec.nodes]
+        for port, conn in conns:
+            until(lambda c=conn: synced(c), deadline.left(), retry_on=(redis.RedisError,),
+                  what=f"replica {port} did not sync with its master")
+        for port, conn in conns:  # and every node knows them (failover needs the votes)
+            until(lambda c=conn: sees_replicas(c), deadline.left(), retry_on=(redis.RedisError,),
+                  what=f"node {port} does not see every replica")
 
     # --- growing -----------------------------------------------------------------------
 
@@ -424,33 +392,22 @@ class LocalCluster:
         known = spec.nodes[0].port
         for node in new:
             conns[node.port].execute_command("CLUSTER", "MEET", spec.host, known)
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
+
+        def knows_everyone(conn: redis.Redis) -> bool:
+            raw = conn.execute_command("CLUSTER", "NODES")
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            lines = [line.split() for line in text.splitlines() if line.strip()]
+            return len(lines) >= len(everyone) and not any(
+                "handshake" in f[2] or "noaddr" in f[2] for f in lines)
+
         for node in everyone:
-            while True:
-                raw = conns[node.port].execute_command("CLUSTER", "NODES")
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                lines = [line.split() for line in text.splitlines() if line.strip()]
-                if len(lines) >= len(everyone) and not any(
-                        "handshake" in f[2] or "noaddr" in f[2] for f in lines):
-                    break
-                if time.monotonic() > deadline:
-                    raise ClusterError(f"node {node.port} did not learn about the new nodes "
-                                       f"in {timeout:g}s")
-                time.sleep(0.1)
+            until(lambda c=conns[node.port]: knows_everyone(c), deadline.left(), 0.1,
+                  what=f"node {node.port} did not learn about the new nodes in {timeout:g}s")
         ids = {n.port: conns[n.port].execute_command("CLUSTER", "MYID") for n in new}
-        for node in new:
-            if node.role != "replica":
-                continue
-            master_id = ids[node.master_port]
-            master_id = master_id.decode() if isinstance(master_id, bytes) else master_id
-            while True:
-                try:
-                    conns[node.port].execute_command("CLUSTER", "REPLICATE", master_id)
-                    break
-                except redis.ResponseError:
-                    if time.monotonic() > deadline:
-                        raise ClusterError(f"replica {node.port} did not join") from None
-                    time.sleep(0.1)
+        ids = {p: i.decode() if isinstance(i, bytes) else i for p, i in ids.items()}
+        _replicate(conns, {n.port: ids[n.master_port] for n in new if n.role == "replica"},
+                   deadline)
 
     def _forget(self, spec: ClusterSpec, nodes: list[NodeSpec]) -> None:
         """Best effort: make the cluster drop nodes that failed to join (CLUSTER FORGET)."""
@@ -522,3 +479,16 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _replicate(conns: dict[int, redis.Redis], masters: dict[int, str], deadline: Deadline
+               ) -> None:
+    """CLUSTER REPLICATE each replica port -> its master's node id, retried until the replica
+    knows the master (it answers an error before the MEET has spread)."""
+    def replicate(port: int, master_id: str) -> bool:
+        conns[port].execute_command("CLUSTER", "REPLICATE", master_id)
+        return True
+
+    for port, master_id in masters.items():
+        until(lambda p=port, m=master_id: replicate(p, m), deadline.left(), 0.1,
+              what=f"replica {port} did not join", retry_on=(redis.ResponseError,))

@@ -16,7 +16,6 @@ every move) is where the caller puts a model copy under that partition's tag fir
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import redis
 from cluster import functions, partitions
 from cluster.errors import ShardqaError
 from cluster.partitions import Partition, PartitionMap
+from cluster.waiting import until
 
 #: keys per MIGRATE: a batch is one round trip; the source is busy while it runs
 DEFAULT_BATCH = 1000
@@ -290,13 +290,11 @@ def rebalance(client, *, prepare: Callable[[Move], None] | None = None,
 def wait_agreed(client, pmap: PartitionMap, expected: dict[int, str],
                 timeout: float = 30.0) -> None:
     """Until the client's view of partition owners shows every move (fresh slot cache)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def agreed() -> bool:
         client.nodes_manager.initialize()
         owner = partitions.owners(client, pmap)
-        if all(owner.get(i) == m for i, m in expected.items()):
-            return
-        if time.monotonic() > deadline:
-            raise RebalanceError("the cluster did not agree on the moved slots in "
-                                 f"{timeout:g}s; check 'shardqa cluster partitions'")
-        time.sleep(0.1)
+        return all(owner.get(i) == m for i, m in expected.items())
+
+    until(agreed, timeout, 0.1, error=RebalanceError,
+          what=f"the cluster did not agree on the moved slots in {timeout:g}s; check "
+               "'shardqa cluster partitions'")
