@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import numpy as np
 import torch
 
 from cluster import keys
@@ -112,10 +111,3 @@ def pattern_answer(client, pmap: PartitionMap, question: str, k: int,
             if best is None or span.score > best[0]:
                 best = (span.score, span.text)
     return (time.perf_counter() - t0) * 1000, None if best is None else best[1]
-
-
-def same_answers(a: list[str | None], b: list[str | None]) -> float:
-    """Share of questions on which two systems gave the same answer text."""
-    if not a:
-        return float("nan")
-    return float(np.mean([x == y for x, y in zip(a, b, strict=True)]))

@@ -56,10 +56,6 @@ def distractors(limit: int | None = None) -> list[Document]:
     return docs
 
 
-def passage_count(docs: list[Document]) -> int:
-    return sum(len(split_passages(d)) for d in docs)
-
-
 class QuestionPool:
     """Hands out consecutive, never repeated slices of the shuffled dev questions."""
 

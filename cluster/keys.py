@@ -56,10 +56,6 @@ def passage(tag: str, pid: str) -> str:
     return f"{PREFIX}:{{{tag}}}:psg:{pid}"
 
 
-def passage_prefix(tag: str) -> str:
-    return f"{PREFIX}:{{{tag}}}:psg:"
-
-
 def ingest_stream(tag: str) -> str:
     """Stream of passage puts/deletes for the shard worker to tokenize and index."""
     return f"{PREFIX}:{{{tag}}}:ingest"
