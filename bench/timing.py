@@ -16,6 +16,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 from cluster.errors import ShardqaError
+from gears.asker import DEFAULT_K
 
 
 class ApiError(ShardqaError):
@@ -76,10 +77,11 @@ class LeanHttpClient:
 class ApiClient:
     """GET /qa over a kept-alive connection, one connection per calling thread."""
 
-    def __init__(self, url: str, timeout: float = 60):
+    def __init__(self, url: str, timeout: float = 60, token: str | None = None):
         parts = urllib.parse.urlsplit(url)
         self.host, self.port = parts.hostname, parts.port or 80
         self.timeout = timeout
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._local = threading.local()
 
     def _conn(self) -> http.client.HTTPConnection:
@@ -89,14 +91,15 @@ class ApiClient:
             self._local.conn = conn
         return conn
 
-    def ask(self, question: str, k: int = 5) -> tuple[float, dict]:
-        """(milliseconds from request to parsed body, body)."""
+    def get(self, question: str, k: int = DEFAULT_K) -> tuple[float, int, dict]:
+        """(milliseconds from request to parsed body, status, body), whatever the status; a
+        kept-alive connection the server dropped is opened again once."""
         path = "/qa?" + urllib.parse.urlencode({"q": question, "k": k})
         for attempt in range(2):
             conn = self._conn()
             t0 = time.perf_counter()
             try:
-                conn.request("GET", path)
+                conn.request("GET", path, headers=self.headers)
                 resp = conn.getresponse()
                 raw = resp.read()
             except (http.client.HTTPException, ConnectionError, OSError):
@@ -105,13 +108,15 @@ class ApiClient:
                 if attempt:
                     raise
                 continue
-            ms = (time.perf_counter() - t0) * 1000
-            body = json.loads(raw)
-            if resp.status != 200:
-                raise ApiError(f"the API answered {resp.status}: {body.get('error', body)}",
-                               ms=ms)
-            return ms, body
+            return (time.perf_counter() - t0) * 1000, resp.status, json.loads(raw)
         raise AssertionError("unreachable")
+
+    def ask(self, question: str, k: int = DEFAULT_K) -> tuple[float, dict]:
+        """(milliseconds from request to parsed body, body); ApiError unless 200."""
+        ms, status, body = self.get(question, k)
+        if status != 200:
+            raise ApiError(f"the API answered {status}: {body.get('error', body)}", ms=ms)
+        return ms, body
 
 
 def run_concurrent(work, items: list, concurrency: int) -> tuple[list, float]:

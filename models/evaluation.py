@@ -73,16 +73,18 @@ class EvalReport:
         return asdict(self)
 
 
-def percentiles(ms: list[float]) -> dict:
-    """p50/p95/p99/mean/min in milliseconds (3 decimals), and the count: every latency
-    figure shardqa reports (eval, bench, soak) is summarised by this one function."""
+def percentiles(ms: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> dict:
+    """p50/p95/p99 (or ``qs``; p99.9 is named p999), mean and min in milliseconds (3
+    decimals), and the count: every latency figure shardqa reports (eval, bench, soak) is
+    summarised by this one function."""
     if not ms:
         return {"n": 0}
     arr = np.asarray(ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {"n": int(arr.size), "p50": round(float(p50), 3), "p95": round(float(p95), 3),
-            "p99": round(float(p99), 3), "mean": round(float(arr.mean()), 3),
-            "min": round(float(arr.min()), 3)}
+    out: dict = {"n": int(arr.size)}
+    for q, value in zip(qs, np.percentile(arr, qs), strict=True):
+        out["p" + f"{q:g}".replace(".", "")] = round(float(value), 3)
+    out["mean"], out["min"] = round(float(arr.mean()), 3), round(float(arr.min()), 3)
+    return out
 
 
 def summarize(results: list[QuestionResult], *, file: str, mode: str, model: str,
