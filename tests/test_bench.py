@@ -7,6 +7,7 @@ the tiny reader); nothing here asserts a time.
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -18,7 +19,7 @@ from bench.run import goals, vs_naive
 from bench.timing import LeanHttpClient
 from cluster import partitions
 from cluster.partitions import passage_id
-from gears import ranking
+from gears import analyzer, ranking
 from gears.asker import Asker
 from loaders.documents import Document
 from loaders.passages import split_passages
@@ -223,7 +224,24 @@ def test_capped_rank_equals_the_exact_rank_when_the_cap_covers_every_posting(
     for question in QUESTIONS:
         exact = ranking.rank(client, pmap, question, 3, cap=0)
         assert ranking.rank(client, pmap, question, 3, cap=10_000) == exact
-        assert len(ranking.rank(client, pmap, question, 3, cap=1)) <= 3
+
+
+def test_a_cap_of_one_reads_one_posting_per_term_and_scores_what_it_finds_exactly(
+        shared_pipeline):
+    client = shared_pipeline
+    pmap = partitions.load(client)
+    skipped = 0
+    for question in QUESTIONS:
+        terms = set(analyzer.query_terms(question))
+        every = {r.pid: r.score for r in ranking.rank(client, pmap, question, 10_000, cap=0)}
+        capped = ranking.rank(client, pmap, question, 10_000, cap=1)
+        assert capped and {r.pid for r in capped} <= set(every)
+        for found in capped:
+            assert found.score == pytest.approx(every[found.pid])
+        assert max(Counter(r.partition for r in capped).values()) <= len(terms)
+        assert ranking.rank(client, pmap, question, 3, cap=1) == capped[:3]
+        skipped += len(every) - len(capped)
+    assert skipped > 0  # the cap left postings unread somewhere in this corpus
 
 
 def test_option_speed_measures_every_option_on_the_ranked_candidates(

@@ -260,7 +260,21 @@ def _check_items(items, path: str, data: bytes) -> None:
             item.text.encode("utf-8")
             item.doc_id.encode("utf-8")
             item.title.encode("utf-8")
-            assert split_passages(item) is not None
+            _check_passages(item)
+
+
+def _check_passages(doc: Document) -> None:
+    """Ids follow positions, SQuAD paragraphs are kept as they are, and free text is cut
+    into non-empty pieces of at most MAX_CHARS that lose no character but whitespace."""
+    passages = split_passages(doc)
+    assert [p.pid for p in passages] == [passage_id(doc.doc_id, i) for i in range(len(passages))]
+    assert all(p.doc_id == doc.doc_id and p.title == doc.title for p in passages)
+    if doc.paragraphs is not None:
+        assert [p.text for p in passages] == list(doc.paragraphs)
+        return
+    assert all(p.text and p.text == p.text.strip() and len(p.text) <= MAX_CHARS
+               for p in passages)
+    assert "".join("".join(p.text.split()) for p in passages) == "".join(doc.text.split())
 
 
 json_values = st.recursive(

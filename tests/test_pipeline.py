@@ -93,8 +93,12 @@ def test_bad_questions_are_rejected(shared_pipeline):
         with pytest.raises(QuestionError):
             asker.ask("valid question", k)
     # hash-tag characters and odd text are just text
-    for odd in ["what is {p0.0}?", "}{", "a" * 900, "naïve café ☕?"]:
-        assert asker.ask(odd).question
+    for odd, asked in [("what is {p0.0}?", "what is {p0.0}?"), ("}{", "}{"),
+                       ("a" * 900, "a" * 900), ("naïve café ☕?", "naïve café ☕?"),
+                       ("  tabs\tand\nnew lines  ", "tabs and new lines")]:
+        answer = asker.ask(odd)
+        assert answer.question == asked
+        assert answer.answer is None or answer.answer in (answer.passage_text or "")
 
 
 def test_concurrent_asks_batch_on_the_shards(shared_pipeline):
