@@ -9,8 +9,8 @@ from rich.table import Table
 from cluster import acl, functions, partitions
 from cluster.connection import Target, connect
 from cluster.errors import ClusterError
-from cluster.local import LocalCluster
-from cluster.options import dir_option, target_options
+from cluster.local import ClusterSpec, LocalCluster
+from cluster.options import dir_option, masters_option, port_base_option, target_options
 
 console = Console(highlight=False)
 
@@ -21,14 +21,15 @@ def cluster_group() -> None:
 
 
 @cluster_group.command("up")
-@click.option("--masters", default=3, show_default=True, type=click.IntRange(1, 64))
-@click.option("--replicas", default=0, show_default=True, type=click.IntRange(0, 4))
-@click.option("--port-base", default=7000, show_default=True, type=click.IntRange(1024, 65000),
-              envvar="SHARDQA_PORT_BASE")
+@masters_option
+@click.option("--replicas", default=ClusterSpec.replicas, show_default=True,
+              type=click.IntRange(0, 4))
+@port_base_option
 @click.option("--partitions", "partition_count", default=partitions.DEFAULT_PARTITIONS,
               show_default=True, type=click.IntRange(1, 4096),
               help="number of partitions (fixed when the cluster is created)")
-@click.option("--node-timeout", default=5000, show_default=True, type=click.IntRange(100),
+@click.option("--node-timeout", default=ClusterSpec.node_timeout_ms, show_default=True,
+              type=click.IntRange(100),
               help="cluster-node-timeout in ms")
 @dir_option
 def up_command(masters, replicas, port_base, partition_count, node_timeout, cluster_dir):
@@ -45,9 +46,10 @@ def up_command(masters, replicas, port_base, partition_count, node_timeout, clus
                       f"{local.dir / acl.USERS_FILE} (mode 0600)")
 
 
-def bring_up(local: LocalCluster, masters: int = 3, replicas: int = 0, port_base: int = 7000,
+def bring_up(local: LocalCluster, masters: int = ClusterSpec.masters,
+             replicas: int = ClusterSpec.replicas, port_base: int = ClusterSpec.port_base,
              partition_count: int = partitions.DEFAULT_PARTITIONS,
-             node_timeout: int = 5000, secure: bool = True) -> None:
+             node_timeout: int = ClusterSpec.node_timeout_ms, secure: bool = True) -> None:
     """Start the nodes, then make sure the partition map and functions are in place.
 
     A new cluster is secured with ACL users (cluster.acl) unless ``secure`` is False.

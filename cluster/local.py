@@ -154,9 +154,10 @@ class LocalCluster:
 
     # --- up ----------------------------------------------------------------------------
 
-    def up(self, masters: int = 3, replicas: int = 0, port_base: int = 7000,
-           node_timeout_ms: int = 5000, timeout: float = 30.0, secure: bool = True
-           ) -> ClusterSpec:
+    def up(self, masters: int = ClusterSpec.masters, replicas: int = ClusterSpec.replicas,
+           port_base: int = ClusterSpec.port_base,
+           node_timeout_ms: int = ClusterSpec.node_timeout_ms, timeout: float = 30.0,
+           secure: bool = True) -> ClusterSpec:
         """Start (or restart) the nodes and create the cluster if it is new.
 
         ``secure`` (new clusters only): generate ACL users and turn the default user off.

@@ -1,7 +1,8 @@
-"""The command-line options every command shares to find its cluster, declared once.
+"""The command-line options several commands share, declared once.
 
 ``--dir`` (a local cluster folder) and ``--redis`` (a cluster started elsewhere), flags first
-then ``SHARDQA_DIR`` / ``SHARDQA_REDIS_URL``; their default comes from cluster.connection.
+then ``SHARDQA_DIR`` / ``SHARDQA_REDIS_URL``, with the default of cluster.connection; and the
+shape of a new local cluster (``--port-base``, ``--masters``), with ClusterSpec's defaults.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import click
 
 from cluster.connection import DEFAULT_DIR, Target
+from cluster.local import ClusterSpec
 
 #: The ACL user (cluster.acl) a command connects as on a local secured cluster; every other
 #: command manages the cluster, models or corpus and connects as ``admin``. With --redis the
@@ -23,6 +25,17 @@ dir_option: Callable = click.option(
     "--dir", "cluster_dir", envvar="SHARDQA_DIR", default=DEFAULT_DIR, show_default=True,
     type=click.Path(file_okay=False), help="local cluster folder [env SHARDQA_DIR]")
 """``--dir``: passes ``cluster_dir`` (commands that manage a local cluster's processes)."""
+
+port_base_option: Callable = click.option(
+    "--port-base", default=ClusterSpec.port_base, show_default=True,
+    type=click.IntRange(1024, 65000), envvar="SHARDQA_PORT_BASE",
+    help="port of a new local cluster's first node; the others follow [env SHARDQA_PORT_BASE]")
+"""``--port-base``: passes ``port_base`` (commands that start a local cluster)."""
+
+masters_option: Callable = click.option(
+    "--masters", default=ClusterSpec.masters, show_default=True, type=click.IntRange(1, 64),
+    help="masters of a new local cluster (one shard worker each)")
+"""``--masters``: passes ``masters``."""
 
 
 def target_options(func: Callable) -> Callable:

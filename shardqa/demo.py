@@ -18,7 +18,8 @@ from rich.table import Table
 
 from api.settings import ServeSettings
 from cluster.connection import Target, connect
-from cluster.options import dir_option
+from cluster.local import ClusterSpec
+from cluster.options import dir_option, port_base_option
 from shardqa.stack import LocalStack
 
 console = Console(highlight=False)
@@ -45,8 +46,7 @@ def ask_http(url: str, question: str) -> tuple[dict, float]:
 @click.option("--api-port", default=ServeSettings.port, show_default=True,
               type=click.IntRange(1, 65535),
               envvar="SHARDQA_API_PORT")
-@click.option("--port-base", default=7000, show_default=True, type=click.IntRange(1024, 65000),
-              envvar="SHARDQA_PORT_BASE")
+@port_base_option
 @dir_option
 @click.option("--question", "-q", "questions", multiple=True,
               help="ask these instead of the built-in questions")
@@ -56,8 +56,9 @@ def demo_command(api_port, port_base, cluster_dir, questions):
     from loaders.writer import ingest, wait_indexed
 
     console.rule("1. cluster, shard workers, API")
-    state = LocalStack(cluster_dir).up(masters=3, port_base=port_base, api_port=api_port,
-                                       api_host=ServeSettings.host, threads=None, model=None)
+    state = LocalStack(cluster_dir).up(masters=ClusterSpec.masters, port_base=port_base,
+                                       api_port=api_port, api_host=ServeSettings.host,
+                                       threads=None, model=None)
     url = state["api"]["url"]
     console.print(f"up: {len(state['workers'])} shard workers, API at {url}")
 

@@ -26,7 +26,7 @@ from cluster.cli import bring_up
 from cluster.connection import Target, connect
 from cluster.errors import ClusterError
 from cluster.local import LocalCluster, port_in_use, process_alive
-from cluster.options import dir_option
+from cluster.options import dir_option, masters_option, port_base_option
 from gears.worker import default_threads
 
 console = Console(highlight=False)
@@ -165,14 +165,13 @@ def _http_ok(url: str) -> bool:
               help="ingest these files/folders once everything is up")
 @click.option("--model", default=None, type=click.Path(exists=True, file_okay=False),
               help="exported reader artifact to push [default: the bundled reader]")
-@click.option("--masters", default=3, show_default=True, type=click.IntRange(1, 64))
+@masters_option
 @click.option("--api-port", default=ServeSettings.port, show_default=True,
               type=click.IntRange(0, 65535),
               envvar="SHARDQA_API_PORT", help="0: no API")
 @click.option("--api-host", default=ServeSettings.host, show_default=True,
               envvar="SHARDQA_API_HOST")
-@click.option("--port-base", default=7000, show_default=True, type=click.IntRange(1024, 65000),
-              envvar="SHARDQA_PORT_BASE")
+@port_base_option
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="torch threads per worker [default: cores / masters]")
 @dir_option
