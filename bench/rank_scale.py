@@ -21,7 +21,6 @@ from cluster import partitions
 from cluster.partitions import PartitionMap
 from gears import ranking
 from gears.asker import normalize
-from loaders.writer import ingest, wait_indexed
 from models.evaluation import percentiles
 
 
@@ -51,19 +50,13 @@ def rank_at_scale(root: Path, *, masters: int, targets: list[int], base, seeds,
         client = bed.client
         pmap = partitions.load(client)
         for target, stage, total in synthetic_stages(base, seeds, targets):
-            before = bed.used_memory()
-            t0 = time.perf_counter()
-            report = ingest(client, stage, progress=False)
-            written_s = time.perf_counter() - t0
-            wait_indexed(client, timeout=900, progress=False)
-            indexed_s = time.perf_counter() - t0
-            grown = bed.used_memory() - before
+            ingested = bed.timed_ingest(stage)
             # warm every node and the functions once before timing
             measure_rank(client, pmap, questions[:5], k, cap)
-            row = {"target": target, "passages": total, "stage_passages": report.written,
-                   "ingest_passages_per_s": round(report.written / max(written_s, 1e-9)),
-                   "indexed_passages_per_s": round(report.written / max(indexed_s, 1e-9)),
-                   "redis_bytes_per_passage_index_only": round(grown / max(1, report.written)),
+            row = {"target": target, "passages": total, "stage_passages": ingested["passages"],
+                   "ingest_passages_per_s": ingested["write_passages_per_s"],
+                   "indexed_passages_per_s": ingested["indexed_passages_per_s"],
+                   "redis_bytes_per_passage_index_only": ingested["redis_bytes_per_passage"],
                    "k": k, "cap": cap, **measure_rank(client, pmap, questions, k, cap)}
             rows.append(row)
             say(f"  {total:,} passages: rank p50 {row['exact']['p50']:.2f} ms "

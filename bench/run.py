@@ -45,7 +45,6 @@ from cluster import keys, partitions
 from cluster.connection import node_client
 from gears.asker import cache_form
 from gears.worker import default_threads
-from loaders.writer import ingest, wait_indexed
 from models.evaluation import percentiles
 from models.export import METADATA, read_metadata
 from models.squad import score_answer
@@ -252,22 +251,13 @@ class Bench:
 
             self.phase("ingest: dev paragraphs + Wikipedia distractors")
             docs = corpus.dev_documents(s.dev) + corpus.distractors(s.distractor_docs)
-            before = bed.used_memory()
-            t0 = time.perf_counter()
-            report = ingest(client, docs, progress=False)
-            written_s = time.perf_counter() - t0
-            wait_indexed(client, timeout=900, progress=False)
-            indexed_s = time.perf_counter() - t0
-            grown = bed.used_memory() - before
             r["ingest"] = {
-                "documents": report.documents, "passages": report.written,
-                "write_passages_per_s": round(report.written / written_s),
-                "indexed_passages_per_s": round(report.written / indexed_s),
-                "redis_bytes_per_passage": round(grown / max(1, report.written)),
+                **bed.timed_ingest(docs),
                 "note": "write: loader into Redis; indexed: until the workers tokenized and "
                         "BM25-indexed every passage; bytes: text + tokens + index"}
-            self.say(f"  {report.written:,} passages, {r['ingest']['indexed_passages_per_s']:,}"
-                     f" passages/s indexed, {r['ingest']['redis_bytes_per_passage']:,} B each")
+            done = r["ingest"]
+            self.say(f"  {done['passages']:,} passages, {done['indexed_passages_per_s']:,}"
+                     f" passages/s indexed, {done['redis_bytes_per_passage']:,} B each")
 
             r["systems"] = {}
             r["throughput"] = {}

@@ -22,6 +22,7 @@ from cluster.connection import Target, connect
 from cluster.errors import ShardqaError
 from cluster.local import port_in_use
 from cluster.waiting import until
+from loaders.writer import ingest, wait_indexed
 from shardqa.stack import LocalStack
 
 
@@ -168,6 +169,22 @@ class Testbed:
 
     def generation(self) -> int:
         return int(self.client.get(keys.generation()) or 0)
+
+    def timed_ingest(self, docs) -> dict:
+        """Ingest ``docs`` and wait until indexed: passages written, passages per second
+        written and indexed, and Redis bytes grown per passage."""
+        before = self.used_memory()
+        t0 = time.perf_counter()
+        report = ingest(self.client, docs, progress=False)
+        written_s = time.perf_counter() - t0
+        wait_indexed(self.client, timeout=900, progress=False)
+        indexed_s = time.perf_counter() - t0
+        grown = self.used_memory() - before
+        n = report.written
+        return {"documents": report.documents, "passages": n,
+                "write_passages_per_s": round(n / max(written_s, 1e-9)),
+                "indexed_passages_per_s": round(n / max(indexed_s, 1e-9)),
+                "redis_bytes_per_passage": round(grown / max(1, n))}
 
     def used_memory(self) -> int:
         return used_memory(self.client)
