@@ -2,9 +2,9 @@
 
 ``tiny_checkpoint``: a Hugging Face checkpoint folder (BertForQuestionAnswering, hidden 32,
 2 layers, 2 heads, fixed seed) with a fast tokenizer whose WordPiece vocabulary is trained
-with the ``tokenizers`` package on SQuAD contexts (or a generated text when the shared data
-is absent). ``tiny_artifact``: its shardqa export, fp32 + int8. Both are deterministic, so
-the same session always pushes the same model version.
+with the ``tokenizers`` package on SQuAD contexts (data/squad/train.json).
+``tiny_artifact``: its shardqa export, fp32 + int8. Both are deterministic, so the same
+session always pushes the same model version.
 """
 
 from __future__ import annotations
@@ -20,22 +20,10 @@ TINY_VOCAB = 3000
 
 
 def training_text(limit: int = 300) -> list[str]:
-    """SQuAD contexts if available, else a generated English-like text (deterministic)."""
-    if SQUAD_TRAIN.is_file():
-        data = json.loads(SQUAD_TRAIN.read_text(encoding="utf-8"))
-        contexts = []
-        for article in data["data"]:
-            for para in article["paragraphs"]:
-                contexts.append(para["context"])
-                if len(contexts) >= limit:
-                    return contexts
-        return contexts
-    import random
-
-    rng = random.Random(0)
-    words = ("the a of in river city built king year museum north south war music 1850 "
-             "famous old new church school river's university, station. library").split()
-    return [" ".join(rng.choice(words) for _ in range(80)) for _ in range(limit)]
+    """The first ``limit`` SQuAD training contexts, in file order."""
+    data = json.loads(SQUAD_TRAIN.read_text(encoding="utf-8"))
+    contexts = [para["context"] for article in data["data"] for para in article["paragraphs"]]
+    return contexts[:limit]
 
 
 def build_tiny_checkpoint(folder: Path) -> Path:
