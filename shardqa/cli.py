@@ -52,6 +52,7 @@ def _add_optional_groups() -> None:
         ("models.cli", "model_group"),
         ("loaders.cli", "ingest_command"),
         ("gears.cli", "register"),
+        ("shardqa.ask", "ask_command"),
         ("api.cli", "serve_command"),
         ("bench.cli", "bench_command"),
         ("shardqa.scale", "register"),
