@@ -138,3 +138,23 @@ def test_reader_may_vsim_where_the_server_has_vector_sets(redis_cluster):
             reader.execute_command("VADD", key, "VALUES", 2, 0.0, 1.0, "b")
     finally:
         admin.delete(key)
+
+
+def test_a_cluster_made_before_the_reader_role_gains_it_at_restart(tmp_path):
+    from tests.conftest import start_cluster
+
+    handle = start_cluster(tmp_path, masters=1)
+    try:
+        folder = handle.local.dir
+        old = {role: pw for role, pw in acl.load(folder).items() if role != "reader"}
+        handle.local.down()
+        acl.save(folder, old)  # users.json as a cluster made before 'reader' existed
+        handle.local.up()
+        now = acl.load(folder)
+        assert set(now) == set(acl.ROLES) and {r: now[r] for r in old} == old
+        reader = handle.client_as("reader")
+        assert reader.get(keys.ask_key("anything?")) is None
+        with pytest.raises(Exception, match="(?i)noperm|no permissions"):
+            reader.set(keys.ask_key("anything?"), "{}")
+    finally:
+        handle.local.down(purge=True)
