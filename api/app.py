@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
+from api import page
 from api.openapi import spec
 from cluster.errors import ShardqaError
 from gears import health
@@ -94,7 +95,7 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
 
     @app.before_request
     def guard():
-        if request.path in ("/health", "/metrics", "/openapi.json"):
+        if request.path in ("/health", "/metrics", "/openapi.json", *page.PATHS):
             return None
         if token:
             given = request.headers.get("Authorization", "")
@@ -168,6 +169,8 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
         for size in result.batch_sizes:
             metrics.batch.observe(size)
         return json_response(result.public())
+
+    app.register_blueprint(page.page)
 
     @app.get("/health")
     def health_check():

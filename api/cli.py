@@ -44,7 +44,7 @@ from gears.ranking import POSTINGS_CAP
 @target_options
 def serve_command(host, port, threads, timeout, cache_ttl, retrieval_weight, min_rank_ratio,
                   rank_cap, token, rate_limit, target):
-    """Serve the QA API (GET/POST /qa, /health, /metrics, /openapi.json)."""
+    """Serve the QA API (GET/POST /qa, /health, /metrics, /openapi.json) and the page at /."""
     from waitress import serve
 
     from api.app import create_app

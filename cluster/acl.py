@@ -2,7 +2,7 @@
 
 ``shardqa cluster up`` generates one password per user into ``users.json`` (mode 0600) in
 the cluster folder and writes the same aclfile into every node, with the ``default`` user
-turned off, so nothing reaches a node without a password. Three users:
+turned off, so nothing reaches a node without a password. Four users:
 
 * ``admin``: cluster and model management, ingestion, replication (``masteruser``);
 * ``worker``: the shard workers: every shardqa key except the model copies (read-only) and
@@ -10,7 +10,11 @@ turned off, so nothing reaches a node without a password. Three users:
   KEYS or FUNCTION;
 * ``api``: what ``Asker.ask`` and /health need and nothing else: read the answer cache and
   write it, call the rank/stats/ask functions, add read requests, wait for and delete
-  replies, read passage text, read the partition map, generation and heartbeats.
+  replies, read passage text, read the partition map, generation and heartbeats;
+* ``reader``: people and scripts at redis-cli: read answers (``GET sq:qa:...``, the answer
+  cache), ``FCALL_RO`` the read-only functions (ask, rank, stats, shardqa_version), read
+  passages, ``VSIM`` on vector sets where the server has them; nothing that writes shared
+  state (a ``GET`` that misses ``sq:qa:...`` still makes the owning worker answer it).
 
 Key patterns are built from the key schema (cluster.keys) with ``*`` for the variable parts.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -27,7 +32,7 @@ from cluster import keys
 from cluster.errors import ShardqaError
 
 USERS_FILE = "users.json"
-ROLES = ("admin", "worker", "api")
+ROLES = ("admin", "worker", "api", "reader")
 
 # --- key patterns from the key schema ------------------------------------------------------
 
@@ -43,6 +48,8 @@ _REQUESTS = keys.request_stream(_ANY)
 _ANSWERS = f"{keys.PREFIX}:ans:*"
 _ASK = keys.ask_key(_ANY)
 _REPLIES = keys.reply_list(_ANY)
+#: vector sets (one per partition), read by VSIM
+_VECTORS = f"{keys.PREFIX}:*:vs"
 
 #: commands every client library needs to connect to a cluster and find its slots
 _CONNECT = ["+hello", "+auth", "+ping", "+echo", "+client|setname",
@@ -50,8 +57,12 @@ _CONNECT = ["+hello", "+auth", "+ping", "+echo", "+client|setname",
             "+cluster|nodes", "+cluster|myid", "+readonly", "+info"]
 
 
-def rules(role: str) -> list[str]:
-    """The ACL rules of one user, without its password."""
+def rules(role: str, *, vector_sets: bool = False) -> list[str]:
+    """The ACL rules of one user, without its password.
+
+    ``vector_sets``: the server knows VSIM (Redis 8); an ACL rule naming a command the server
+    does not know makes it refuse the whole aclfile, so it is added only then.
+    """
     if role == "admin":
         return ["~*", "&*", "+@all"]
     if role == "worker":
@@ -68,7 +79,38 @@ def rules(role: str) -> list[str]:
                 + ["+get", "+set", "+fcall", "+fcall_ro", "+xadd", "+blpop", "+del", "+hmget",
                    "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+zcard", "+zmscore",
                    "+xrange", "+xinfo|groups", "+expire", *_CONNECT])
+    if role == "reader":
+        return reader_rules(vector_sets)
     raise ShardqaError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+
+
+def reader_rules(vector_sets: bool) -> list[str]:
+    """Read-only: every key pattern is %R~ and every command reads.
+
+    ``FCALL`` is not granted: Redis checks its keys as read-write (it cannot know what a
+    function does), so ``FCALL ask`` needs write access to the key; ``FCALL_RO`` runs only
+    functions flagged no-writes and checks keys as read-only.
+    """
+    readable = [_ANSWERS, keys.ask_key(_ANY), *_INDEX, _PASSAGES, _META]
+    # the functions' own reads are checked against the user too (rank: ZRANGE, ZCARD,
+    # ZMSCORE, HMGET)
+    commands = ["+get", "+exists", "+ttl", "+hget", "+hmget", "+zrange", "+zcard",
+                "+zmscore", "+fcall_ro", *(["+vsim"] if vector_sets else [])]
+    # Redis 8 declares VSIM's key as read-write (a module's legacy key range), so %R~ would
+    # refuse it; every command granted here only reads, so ~ on the vector sets is safe
+    return [f"%R~{p}" for p in readable] + [f"~{_VECTORS}"] + commands + _CONNECT
+
+
+def knows_vector_sets(server_version: str) -> bool:
+    """Whether a ``redis-server --version`` line names a server with VSIM (Redis 8+)."""
+    match = re.search(r"Redis server v=(\d+)\.", server_version)
+    return bool(match) and int(match.group(1)) >= 8
+
+
+def complete(passwords: dict[str, str]) -> dict[str, str]:
+    """``passwords`` plus a fresh one for every role it lacks (a cluster made before the
+    role existed gains it at its next start)."""
+    return {**generate(), **passwords}
 
 
 def generate() -> dict[str, str]:
@@ -98,7 +140,7 @@ def load(directory: Path) -> dict[str, str] | None:
         raise ShardqaError(f"{path} is unreadable or malformed: {exc}") from exc
 
 
-def aclfile(passwords: dict[str, str]) -> str:
+def aclfile(passwords: dict[str, str], *, vector_sets: bool = False) -> str:
     """The aclfile every node loads: our users with hashed passwords; ``default`` off.
 
     ``default`` is off (no connection can use it, every client must AUTH) but keeps all
@@ -111,5 +153,5 @@ def aclfile(passwords: dict[str, str]) -> str:
     for role in ROLES:
         digest = hashlib.sha256(passwords[role].encode()).hexdigest()
         lines.append(" ".join(["user", role, "on", f"#{digest}", "resetkeys", "resetchannels",
-                               "-@all", *rules(role)]))
+                               "-@all", *rules(role, vector_sets=vector_sets)]))
     return "\n".join(lines) + "\n"

@@ -42,7 +42,7 @@ def up_command(masters, replicas, port_base, partition_count, node_timeout, clus
     bring_up(local, masters, replicas, port_base, partition_count, node_timeout)
     print_summary(Target(directory=cluster_dir))
     if local.passwords():
-        console.print(f"ACL users admin, worker, api (default user off); passwords in "
+        console.print(f"ACL users admin, worker, api, reader (default user off); passwords in "
                       f"{local.dir / acl.USERS_FILE} (mode 0600)")
 
 

@@ -4,7 +4,8 @@
 otherwise ``--dir`` (or ``SHARDQA_DIR``, default ``.shardqa/cluster``) names a local cluster
 folder made by ``shardqa cluster up``, whose ``cluster.json`` lists the nodes.
 
-Credentials: a secured cluster (cluster.acl) has users ``admin``, ``worker`` and ``api``.
+Credentials: a secured cluster (cluster.acl) has users ``admin``, ``worker``, ``api`` and
+``reader`` (redis-cli).
 Each command connects as the role it needs (``Target.role``): for a local folder the
 password comes from its ``users.json``; for a cluster elsewhere from the URL
 (``redis://api:PASSWORD@host:port``) or ``SHARDQA_REDIS_USER`` / ``SHARDQA_REDIS_PASSWORD``.

@@ -12,6 +12,7 @@ data (AOF) and their cluster identity (nodes.conf).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -85,6 +86,16 @@ def find_redis_server() -> str:
             "or set SHARDQA_REDIS_SERVER to its path"
         )
     return found
+
+
+@functools.cache
+def server_version(server: str) -> str:
+    """``redis-server --version`` of the binary (which commands its ACL rules may name)."""
+    try:
+        return subprocess.run([server, "--version"], capture_output=True, text=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -188,6 +199,8 @@ class LocalCluster:
         os.chmod(self.dir, 0o700)  # node configs and users.json hold secrets
         if new and secure and self.passwords() is None:
             acl.save(self.dir, acl.generate())
+        elif self.passwords() and set(acl.ROLES) - set(self.passwords()):
+            acl.save(self.dir, acl.complete(self.passwords()))  # a role added since
         started: list[NodeSpec] = []
         try:
             for node in to_start:
@@ -254,7 +267,8 @@ class LocalCluster:
             aclf = ndir / "users.acl"
             aclf.touch(mode=0o600)
             os.chmod(aclf, 0o600)
-            aclf.write_text(acl.aclfile(secrets_))
+            aclf.write_text(acl.aclfile(secrets_, vector_sets=acl.knows_vector_sets(
+                server_version(server))))
         proc = subprocess.Popen(
             [server, str(conf)], cwd=ndir, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -1,4 +1,4 @@
-"""``shardqa worker``, ``shardqa ask`` and ``shardqa status``."""
+"""``shardqa worker`` and ``shardqa status`` (``shardqa ask`` is shardqa.ask)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import logging
 import click
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from cluster.connection import connect
 from cluster.options import target_options
-from gears.asker import ASK_TIMEOUT_S, DEFAULT_K, MAX_K
 from gears.health import status
 
 console = Console(highlight=False)
@@ -53,40 +51,6 @@ def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs,
                               max_batch_pairs=max_batch_pairs, ingest_batch=ingest_batch,
                               threads=threads)
     ShardWorker(target, master, settings).run()
-
-
-@click.command("ask")
-@click.argument("question")
-@click.option("--k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K),
-              help="passages read per question")
-@click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
-@click.option("--no-cache", is_flag=True, help="skip the answer cache (still writes it)")
-@click.option("--timeout", default=ASK_TIMEOUT_S, show_default=True,
-              type=click.FloatRange(0.1, 600), help="seconds to wait for shard workers")
-@target_options
-def ask_command(question, k, as_json, no_cache, timeout, target):
-    """Ask a question of the corpus in the cluster."""
-    from gears.asker import Asker
-
-    client = connect(target)
-    answer = Asker(client, timeout_s=timeout).ask(question, k, use_cache=not no_cache)
-    if as_json:
-        click.echo(json.dumps(answer.public(), ensure_ascii=False))
-        return
-    if answer.answer is None:
-        console.print("[yellow]no answer:[/] no passage in the corpus matches this question")
-    else:
-        console.print(f"[bold green]{answer.answer}[/]  (score {answer.score:.2f})")
-        console.print(f"[dim]from[/] {answer.title or '?'} [dim]({answer.passage_id})[/]")
-        text = answer.passage_text or ""
-        lo, hi = answer.start, answer.end
-        ctx_lo, ctx_hi = max(0, lo - 240), min(len(text), hi + 240)
-        snippet = Text(("…" if ctx_lo else "") + text[ctx_lo:lo])
-        snippet.append(text[lo:hi], style="bold reverse")
-        snippet.append(text[hi:ctx_hi] + ("…" if ctx_hi < len(text) else ""))
-        console.print(snippet)
-    timing = ", ".join(f"{name} {ms:.1f} ms" for name, ms in answer.timings_ms.items())
-    console.print(f"[dim]{'cache hit' if answer.cached else 'cache miss'}; {timing}[/]")
 
 
 @click.command("status")

@@ -84,6 +84,21 @@ def read_documents(paths: list[str], fmt: str = "auto", *, id_field: str = "id",
                              title_field=title_field)
 
 
+def read_records(records: Iterable, source: str = "python") -> Iterator[Document | BadRecord]:
+    """Documents from in-memory records ``{"id", "title", "text"}`` (the Python API), checked
+    as a JSONL line is; record i is "line" i of ``source``, and one without an id gets
+    ``<source>:<i>``. A ``Document`` passes through as it is."""
+    for number, record in enumerate(records, start=1):
+        if isinstance(record, Document):
+            yield record
+            continue
+        try:
+            yield _record_document(record, source, number, f"{source}:{number}", id_field="id",
+                                   text_field="text", title_field="title")
+        except _Bad as exc:
+            yield BadRecord(source, number, str(exc))
+
+
 @dataclass(frozen=True)
 class InputUnit:
     """One file (or the ovos-wiki summaries) in one format: the unit ``--on-error abort``

@@ -8,6 +8,7 @@ batch sizes and lengths: tracing can silently bake in a shape or a branch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import inspect
@@ -17,7 +18,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -237,9 +239,42 @@ def _trace(wrapper: torch.nn.Module, example) -> torch.jit.ScriptModule:
 
 # --- export ---------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Exactly the libraries' notes an export triggers, which are not shardqa's output:
+    transformers' "Loading weights" bar and its ``loss_type=None ... ForCausalLMLoss`` note
+    (logged when tracing touches ``loss_function``; a QA model computes no loss here), and
+    torch's deprecation warnings for quantization and TorchScript."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning,
+                                    message=r"torch\.quantize_per_tensor, torch\.quantize_per")
+            # shown only under -W default; TorchScript and torch.ao are what the readers run
+            warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                    message=r"torch\.ao\.quantization is deprecated")
+            warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                    message=r"`torch\.jit\.save` is deprecated")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
            max_seq_len: int = 384, log: Callable[[str], None] | None = None) -> Path:
     """Trace SOURCE to TorchScript, check parity, write the artifact folder ``out``."""
+    with _quiet_libraries():
+        return _export(source, name, out, int8=int8, max_seq_len=max_seq_len, log=log)
+
+
+def _export(source: str | Path, name: str, out: Path, *, int8: bool,
+            max_seq_len: int, log: Callable[[str], None] | None) -> Path:
     say = log or (lambda _msg: None)
     check_name(name)
     out = Path(out)

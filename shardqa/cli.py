@@ -11,10 +11,11 @@ from api.cli import serve_command
 from bench.cli import bench_command
 from cluster.cli import cluster_group
 from cluster.errors import ShardqaError
-from gears.cli import ask_command, status_command, worker_command
+from gears.cli import status_command, worker_command
 from loaders.cli import ingest_command
 from models.cli import model_group
 from shardqa import demo, evaluation, scale, stack
+from shardqa.ask import ask_command
 
 
 class ShardqaGroup(click.Group):

@@ -79,9 +79,10 @@ def demo_command(api_port, port_base, cluster_dir, questions):
         console.print(table)
 
     console.rule("ask your own")
-    console.print(f"""curl '{url}/qa?q=Who+was+Isaac+Newton%3F'
+    console.print(f"""open {url}/ in a browser
+curl '{url}/qa?q=Who+was+Isaac+Newton%3F'
 curl -X POST {url}/qa -H 'Content-Type: application/json' -d '{{"question": "What is DNA?"}}'
 shardqa ask "Where is Mount Everest?"
-REDISCLI_AUTH=<api password from {cluster_dir}/users.json> \\
-  redis-cli -c -p {port_base} --user api GET "sq:qa:Where is Mount Everest?"   (GET it again)
+REDISCLI_AUTH=<reader password from {cluster_dir}/users.json> \\
+  redis-cli -c -p {port_base} --user reader GET "sq:qa:Where is Mount Everest?"   (GET it again)
 stop everything: shardqa down""")

@@ -184,6 +184,7 @@ def up_command(corpus, model, masters, api_port, api_host, port_base, threads, c
     if state.get("api"):
         console.print(f"API: {state['api']['url']}  (try: curl '{state['api']['url']}"
                       "/qa?q=your+question')")
+        console.print(f"page: {state['api']['url']}/  (open it in a browser)")
     if corpus:
         from loaders.documents import read_documents
         from loaders.writer import ingest, wait_indexed
