@@ -12,7 +12,15 @@ from cluster import partitions
 from cluster.cli import target_options
 from cluster.connection import connect
 from cluster.errors import ShardqaError
-from loaders.documents import FORMATS, BadRecord, Document, InputUnit, input_units, read_unit
+from loaders.documents import (
+    FORMATS,
+    BadRecord,
+    Document,
+    IngestSettings,
+    InputUnit,
+    input_units,
+    read_unit,
+)
 from loaders.writer import IngestReport, ingest, stderr, wait_indexed
 
 console = Console(highlight=False)
@@ -44,9 +52,13 @@ class IngestAborted(ShardqaError):
               help="seconds --wait waits for the workers")
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
               help="passages per written batch")
+@click.option("--max-document-bytes", type=click.IntRange(1),
+              default=IngestSettings.max_document_bytes, show_default=True,
+              envvar="SHARDQA_MAX_DOCUMENT_BYTES",
+              help="a document with more bytes of text is reported as file:line and skipped")
 @target_options
 def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait, timeout,
-                   batch_size, target):
+                   batch_size, max_document_bytes, target):
     """Read documents from PATH... (files or folders), split them into passages and write
     them into their partitions. Re-ingesting the same input changes nothing."""
     units = input_units(list(paths), fmt)
@@ -56,7 +68,8 @@ def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait
             partitions.load(client)
         except partitions.NoPartitionMap as exc:
             raise ShardqaError(str(exc)) from None
-        fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field}
+        fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field,
+                  "max_document_bytes": max_document_bytes}
         reader = _abort_on_error if on_error == "abort" else _skip_errors
         report = ingest(client, reader(units, fields), batch_size=batch_size,
                         progress=stderr.is_terminal)
