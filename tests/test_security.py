@@ -103,6 +103,25 @@ def test_api_user_can_ask_and_nothing_more(shared_pipeline, redis_cluster):
     assert health.served_partitions(api)
 
 
+def test_api_user_may_only_add_to_request_streams(shared_pipeline, redis_cluster):
+    """Issue 14: as ``api``, DEL of a request stream stalled its worker's partitions."""
+    api = redis_cluster.client_as("api")
+    admin = redis_cluster.client()
+    tag = next(iter(store.master_tags(admin).values()))
+    stream = keys.request_stream(tag)
+    before = admin.xlen(stream)
+    assert refused(lambda: api.delete(stream))
+    assert refused(lambda: api.set(stream, "x"))
+    assert refused(lambda: api.expire(stream, 1))
+    assert refused(lambda: api.execute_command("UNLINK", stream))
+    assert refused(lambda: api.xtrim(stream, maxlen=0))
+    assert admin.type(stream) == b"stream" and admin.ttl(stream) == -1
+    # XADD works (what the asker sends): a probe entry for no partition, removed again
+    entry = api.xadd(stream, {"probe": "acl"}, maxlen=100_000, approximate=True)
+    assert admin.xlen(stream) >= before
+    admin.xdel(stream, entry)
+
+
 def test_worker_user_cannot_change_acls_or_models(shared_pipeline, redis_cluster):
     worker = redis_cluster.client_as("worker")
     node = worker.get_redis_connection(worker.get_primaries()[0])
@@ -118,6 +137,16 @@ def test_worker_user_cannot_change_acls_or_models(shared_pipeline, redis_cluster
     assert refused(lambda: worker.hset(meta, "sha256", "0" * 64))
     assert refused(lambda: worker.set(current, "{}"))
     assert refused(lambda: worker.set(keys.partition_map(), "{}"))
+
+
+def test_worker_user_cannot_list_key_names_or_forge_events(shared_pipeline, redis_cluster):
+    worker = redis_cluster.client_as("worker")
+    node = worker.get_redis_connection(worker.get_primaries()[0])
+    assert refused(lambda: node.scan(0, count=10))
+    assert refused(lambda: node.randomkey())
+    assert refused(lambda: node.publish("__keyevent@0__:xadd", "sq:{p0.0}:requests"))
+    assert refused(lambda: node.publish("__keyevent@0__:keymiss", "sq:qa:forged"))
+    node.publish(keys.generation_channel(), "0")  # what it needs: announce a new generation
 
 
 def test_connect_by_url_and_environment(shared_pipeline, redis_cluster, monkeypatch):
