@@ -9,7 +9,7 @@ import redis
 
 from cluster.cli import cluster_group
 from cluster.errors import ShardqaError
-from shardqa import demo, stack
+from shardqa import demo, stack, supervisor
 
 
 class ShardqaGroup(click.Group):
@@ -41,6 +41,7 @@ def cli() -> None:
 cli.add_command(cluster_group)
 cli.add_command(stack.up_command)
 cli.add_command(stack.down_command)
+cli.add_command(supervisor.supervise_command)
 cli.add_command(demo.demo_command)
 
 

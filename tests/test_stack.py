@@ -3,12 +3,49 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 import urllib.parse
 import urllib.request
 
+from cluster import keys
+from cluster.connection import Target, connect
 from cluster.local import port_in_use, process_alive
-from shardqa.stack import LocalStack
+from gears.asker import Asker, NoReply
+from shardqa.stack import LocalStack, worker_name
 from tests.conftest import free_port_base, run_cli
+
+
+def eventually(probe, timeout: float, what: str):
+    """``probe()``'s first truthy result within ``timeout`` seconds (a bound, not a claim)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = probe()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout:g}s: {what}")
+
+
+def restarted_worker(client, stack: LocalStack, master: str, old: int) -> int | None:
+    """The new PID of ``master``'s worker once it heartbeats with a model, else None."""
+    pid = stack.state().get("workers", {}).get(master)
+    if not pid or pid == old or not process_alive(pid):
+        return None
+    for raw in client.hvals(keys.workers()):
+        beat = json.loads(raw)
+        if beat.get("pid") == pid and time.time() - beat["time"] < 5 and beat.get("model"):
+            return pid
+    return None
+
+
+def answer_key(asker: Asker, question: str):
+    try:
+        answer = asker.ask(question, use_cache=False)
+    except NoReply:
+        return None
+    return answer.answer, answer.passage_id, round(answer.score, 4)
 
 
 def test_up_ask_down(tmp_path, tiny_artifact):
@@ -40,6 +77,28 @@ def test_up_ask_down(tmp_path, tiny_artifact):
                         "--model", str(tiny_artifact), env=env, timeout=120)
         assert again.returncode == 0
         assert LocalStack(cdir).state()["workers"] == state["workers"]  # nothing restarted
+        supervisor = LocalStack(cdir).supervisor_pid()
+        assert supervisor and process_alive(supervisor)
+        # issue 14: SIGKILL a worker; the supervisor restarts it and it answers as before
+        client = connect(Target(directory=str(cdir)))
+        asker = Asker(client, timeout_s=20)
+        question = "When was the Eiffel Tower built?"
+        before = answer_key(asker, question)
+        assert before is not None and before[0]
+        master, old = sorted(state["workers"].items())[0]
+        os.kill(old, signal.SIGKILL)
+        new = eventually(lambda: restarted_worker(client, LocalStack(cdir), master, old), 120,
+                         f"a new worker for {master} heartbeats with a model")
+        assert eventually(lambda: answer_key(asker, question), 60, "an answer") == before
+        client.close()
+        supervised = json.loads(run_cli("status", "--json", env=env).stdout)["supervised"]
+        record = supervised[worker_name(master)]
+        assert (record["pid"], record["restarts"], record["last_exit"]) == (new, 1, -9)
+        assert all(supervised[worker_name(m)]["restarts"] == 0 for m in state["workers"]
+                   if m != master)
+        log = (cdir / "logs" / "supervisor.log").read_text()
+        assert f"worker for {master} exited (code -9); restarting in 0.5s" in log
+        pids.append(new)
         ask = run_cli("ask", "Who designed the Eiffel Tower?", "--json", env=env)
         assert ask.returncode == 0 and json.loads(ask.stdout)["cached"] is True
         status = run_cli("status", "--json", env=env)
@@ -49,4 +108,5 @@ def test_up_ask_down(tmp_path, tiny_artifact):
         down = run_cli("down", "--purge", env=env)
     assert down.returncode == 0, down.stderr
     assert not any(process_alive(p) for p in pids)
+    assert not process_alive(supervisor)
     assert not port_in_use(api_port) and not any(port_in_use(base + i) for i in range(3))
