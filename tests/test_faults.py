@@ -372,3 +372,31 @@ def test_whole_cluster_restart_keeps_everything_and_workers_reconnect(tmp_path, 
     finally:
         pool.stop_all()
         handle.local.down(purge=True)
+
+
+def test_same_length_corrupt_model_copy_is_listed_and_repaired(cluster, tiny_artifact):
+    """Issue 14: ``SETRANGE chunk 5000 X`` keeps the length; sync and push used to compare
+    lengths only and said "nothing to do"."""
+    from models import store
+
+    client = cluster.client()
+    meta = store.push(client, tiny_artifact, chunk_size=200_000)
+    original = (tiny_artifact / "reader.pt").read_bytes()
+    bad = cluster.masters[0]
+    chunk = keys.model_chunk(store.tag_for(client, bad), meta["name"], meta["version"], 0)
+    size = client.strlen(chunk)
+    client.setrange(chunk, 5000, b"X")
+    assert client.strlen(chunk) == size
+    env = {"SHARDQA_DIR": str(cluster.local.dir)}
+    listed = run_cli("model", "list", env=env, check=True)
+    assert f"on {bad} fails its sha256 check" in listed.stdout
+    assert [r["corrupt_on"] for r in store.list_models(client)] == [[bad]]
+    synced = run_cli("model", "sync", env=env, check=True)
+    assert f"repaired {bad}" in synced.stdout
+    assert store.read_blob(client, bad, fallback=False)[1] == original
+    assert [r["corrupt_on"] for r in store.list_models(client)] == [[]]
+    assert "fails its sha256" not in run_cli("model", "list", env=env, check=True).stdout
+    client.setrange(chunk, 5000, b"Y")  # push repairs it too
+    assert store.push(client, tiny_artifact, chunk_size=200_000)["written"] == [bad]
+    assert store.read_blob(client, bad, fallback=False)[1] == original
+    assert store.sync(client) == []
