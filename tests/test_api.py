@@ -128,3 +128,68 @@ def test_200_concurrent_questions_and_batching(api):
         if line.startswith("shardqa_worker_batch_requests_count"):
             count = float(line.split()[-1])
     assert count >= 200 and bucket1 < count  # some questions were read in batches > 1
+
+
+def test_slow_header_clients_do_not_lock_out_a_normal_one(shared_pipeline, redis_cluster,
+                                                          tmp_path):
+    """Issue 14: about 100 connections sending their headers a byte at a time exhausted the
+    server's connections (a normal request waited 24 s). Now each is dropped once its
+    request is overdue (--request-timeout), and the connection limit is well above 100.
+    The bearer token comes from a file, never from the command line."""
+    import socket
+
+    token = tmp_path / "token"
+    token.write_text("file-s3cret\n")
+    port = free_port_base(1)
+    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardqa.cli", "serve", "--port", str(port), "--dir",
+         redis_cluster.target.directory, "--threads", "4", "--request-timeout", "2",
+         "--token-file", str(token)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    slow: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http("GET", url + "/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, \
+                (tmp_path / "api.log").read_text()
+            time.sleep(0.1)
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            slow.append(sock)
+        status, body, _ = http("GET", url + "/health", timeout=30)
+        assert status == 200 and body["status"] == "ok"
+        q = "/qa?" + urllib.parse.urlencode({"q": QUESTIONS[0]})
+        assert http("GET", url + q, timeout=30)[0] == 401
+        auth = {"Authorization": "Bearer file-s3cret"}
+        assert http("GET", url + q, headers=auth, timeout=30)[0] == 200
+        # the slow clients keep trickling header bytes (never silent), yet are dropped
+        open_ = set(range(len(slow)))
+        deadline = time.monotonic() + 60
+        while open_ and time.monotonic() < deadline:
+            for i in list(open_):
+                try:
+                    slow[i].sendall(b"X")
+                    slow[i].setblocking(False)
+                    if slow[i].recv(1024) == b"":
+                        open_.discard(i)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    open_.discard(i)
+                finally:
+                    slow[i].setblocking(True)
+            time.sleep(0.3)
+        assert not open_, f"{len(open_)} slow clients still connected"
+        assert proc.poll() is None
+    finally:
+        for sock in slow:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=10)
