@@ -35,6 +35,13 @@ class IngestAborted(ShardqaError):
     http_status = 400
 
 
+class IngestIncomplete(ShardqaError):
+    """``--on-error skip`` skipped records (exit 1), or nothing at all was ingested (exit 2):
+    a script must not take a partial load for a whole one."""
+
+    http_status = 400
+
+
 @click.command("ingest")
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
@@ -44,8 +51,9 @@ class IngestAborted(ShardqaError):
 @click.option("--text-field", default="text", show_default=True, help="JSONL/CSV text field")
 @click.option("--title-field", default="title", show_default=True, help="JSONL/CSV title field")
 @click.option("--on-error", type=click.Choice(["skip", "abort"]), default="skip",
-              show_default=True, help="skip: report malformed records and go on; abort: stop "
-              "before writing anything from a file that has one (exit 2)")
+              show_default=True, help="skip: report malformed records, ingest the rest, exit 1 "
+              "(2 if nothing was ingested); abort: stop before writing anything from a file "
+              "that has one (exit 2)")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="wait until the shard workers have tokenized and indexed everything")
 @click.option("--timeout", type=click.FloatRange(0), default=600, show_default=True,
@@ -74,11 +82,25 @@ def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait
         report = ingest(client, reader(units, fields), batch_size=batch_size,
                         progress=stderr.is_terminal)
         print_report(report)
-        if wait:
+        if wait and report.documents:
             wait_indexed(client, timeout=timeout, progress=stderr.is_terminal)
             console.print("indexed: the workers consumed every ingest entry")
     finally:
         client.close()
+    check_complete(report)
+
+
+def check_complete(report: IngestReport) -> None:
+    """Raise IngestIncomplete unless every record read was ingested."""
+    skipped, total = len(report.errors), report.documents + len(report.errors)
+    if report.documents == 0:
+        raise IngestIncomplete(
+            f"nothing was ingested: all {total:,} records were malformed (listed above)"
+            if skipped else "nothing was ingested: the input holds no documents", exit_code=2)
+    if skipped:
+        raise IngestIncomplete(f"not everything was ingested: {skipped:,} of {total:,} records "
+                               f"were malformed and skipped (listed above); the other "
+                               f"{report.documents:,} were ingested", exit_code=1)
 
 
 def _skip_errors(units: list[InputUnit], fields: dict) -> Iterator[Document | BadRecord]:
