@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.parse
 import urllib.request
 
+import pytest
+
 from cluster import keys
 from cluster.connection import Target, connect
-from cluster.local import port_in_use, process_alive
+from cluster.local import ClusterError, port_in_use, process_alive
 from gears.asker import Asker, NoReply
-from shardqa.stack import LocalStack, worker_name
+from shardqa.stack import LocalStack, wait_healthy, worker_name
 from tests.conftest import free_port_base, run_cli
 
 
@@ -110,3 +113,32 @@ def test_up_ask_down(tmp_path, tiny_artifact):
     assert not any(process_alive(p) for p in pids)
     assert not process_alive(supervisor)
     assert not port_in_use(api_port) and not any(port_in_use(base + i) for i in range(3))
+
+
+def test_up_does_not_count_a_just_killed_workers_heartbeat(cluster, tmp_path):
+    """Issue 14: a worker killed a second ago still has a fresh heartbeat; ``up`` took it
+    for a healthy worker. A heartbeat counts only from the live PID the stack records."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stack = LocalStack(tmp_path / "stack")
+    stack.dir.mkdir(parents=True)
+    client = cluster.client()
+    masters = cluster.masters
+
+    def beat(pid: int) -> None:
+        for m in masters:
+            client.hset(keys.workers(), f"w-{m}", json.dumps(
+                {"master": m, "pid": pid, "time": time.time(), "model": "tiny:1",
+                 "partitions": []}))
+
+    try:
+        stack.save({"workers": {m: gone.pid for m in masters}, "api": None})
+        beat(gone.pid)
+        with pytest.raises(ClusterError, match="without heartbeat or model"):
+            wait_healthy(client, masters, None, 1.0, stack)
+        wait_healthy(client, masters, None, 1.0)  # without the stack it would have passed
+        stack.save({"workers": {m: os.getpid() for m in masters}, "api": None})
+        beat(os.getpid())
+        wait_healthy(client, masters, None, 5.0, stack)
+    finally:
+        client.delete(keys.workers())
