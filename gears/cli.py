@@ -117,7 +117,8 @@ def status_command(as_json, target):
         st = Table("process", "pid", "restarts", "last exit", title="supervised (shardqa up)")
         for name, child in sorted(report["supervised"].items()):
             st.add_row(child.get("label") or name, str(child.get("pid") or "-"),
-                       str(child.get("restarts", 0)), str(child.get("last_exit", "-")))
+                       str(child.get("restarts", 0)),
+                       "-" if child.get("last_exit") is None else str(child["last_exit"]))
         console.print(st)
     for node, mem in report["memory"].items():
         console.print(f"{node}: {mem}")

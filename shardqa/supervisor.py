@@ -91,9 +91,12 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._stop)
         log.info("supervising the stack in %s", self.stack.dir)
         while not self.stopping:
-            if not self.tick():
-                log.info("the stack state is gone (shardqa down); exiting")
-                break
+            try:
+                if not self.tick():
+                    log.info("the stack state is gone (shardqa down); exiting")
+                    break
+            except Exception:  # noqa: BLE001 - one bad tick must not end supervision
+                log.exception("supervisor tick failed; trying again")
             time.sleep(TICK_S)
         log.info("stopped supervising; the children are left to 'shardqa down'")
 

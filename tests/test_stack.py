@@ -142,3 +142,10 @@ def test_up_does_not_count_a_just_killed_workers_heartbeat(cluster, tmp_path):
         wait_healthy(client, masters, None, 5.0, stack)
     finally:
         client.delete(keys.workers())
+
+
+def test_supervisor_backoff_doubles_to_a_cap():
+    from shardqa import supervisor
+
+    delays = [supervisor.backoff(n) for n in range(1, 8)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
