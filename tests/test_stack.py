@@ -99,6 +99,8 @@ def test_up_ask_down(tmp_path, tiny_artifact):
         assert (record["pid"], record["restarts"], record["last_exit"]) == (new, 1, -9)
         assert all(supervised[worker_name(m)]["restarts"] == 0 for m in state["workers"]
                    if m != master)
+        plain = run_cli("status", env=env)
+        assert plain.returncode == 0 and f"worker for {master}" in plain.stdout
         log = (cdir / "logs" / "supervisor.log").read_text()
         assert f"worker for {master} exited (code -9); restarting in 0.5s" in log
         pids.append(new)
