@@ -31,28 +31,31 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return status, raw.decode(), hdrs
 
 
-@pytest.fixture(scope="module")
-def api(shared_pipeline, redis_cluster, tmp_path_factory):
-    cluster = redis_cluster
-    tmp_path = tmp_path_factory.mktemp("api")
+def start_serve(directory: str, tmp_path, *options: str) -> tuple[subprocess.Popen, str]:
+    """A real ``shardqa serve`` on a free port, once /health answers 200."""
     port = free_port_base(1)
     log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "shardqa.cli", "serve", "--port", str(port), "--dir",
-         cluster.target.directory, "--threads", "48", "--timeout", "30"],
-        stdout=log, stderr=subprocess.STDOUT)
+         directory, *options], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             if http("GET", url + "/health", timeout=2)[0] == 200:
-                break
+                return proc, url
         except OSError:
             pass
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             raise AssertionError((tmp_path / "api.log").read_text())
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def api(shared_pipeline, redis_cluster, tmp_path_factory):
+    proc, url = start_serve(redis_cluster.target.directory, tmp_path_factory.mktemp("api"),
+                            "--threads", "48", "--timeout", "30")
     try:
         yield url
     finally:
@@ -140,25 +143,11 @@ def test_slow_header_clients_do_not_lock_out_a_normal_one(shared_pipeline, redis
 
     token = tmp_path / "token"
     token.write_text("file-s3cret\n")
-    port = free_port_base(1)
-    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shardqa.cli", "serve", "--port", str(port), "--dir",
-         redis_cluster.target.directory, "--threads", "4", "--request-timeout", "2",
-         "--token-file", str(token)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_serve(redis_cluster.target.directory, tmp_path, "--threads", "4",
+                            "--request-timeout", "2", "--token-file", str(token))
+    port = int(url.rsplit(":", 1)[1])
     slow: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if http("GET", url + "/health", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, \
-                (tmp_path / "api.log").read_text()
-            time.sleep(0.1)
         for _ in range(100):
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
