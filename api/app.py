@@ -61,13 +61,14 @@ class RateLimiter:
     disables it. Clients idle for a window are forgotten (at most once a window, all in
     one sweep), so memory follows the active clients, not every address ever seen."""
 
-    def __init__(self, limit: float, window_s: float = 1.0):
+    def __init__(self, limit: float, window_s: float = 1.0, clock=time.monotonic):
         self.per_second = limit / window_s
         self.limit = limit
         self.window_s = window_s
+        self._clock = clock
         self._hits: dict[str, deque] = {}
         self._lock = threading.Lock()
-        self._swept = time.monotonic()
+        self._swept = clock()
 
     def __len__(self) -> int:
         return len(self._hits)
@@ -77,10 +78,11 @@ class RateLimiter:
         if self.limit <= 0:
             return True
         with self._lock:
-            hits = self._recent(client, time.monotonic())
+            now = self._clock()
+            hits = self._recent(client, now)
             if len(hits) >= self.limit:
                 return False
-            hits.append(time.monotonic())
+            hits.append(now)
             return True
 
     def exceeded(self, client: str) -> bool:
@@ -88,7 +90,7 @@ class RateLimiter:
         if self.limit <= 0:
             return False
         with self._lock:
-            return len(self._recent(client, time.monotonic())) >= self.limit
+            return len(self._recent(client, self._clock())) >= self.limit
 
     def _recent(self, client: str, now: float) -> deque:
         if now - self._swept > self.window_s:
