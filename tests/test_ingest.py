@@ -236,6 +236,11 @@ def test_cli_ingest_summary_skip_errors_and_no_wait(cluster, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: nothing was ingested: all 2 records were malformed (listed above)")
     data.write_text('{"id": "a", "text": "Fine."}\n')
+    big = run_cli("ingest", str(data), "--no-wait", "--max-document-bytes", "4",
+                  env=cli_env(cluster))
+    assert big.returncode == 2
+    assert f"{data}:1: document 'a' is 5 bytes of text, over --max-document-bytes 4" in (
+        big.stdout + big.stderr)
     assert run_cli("ingest", str(data), "--no-wait", env=cli_env(cluster)).returncode == 0
 
 
