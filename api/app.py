@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 
 import redis
 from flask import Flask, Response, jsonify, request
@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from api import page
 from api.openapi import spec
+from api.settings import ServeSettings
 from cluster.errors import ShardqaError
 from gears import health
 from gears.asker import MAX_K, Asker, QuestionError
@@ -50,26 +51,57 @@ class Metrics:
                                registry=self.registry)
 
 
-class RateLimiter:
-    """Sliding one-second window per client address; ``per_second`` <= 0 disables it."""
+#: wrong bearer tokens a client address may send per minute before it gets 429 for a while
+WRONG_TOKENS_PER_MINUTE = 10
+#: workers whose last heartbeat is older than this many stale periods leave /health
+FORGET_WORKER_AFTER_STALE = 10
 
-    def __init__(self, per_second: float):
-        self.per_second = per_second
-        self._hits: dict[str, deque] = defaultdict(deque)
+
+class RateLimiter:
+    """At most ``limit`` hits per client address in a sliding ``window_s``; ``limit`` <= 0
+    disables it. Clients idle for a window are forgotten (at most once a window, all in
+    one sweep), so memory follows the active clients, not every address ever seen."""
+
+    def __init__(self, limit: float, window_s: float = 1.0, clock=time.monotonic):
+        self.per_second = limit / window_s
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._hits: dict[str, deque] = {}
         self._lock = threading.Lock()
+        self._swept = clock()
+
+    def __len__(self) -> int:
+        return len(self._hits)
 
     def allow(self, client: str) -> bool:
-        if self.per_second <= 0:
+        """Count a hit unless the client is over the limit (then False)."""
+        if self.limit <= 0:
             return True
-        now = time.monotonic()
         with self._lock:
-            hits = self._hits[client]
-            while hits and now - hits[0] > 1.0:
-                hits.popleft()
-            if len(hits) >= self.per_second:
+            now = self._clock()
+            hits = self._recent(client, now)
+            if len(hits) >= self.limit:
                 return False
             hits.append(now)
             return True
+
+    def exceeded(self, client: str) -> bool:
+        """Over the limit now, without counting a hit."""
+        if self.limit <= 0:
+            return False
+        with self._lock:
+            return len(self._recent(client, self._clock())) >= self.limit
+
+    def _recent(self, client: str, now: float) -> deque:
+        if now - self._swept > self.window_s:
+            self._swept = now
+            for name in [c for c, h in self._hits.items() if now - h[-1] > self.window_s]:
+                del self._hits[name]
+        hits = self._hits.setdefault(client, deque())
+        while hits and now - hits[0] > self.window_s:
+            hits.popleft()
+        return hits
 
 
 def json_response(body, status: int = 200) -> Response:
@@ -83,7 +115,11 @@ def error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": {"status": status, "message": message}}), status
 
 
-def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.0) -> Flask:
+def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.0,
+               max_uncached: int = ServeSettings().max_uncached(ServeSettings.threads)
+               ) -> Flask:
+    """The API. At most ``max_uncached`` questions are read from the shards at once; more
+    get 503 at once, so cached answers and /health always find a free thread."""
     app = Flask("shardqa")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     metrics = Metrics()
@@ -91,17 +127,25 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
     cache_hits, cache_misses = metrics.cache.labels("hit"), metrics.cache.labels("miss")
     hit_latency, miss_latency = metrics.latency.labels("true"), metrics.latency.labels("false")
     limiter = RateLimiter(rate_limit)
-    app.extensions["shardqa_metrics"] = metrics
+    wrong_tokens = RateLimiter(WRONG_TOKENS_PER_MINUTE, window_s=60.0)
+    uncached = threading.BoundedSemaphore(max_uncached)
+    app.extensions.update(shardqa_metrics=metrics, shardqa_limiter=limiter,
+                          shardqa_wrong_tokens=wrong_tokens, shardqa_uncached=uncached)
 
     @app.before_request
     def guard():
         if request.path in ("/health", "/metrics", "/openapi.json", *page.PATHS):
             return None
+        client = request.remote_addr or "?"
         if token:
+            if wrong_tokens.exceeded(client):
+                return error(429, "too many wrong bearer tokens from this address; wait a "
+                             "minute")
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                wrong_tokens.allow(client)
                 return error(401, "missing or wrong bearer token")
-        if not limiter.allow(request.remote_addr or "?"):
+        if not limiter.allow(client):
             return error(429, f"rate limit of {limiter.per_second:g} requests/s exceeded")
         return None
 
@@ -140,7 +184,10 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
     def qa_post():
         if not request.is_json:
             return error(415, "the body must be JSON (Content-Type: application/json)")
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:
+            raise QuestionError("the JSON body is nested too deeply") from None
         if not isinstance(body, dict):
             raise QuestionError("the body must be a JSON object with a 'question' field")
         if "question" not in body:
@@ -155,7 +202,7 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
 
     def answer(question, k):
         t0 = time.perf_counter()
-        result = asker.ask(question, k)
+        result = asker.cached(question, k) or read(question, k)
         elapsed = time.perf_counter() - t0
         if result.cached:
             cache_hits.inc()
@@ -171,6 +218,14 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
         return json_response(result.public())
 
     app.register_blueprint(page.page)
+    def read(question, k):
+        if not uncached.acquire(blocking=False):
+            raise ShardqaError(f"busy: {max_uncached} uncached questions are being read; "
+                               "retry in a moment", http_status=503)
+        try:
+            return asker.ask(question, k)
+        finally:
+            uncached.release()
 
     @app.get("/health")
     def health_check():
@@ -184,7 +239,8 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
             "generation": report["generation"],
             "workers": [{"id": w["id"], "age_s": round(w["age_s"], 2),
                          "partitions": w.get("partitions", []), "model": w.get("model")}
-                        for w in report["workers"]],
+                        for w in report["workers"]
+                        if w["age_s"] <= FORGET_WORKER_AFTER_STALE * health.HEARTBEAT_STALE_S],
             "passages": sum(p["passages"] for p in report["partitions"]),
         }
         return jsonify(body), 200 if not problems else 503

@@ -66,6 +66,10 @@ def spec() -> dict:
                 "k": {"type": "integer"},
                 "generation": {"type": "integer"},
                 "passages_read": {"type": "array", "items": {"type": "string"}},
+                "missing_partitions": {
+                    "type": "array", "items": {"type": "integer"},
+                    "description": "present when candidate partitions had no live worker: "
+                                   "the answer comes from the others"},
                 "timings_ms": {"type": "object",
                                "additionalProperties": {"type": "number"}}}},
             "Error": {"type": "object", "required": ["error"], "properties": {

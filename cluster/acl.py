@@ -7,10 +7,13 @@ turned off, so nothing reaches a node without a password. Four users:
 * ``admin``: cluster and model management, ingestion, replication (``masteruser``);
 * ``worker``: the shard workers: every shardqa key except the model copies (read-only) and
   the partition map (read-only), the keyspace-event channels; no ACL, CONFIG, FLUSHALL,
-  KEYS or FUNCTION;
+  KEYS or FUNCTION; no SCAN/RANDOMKEY over all key names; PUBLISH only on the generation
+  channel (never a forged keyspace event);
 * ``api``: what ``Asker.ask`` and /health need and nothing else: read the answer cache and
-  write it, call the rank/stats/ask functions, add read requests, wait for and delete
-  replies, read passage text, read the partition map, generation and heartbeats;
+  write it, call the rank/stats/ask functions, add read requests (XADD only: a request
+  stream cannot be deleted, overwritten or expired by the API; a Redis 7 ACL selector),
+  wait for and delete replies, read passage text, read the partition map, generation and
+  heartbeats;
 * ``reader``: people and scripts at redis-cli: read answers (``GET sq:qa:...``, the answer
   cache), ``FCALL_RO`` the read-only functions (ask, rank, stats, shardqa_version), read
   passages, ``VSIM`` on vector sets where the server has them; nothing that writes shared
@@ -72,13 +75,16 @@ def rules(role: str, *, vector_sets: bool = False) -> list[str]:
         return ([f"~{p}" for p in writable] + [f"%R~{p}" for p in read_only]
                 + [f"&{c}" for c in ("__keyevent@0__:*", keys.generation_channel())]
                 + ["+@all", "-@dangerous", "-@admin", "-function", "-script", "-eval",
-                   "-evalsha", "-eval_ro", "-evalsha_ro", "-migrate", *_CONNECT])
+                   "-evalsha", "-eval_ro", "-evalsha_ro", "-migrate", "-scan", "-randomkey",
+                   "-publish", "-spublish", *_CONNECT]
+                + [f"(&{keys.generation_channel()} +publish)"])
     if role == "api":
-        return ([f"~{_ANSWERS}", f"~{_REQUESTS}", f"~{_REPLIES}"]
-                + [f"%R~{p}" for p in (*_INDEX, _PASSAGES, _META, _ASK, _INGEST)]
-                + ["+get", "+set", "+fcall", "+fcall_ro", "+xadd", "+blpop", "+del", "+hmget",
+        return ([f"~{_ANSWERS}", f"~{_REPLIES}"]
+                + [f"%R~{p}" for p in (*_INDEX, _PASSAGES, _META, _ASK, _INGEST, _REQUESTS)]
+                + ["+get", "+set", "+fcall", "+fcall_ro", "+blpop", "+del", "+hmget",
                    "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+zcard", "+zmscore",
-                   "+xrange", "+xinfo|groups", "+expire", *_CONNECT])
+                   "+xrange", "+xinfo|groups", "+expire", *_CONNECT]
+                + [f"(~{_REQUESTS} +xadd)"])
     if role == "reader":
         return reader_rules(vector_sets)
     raise ShardqaError(f"unknown role {role!r}; one of {', '.join(ROLES)}")

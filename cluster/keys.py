@@ -44,6 +44,11 @@ def workers() -> str:
     return f"{PREFIX}:{{{META_TAG}}}:workers"
 
 
+def supervised() -> str:
+    """Hash child name -> JSON (pid, restarts, last exit) of the local stack's supervisor."""
+    return f"{PREFIX}:{{{META_TAG}}}:supervised"
+
+
 # --- per-partition keys ----------------------------------------------------------------
 
 def doc(tag: str, doc_key: str) -> str:

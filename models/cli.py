@@ -106,6 +106,11 @@ def list_command(target):
         table.add_row(row["name"], row["version"], row["variant"], f"{row['size']:,}",
                       str(row["chunks"]), pushed, held, current)
     console.print(table)
+    for row in rows:
+        if row["corrupt_on"]:
+            console.print(f"[red]corrupt:[/] {row['name']} {row['version']} on "
+                          f"{', '.join(row['corrupt_on'])} fails its sha256 check: run "
+                          "'shardqa model sync'", soft_wrap=True)
     missing = [m for m in masters if not any(m in r["current_on"] for r in rows)]
     if missing:
         console.print(f"no current model on {', '.join(missing)}: run 'shardqa model sync'")
@@ -116,7 +121,7 @@ def list_command(target):
 @model_group.command("sync")
 @target_options
 def sync_command(target):
-    """Copy the current model to masters that lack it (e.g. after adding a master)."""
+    """Copy the current model to masters that lack it or hold a copy failing its sha256."""
     from models import store
 
     client = connect(target)

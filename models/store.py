@@ -225,17 +225,27 @@ def load(client, node: str, *, cache: bool = True) -> LoadedModel:
 # --- writing ----------------------------------------------------------------------------------
 
 def _copy_complete(client, tag: str, meta: dict) -> bool:
-    """Cheap completeness check: meta present, pointer on it, every chunk of the right size."""
+    """The copy under ``tag`` is current and intact: pointer on ``meta``, meta stored, and
+    the chunks' sha256 is the artifact's (a same-length corruption is not complete)."""
     pointer = _pointer(client, tag)
     if pointer is None or any(pointer[k] != meta[k] for k in _POINTER_FIELDS):
         return False
     stored = _meta(client, tag, meta["name"], meta["version"])
     if stored is None or stored.get("sha256") != meta["sha256"]:
         return False
-    pipe = client.pipeline(transaction=False)
-    for i in range(stored["chunks"]):
-        pipe.strlen(keys.model_chunk(tag, meta["name"], meta["version"], i))
-    return sum(pipe.execute()) == stored["size"]
+    return _stored_sha256(client, tag, stored) == meta["sha256"]
+
+
+def _stored_sha256(client, tag: str, meta: dict) -> str | None:
+    """sha256 of the chunks stored under ``tag`` for ``meta``, read one chunk at a time
+    (None if one is missing)."""
+    digest = hashlib.sha256()
+    for i in range(int(meta["chunks"])):
+        part = client.get(keys.model_chunk(tag, meta["name"], meta["version"], i))
+        if part is None:
+            return None
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def _write_copy(client, tag: str, meta: dict, blob: bytes,
@@ -415,7 +425,8 @@ def sync(client, progress: Callable[[int], None] | None = None) -> list[str]:
 
 def list_models(client) -> list[dict]:
     """One row per stored (name, version, variant): size, chunks, which masters hold it,
-    on which it is current, and when it was pushed."""
+    on which it is current, when it was pushed, and on which its chunks fail their sha256
+    (``corrupt_on``)."""
     rows: dict[tuple, dict] = {}
     for node, tag in sorted(master_tags(client).items()):
         pointer = _pointer(client, tag)
@@ -426,8 +437,11 @@ def list_models(client) -> list[dict]:
                 "variant": meta.get("variant", ""), "size": meta["size"],
                 "chunks": meta["chunks"], "sha256": meta["sha256"],
                 "pushed": float(meta.get("pushed", 0)), "masters": [], "current_on": [],
+                "corrupt_on": [],
             })
             row["masters"].append(node)
+            if _stored_sha256(client, tag, meta) != meta["sha256"]:
+                row.setdefault("corrupt_on", []).append(node)
             if pointer and pointer["version"] == meta["version"] and \
                     pointer["name"] == meta["name"]:
                 row["current_on"].append(node)

@@ -94,7 +94,7 @@ class Client:
 
     def _client(self, command: str):
         """The cluster client for a command, as the ACL user that command runs as."""
-        from cluster.cli import COMMAND_ROLES
+        from cluster.options import COMMAND_ROLES
 
         role = COMMAND_ROLES.get(command, "admin")
         if role not in self._clients:

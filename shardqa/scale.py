@@ -128,13 +128,7 @@ def stack_worker_starter(directory: str, threads: int | None = None
         return None
 
     def start(master: str) -> int:
-        n = threads or default_threads(len(state["workers"]) + 1)
-        pid = stack.spawn(f"worker-{master.replace(':', '-')}",
-                          ["worker", "--master", master, "--threads", str(n)])
-        fresh = stack.state()
-        fresh.setdefault("workers", {})[master] = pid
-        stack.save(fresh)
-        return pid
+        return stack.add_worker(master, threads or default_threads(len(state["workers"]) + 1))
 
     return start
 

@@ -2,11 +2,15 @@
 
 The local stack is the cluster (cluster/local.py), one shard worker per master and the API,
 each a background process whose PID and log live in the cluster folder (``stack.json``,
-``logs/``). ``down`` stops exactly those PIDs, then the cluster.
+``logs/``). ``up`` writes the plan of workers and API into the state and leaves starting
+and restarting them to the supervisor (shardqa/supervisor.py), itself a background process.
+``down`` stops the supervisor first, then exactly the children's PIDs, then the cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -31,6 +35,8 @@ from gears.worker import default_threads
 
 console = Console(highlight=False)
 STACK_FILE = "stack.json"
+#: how long ``up`` waits for the supervisor to start a child it was just told about
+START_TIMEOUT_S = 30.0
 
 
 class LocalStack:
@@ -49,9 +55,26 @@ class LocalStack:
             return {"workers": {}, "api": None}
 
     def save(self, state: dict) -> None:
-        self.state_path.write_text(json.dumps(state, indent=2))
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_path)
 
-    def spawn(self, name: str, args: list[str]) -> int:
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.dir / "stack.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def update(self, change) -> dict:
+        """Read, change (``change(state)`` in place) and write the state under a file lock:
+        ``up``, ``add-master`` and the supervisor all write it."""
+        with self._locked():
+            state = self.state()
+            change(state)
+            self.save(state)
+            return state
+
+    def start_process(self, name: str, args: list[str]) -> subprocess.Popen:
         logs = self.dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
@@ -61,7 +84,56 @@ class LocalStack:
             env={**os.environ, "SHARDQA_DIR": str(self.dir)},
         )
         log.close()
-        return proc.pid
+        return proc
+
+    def spawn(self, name: str, args: list[str]) -> int:
+        """Start one unsupervised background process; its PID."""
+        return self.start_process(name, args).pid
+
+    def supervisor_pid(self) -> int | None:
+        pid = (self.state().get("supervisor") or {}).get("pid")
+        return pid if pid and process_alive(pid) else None
+
+    def ensure_supervisor(self) -> int:
+        pid = self.supervisor_pid()
+        if pid is None:
+            pid = self.spawn("supervisor", ["supervise", "--dir", str(self.dir)])
+            self.update(lambda state: state.update(supervisor={"pid": pid}))
+        return pid
+
+    def plan(self, children: dict[str, dict]) -> dict:
+        """Add children (name -> {args, master|url}) to the supervisor's plan, keeping the
+        records of those already planned."""
+        def change(state: dict) -> None:
+            planned = state.setdefault("children", {})
+            for name, spec in children.items():
+                if name not in planned:  # adopt a live process an older ``up`` started
+                    pid = _unplanned_pid(state, name, spec)
+                    planned[name] = {"pid": pid, "restarts": 0, "last_exit": None}
+                planned[name].update(spec)
+            state.setdefault("workers", {})
+        return self.update(change)
+
+    def wait_started(self, names: list[str], timeout: float = START_TIMEOUT_S) -> dict:
+        """The state once the supervisor has given every named child a live PID."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state()
+            children = state.get("children", {})
+            if all((children.get(n) or {}).get("pid") and process_alive(children[n]["pid"])
+                   for n in names):
+                return state
+            if time.monotonic() > deadline or self.supervisor_pid() is None:
+                raise ClusterError(f"the supervisor did not start {', '.join(names)} in "
+                                   f"{timeout:g}s (see logs/supervisor.log)")
+            time.sleep(0.1)
+
+    def add_worker(self, master: str, threads: int) -> int:
+        """Start (supervised) the worker beside ``master``; its PID."""
+        name = worker_name(master)
+        self.plan({name: {"master": master, "args": worker_args(master, threads)}})
+        self.ensure_supervisor()
+        return self.wait_started([name])["children"][name]["pid"]
 
     def up(self, *, masters: int, port_base: int, api_port: int | None, api_host: str,
            threads: int | None, model: str | None, timeout: float = 120) -> dict:
@@ -72,49 +144,96 @@ class LocalStack:
         target = Target(directory=str(self.dir))
         client = connect(target)
         ensure_model(client, model)
-        state = self.state()
         owners = sorted(set(partitions.owners(client, partitions.load(client)).values()))
         if threads is None:
             threads = default_threads(len(owners))
-        for master in owners:
-            pid = state["workers"].get(master)
-            if pid and process_alive(pid):
-                continue
-            state["workers"][master] = self.spawn(
-                f"worker-{master.replace(':', '-')}",
-                ["worker", "--master", master, "--threads", str(threads)])
+        children = {worker_name(m): {"master": m, "args": worker_args(m, threads)}
+                    for m in owners}
         if api_port:
-            api = state.get("api")
-            if not (api and process_alive(api["pid"])):
+            url = f"http://{api_host}:{api_port}"
+            state = self.state()
+            api_pid = (_unplanned_pid(state, "api", {})
+                       or ((state.get("children") or {}).get("api") or {}).get("pid"))
+            if not (api_pid and process_alive(api_pid)):
                 if port_in_use(api_port, api_host):
                     raise ClusterError(f"API port {api_port} is already in use; "
                                        "choose another --api-port")
-                pid = self.spawn("api", ["serve", "--host", api_host, "--port", str(api_port)])
-                state["api"] = {"pid": pid, "url": f"http://{api_host}:{api_port}"}
-        self.save(state)
-        wait_healthy(client, owners, state.get("api"), timeout)
-        return state
+            children["api"] = {"url": url, "label": f"API on {url}",
+                               "args": ["serve", "--host", api_host, "--port", str(api_port)]}
+            self.update(lambda state: state.update(api={**(state.get("api") or {}),
+                                                        "url": url}))
+        self.plan(children)
+        self.ensure_supervisor()
+        state = self.wait_started(list(children))
+        if api_port:
+            state["api"] = {"pid": state["children"]["api"]["pid"], "url": url}
+        wait_healthy(client, owners, state.get("api"), timeout, self)
+        return self.state()
 
     def down(self, purge: bool = False) -> list[str]:
-        state = self.state()
         stopped = []
+        supervisor = self.supervisor_pid()
+        if supervisor:
+            _stop_pids([supervisor])  # first, so it restarts nothing we stop below
+            stopped.append("supervisor")
+        state = self.state()
         pids = list(state.get("workers", {}).items())
         if state.get("api"):
             pids.append(("api", state["api"]["pid"]))
         for name, pid in pids:
             if pid and process_alive(pid):
-                os.kill(pid, signal.SIGTERM)
                 stopped.append(name)
-        deadline = time.monotonic() + 10
-        for _, pid in pids:
-            while pid and process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if pid and process_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _stop_pids([pid for _, pid in pids])
         self.state_path.unlink(missing_ok=True)
         if self.cluster.exists():
+            if supervisor:
+                _forget_supervised(self.dir)
             stopped += [f"redis:{p}" for p in self.cluster.down(purge=purge)]
         return stopped
+
+
+def worker_name(master: str) -> str:
+    return f"worker-{master.replace(':', '-')}"
+
+
+def worker_args(master: str, threads: int) -> list[str]:
+    return ["worker", "--master", master, "--threads", str(threads)]
+
+
+def _unplanned_pid(state: dict, name: str, spec: dict) -> int | None:
+    """The live PID the state records for a child outside the plan (None if none)."""
+    if spec.get("master"):
+        pid = (state.get("workers") or {}).get(spec["master"])
+    else:
+        pid = (state.get("api") or {}).get("pid") if name == "api" else None
+    return pid if pid and process_alive(pid) else None
+
+
+def _stop_pids(pids: list[int | None]) -> None:
+    """SIGTERM, up to 10 s to exit, then SIGKILL."""
+    live = [pid for pid in pids if pid and process_alive(pid)]
+    for pid in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for pid in live:
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _forget_supervised(directory: Path) -> None:
+    """Best effort: drop the supervisor's records from Redis, so status shows no ghosts."""
+    from cluster import keys
+
+    try:
+        client = connect(Target(directory=str(directory)), socket_timeout=2.0)
+        client.delete(keys.supervised())
+        client.close()
+    except Exception:  # noqa: BLE001 - a cluster already down has nothing to forget
+        pass
 
 
 def ensure_model(client, model: str | None) -> None:
@@ -131,15 +250,23 @@ def ensure_model(client, model: str | None) -> None:
     store.push(client, Path(model))
 
 
-def wait_healthy(client, masters: list[str], api: dict | None, timeout: float) -> None:
+def wait_healthy(client, masters: list[str], api: dict | None, timeout: float,
+                 stack: LocalStack | None = None) -> None:
+    """Until every master's worker heartbeats with a model and the API answers /health.
+
+    With ``stack``, a heartbeat counts only from the worker's current PID and while that
+    process lives: a worker killed a second ago still has a fresh heartbeat."""
     from cluster import keys
 
     deadline = time.monotonic() + timeout
     while True:
         beats = {json.loads(v).get("master"): json.loads(v)
                  for v in client.hgetall(keys.workers()).values()}
+        pids = stack.state().get("workers", {}) if stack is not None else {}
         fresh = [m for m in masters
-                 if m in beats and time.time() - beats[m]["time"] < 5 and beats[m].get("model")]
+                 if m in beats and time.time() - beats[m]["time"] < 5 and beats[m].get("model")
+                 and (m not in pids or (beats[m].get("pid") == pids[m]
+                                        and process_alive(pids[m])))]
         api_ok = api is None or _http_ok(api["url"] + "/health")
         if len(fresh) == len(masters) and api_ok:
             return

@@ -31,28 +31,31 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return status, raw.decode(), hdrs
 
 
-@pytest.fixture(scope="module")
-def api(shared_pipeline, redis_cluster, tmp_path_factory):
-    cluster = redis_cluster
-    tmp_path = tmp_path_factory.mktemp("api")
+def start_serve(directory: str, tmp_path, *options: str) -> tuple[subprocess.Popen, str]:
+    """A real ``shardqa serve`` on a free port, once /health answers 200."""
     port = free_port_base(1)
     log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "shardqa.cli", "serve", "--port", str(port), "--dir",
-         cluster.target.directory, "--threads", "48", "--timeout", "30"],
-        stdout=log, stderr=subprocess.STDOUT)
+         directory, *options], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             if http("GET", url + "/health", timeout=2)[0] == 200:
-                break
+                return proc, url
         except OSError:
             pass
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             raise AssertionError((tmp_path / "api.log").read_text())
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def api(shared_pipeline, redis_cluster, tmp_path_factory):
+    proc, url = start_serve(redis_cluster.target.directory, tmp_path_factory.mktemp("api"),
+                            "--threads", "48", "--timeout", "30")
     try:
         yield url
     finally:
@@ -128,3 +131,64 @@ def test_200_concurrent_questions_and_batching(api):
         if line.startswith("shardqa_worker_batch_requests_count"):
             count = float(line.split()[-1])
     assert count >= 200 and bucket1 < count  # some questions were read in batches > 1
+
+
+def closed(sock) -> bool:
+    """Whether the server closed this client socket (without waiting for it to)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1024) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def test_slow_header_clients_do_not_lock_out_a_normal_one(shared_pipeline, redis_cluster,
+                                                          tmp_path):
+    """Issue 14: about 100 connections sending their headers a byte at a time exhausted the
+    server's connections (a normal request waited 24 s). Now each is dropped once its
+    request is overdue (--request-timeout), and the connection limit is well above 100.
+    The bearer token comes from a file, never from the command line."""
+    import socket
+
+    token = tmp_path / "token"
+    token.write_text("file-s3cret\n")
+    proc, url = start_serve(redis_cluster.target.directory, tmp_path, "--threads", "4",
+                            "--request-timeout", "8", "--token-file", str(token))
+    port = int(url.rsplit(":", 1)[1])
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            slow.append(sock)
+        status, body, _ = http("GET", url + "/health", timeout=30)
+        assert status == 200 and body["status"] == "ok"
+        q = "/qa?" + urllib.parse.urlencode({"q": QUESTIONS[0]})
+        assert http("GET", url + q, timeout=30)[0] == 401
+        auth = {"Authorization": "Bearer file-s3cret"}
+        assert http("GET", url + q, headers=auth, timeout=30)[0] == 200
+        assert not [s for s in slow if closed(s)]  # answered while all 100 were connected
+        # the slow clients keep trickling header bytes (never silent), yet are dropped
+        open_ = set(range(len(slow)))
+        deadline = time.monotonic() + 60
+        while open_ and time.monotonic() < deadline:
+            for i in list(open_):
+                try:
+                    slow[i].sendall(b"X")
+                except OSError:
+                    open_.discard(i)
+                    continue
+                if closed(slow[i]):
+                    open_.discard(i)
+            time.sleep(0.3)
+        assert not open_, f"{len(open_)} slow clients still connected"
+        assert proc.poll() is None
+    finally:
+        for sock in slow:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -173,6 +173,8 @@ def test_services_and_profiles():
         assert not SERVICES[name].get("profiles"), f"{name} must run without a profile"
     for name in ONE_SHOTS + ["cluster-replicas"]:
         assert SERVICES[name].get("restart") == "no", f"{name} is one-shot: restart: 'no'"
+    for name in MASTERS + list(WORKERS) + ["api"]:  # docker restarts a crashed one (issue 14)
+        assert SERVICES[name].get("restart") == "unless-stopped", name
 
 
 def completed(service: str) -> dict:

@@ -372,3 +372,89 @@ def test_whole_cluster_restart_keeps_everything_and_workers_reconnect(tmp_path, 
     finally:
         pool.stop_all()
         handle.local.down(purge=True)
+
+
+def test_same_length_corrupt_model_copy_is_listed_and_repaired(cluster, tiny_artifact):
+    """Issue 14: ``SETRANGE chunk 5000 X`` keeps the length; sync and push used to compare
+    lengths only and said "nothing to do"."""
+    from models import store
+
+    client = cluster.client()
+    meta = store.push(client, tiny_artifact, chunk_size=200_000)
+    original = (tiny_artifact / "reader.pt").read_bytes()
+    bad = cluster.masters[0]
+    chunk = keys.model_chunk(store.tag_for(client, bad), meta["name"], meta["version"], 0)
+    size = client.strlen(chunk)
+    client.setrange(chunk, 5000, b"X")
+    assert client.strlen(chunk) == size
+    env = {"SHARDQA_DIR": str(cluster.local.dir)}
+    listed = run_cli("model", "list", env=env, check=True)
+    assert f"on {bad} fails its sha256 check" in listed.stdout
+    assert [r["corrupt_on"] for r in store.list_models(client)] == [[bad]]
+    synced = run_cli("model", "sync", env=env, check=True)
+    assert f"repaired {bad}" in synced.stdout
+    assert store.read_blob(client, bad, fallback=False)[1] == original
+    assert [r["corrupt_on"] for r in store.list_models(client)] == [[]]
+    assert "fails its sha256" not in run_cli("model", "list", env=env, check=True).stdout
+    client.setrange(chunk, 5000, b"Y")  # push repairs it too
+    assert store.push(client, tiny_artifact, chunk_size=200_000)["written"] == [bad]
+    assert store.read_blob(client, bad, fallback=False)[1] == original
+    assert store.sync(client) == []
+
+
+def test_partitions_without_a_live_worker_fail_fast_or_are_named(pipeline, workers, cluster):
+    """Issue 14: each question waiting on a dead worker held an API thread for the whole
+    timeout. Now candidates in partitions no live worker reads are left out: the answer
+    comes from the live ones and names the missing partitions (and is not cached), or, when
+    none of the candidates is live, the ask fails at once naming them. Nothing is sent to a
+    dead partition (its request stream does not grow)."""
+    from gears import health, ranking
+    from gears.asker import NoLiveWorker, cache_form
+
+    client = pipeline
+    asker = Asker(client, timeout_s=30, min_rank_ratio=0)  # read all k: more partitions
+    probes = QUESTIONS + [f"{a} {b}" for i, a in enumerate(QUESTIONS) for b in QUESTIONS[i + 1:]]
+    want = {q: key(asker.ask(q, use_cache=False)) for q in probes}
+    pmap = partitions.load(client)
+    owners = partitions.owners(client, pmap)
+
+    def candidates(q: str) -> set[int]:
+        return {r.partition for r in ranking.above_floor(
+            ranking.rank(client, pmap, q, 5, cap=asker.rank_cap), asker.min_rank_ratio)}
+
+    # the victim: a master holding some, not all, of a question's candidates
+    victim = next(owners[i] for q in probes for i in sorted(candidates(q))
+                  if len({owners[j] for j in candidates(q)}) > 1)
+    dead = {index for index, master in owners.items() if master == victim}
+    workers.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not health.served_partitions(client) & dead, 30,
+               "the killed worker's heartbeat never went stale")
+    sent = {i: client.xlen(keys.request_stream(pmap[i].tag)) for i in dead}
+    seen = Counter()
+    for q in probes:
+        wanted = candidates(q)
+        cache_key = keys.answer_cache(asker.generation(fresh=True), 5, cache_form(q))
+        client.delete(cache_key)
+        if wanted and wanted <= dead:
+            with pytest.raises(NoLiveWorker, match=r"partition\(s\) \["):
+                asker.ask(q)
+            seen["none live"] += 1
+            continue
+        got = asker.ask(q)
+        assert got.missing_partitions == sorted(wanted & dead)
+        if got.missing_partitions:
+            seen["partial"] += 1
+            assert client.get(cache_key) is None
+            assert got.public()["missing_partitions"] == got.missing_partitions
+            assert pmap.for_passage(got.passage_id).index not in dead
+        else:
+            seen["whole"] += 1
+            assert key(got) == want[q] and "missing_partitions" not in got.public()
+    assert seen["partial"] >= 1, seen
+    assert {i: client.xlen(keys.request_stream(pmap[i].tag)) for i in dead} == sent
+    for master in list(workers.procs):  # no live worker at all: every question fails fast
+        workers.kill(master, signal.SIGKILL)
+    wait_until(lambda: not health.served_partitions(client), 30, "heartbeats never went stale")
+    for q in QUESTIONS:
+        with pytest.raises(NoLiveWorker, match="no live shard worker"):
+            asker.ask(q, use_cache=False)

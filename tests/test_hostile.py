@@ -191,3 +191,16 @@ def test_burst_of_one_new_question_is_read_once(served, redis_cluster):
         answers = list(pool.map(lambda _: asker.ask(question), range(12)))
     assert len({(a.answer, a.passage_id, a.start) for a in answers}) == 1
     assert 1 <= len(sends) <= 2  # one send (plus at most the one retry), not twelve
+
+
+def test_json_nested_5000_levels_is_a_400(served):
+    """Issue 14: the parser's RecursionError was a 500."""
+    url, proc, _ = served
+    for body in (b"[" * 5000 + b"]" * 5000,
+                 b'{"question": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+                 b'{"a":' * 2500 + b"1" + b"}" * 2500):  # under the 16 KiB body cap
+        status, raw, ctype = raw_request("POST", url, "/qa", body,
+                                         {"Content-Type": "application/json"})
+        assert status == 400, raw[:300]
+        assert_handled(status, raw, ctype)
+    assert proc.poll() is None

@@ -223,11 +223,26 @@ def test_cli_ingest_summary_skip_errors_and_no_wait(cluster, tmp_path):
     data.write_text('{"id": "a", "text": "Fine."}\n{"id": "b", "text": \n'
                     '{"id": "c", "text": "Also fine."}\n')
     proc = run_cli("ingest", str(data), "--no-wait", env=cli_env(cluster))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # issue 14: a partial load is not a success
     assert f"{data}:2: invalid JSON" in proc.stdout + proc.stderr
     assert "passages written" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: not everything was ingested: 1 of 3 records were malformed and skipped "
+        "(listed above); the other 2 were ingested")
     client = cluster.client()
     assert len(passage_keys(client)) == 2
+    data.write_text('{"id": "a", "text": \n[1]\n')
+    proc = run_cli("ingest", str(data), "--no-wait", env=cli_env(cluster))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: nothing was ingested: all 2 records were malformed (listed above)")
+    data.write_text('{"id": "a", "text": "Fine."}\n')
+    big = run_cli("ingest", str(data), "--no-wait", "--max-document-bytes", "4",
+                  env=cli_env(cluster))
+    assert big.returncode == 2
+    assert f"{data}:1: document 'a' is 5 bytes of text, over --max-document-bytes 4" in (
+        big.stdout + big.stderr)
+    assert run_cli("ingest", str(data), "--no-wait", env=cli_env(cluster)).returncode == 0
 
 
 def test_cli_abort_writes_nothing_from_the_bad_file(cluster, tmp_path):

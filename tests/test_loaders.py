@@ -243,6 +243,66 @@ def test_cut_long_prefers_sentence_ends_then_whitespace():
     assert all(len(p) <= 100 for p in pieces) and " ".join(pieces) == text
 
 
+class _CountingText(str):
+    """A text that counts the characters of every copy made of it (slices and strips keep
+    counting), so a test can tell linear splitting from copying the rest at every cut."""
+
+    copied = 0
+
+    def _count(self, value: str) -> _CountingText:
+        _CountingText.copied += len(value)
+        return _CountingText(value)
+
+    def __getitem__(self, index):
+        return self._count(str.__getitem__(self, index))
+
+    def strip(self, chars=None):
+        return self._count(str.strip(self, chars))
+
+    def lstrip(self, chars=None):
+        return self._count(str.lstrip(self, chars))
+
+    def rstrip(self, chars=None):
+        return self._count(str.rstrip(self, chars))
+
+
+def test_cut_long_copies_each_character_a_bounded_number_of_times():
+    """Issue 14: a one-line document was split by copying the rest of the text at every
+    cut (quadratic: 50 MB never finished). Count the characters copied instead of timing."""
+    sentence = "Words of a long line end here. "
+    copied = []
+    for repeat in (4_000, 8_000):
+        text = _CountingText((sentence * repeat).strip())
+        _CountingText.copied = 0
+        pieces = cut_long(text, MAX_CHARS)
+        copied.append(_CountingText.copied)
+        assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
+        assert _CountingText.copied <= 3 * len(text)
+    assert copied[1] <= 2.2 * copied[0]
+
+
+def test_a_20_mb_one_line_document_splits_into_capped_passages():
+    text = ("Twenty megabytes in one line, sentence after sentence. " * 381_000)[:20_000_000]
+    passages = split_passages(Document("big", text))
+    assert all(len(p.text) <= MAX_CHARS for p in passages)
+    assert len(passages) >= len(text) // MAX_CHARS
+    assert sum(len(p.text) for p in passages) >= len(text) - len(passages) - 1
+
+
+def test_a_document_over_max_document_bytes_is_reported_and_skipped(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"id": "small", "text": "A small document."}) + "\n"
+                    + json.dumps({"id": "huge", "text": "é" * 600}) + "\n")
+    items = list(read_documents([str(path)], max_document_bytes=1000))
+    assert [d.doc_id for d in docs_of(items)] == ["small"]
+    (bad,) = bad_of(items)
+    assert (bad.path, bad.line) == (str(path), 2)
+    assert str(bad).startswith(f"{path}:2: document 'huge' is 1,200 bytes")
+    assert "--max-document-bytes 1,000" in bad.message
+    assert docs_of(read_documents([str(path)], max_document_bytes=1200))[1].doc_id == "huge"
+    assert documents.IngestSettings().max_document_bytes == 10_000_000
+
+
 # --- hypothesis: parsers never raise, bad input always has a location --------------------
 
 PROPERTY = settings(max_examples=150, deadline=None,

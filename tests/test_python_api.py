@@ -15,8 +15,7 @@ import pytest
 
 import shardqa
 from cluster import acl
-from cluster.errors import ShardqaError
-from cluster.local import ClusterError
+from cluster.errors import ClusterError, ShardqaError
 from gears.asker import Asker, QuestionError
 from loaders.cli import IngestAborted
 from loaders.documents import InputError

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -104,6 +105,25 @@ def test_api_user_can_ask_and_nothing_more(shared_pipeline, redis_cluster):
     assert health.served_partitions(api)
 
 
+def test_api_user_may_only_add_to_request_streams(shared_pipeline, redis_cluster):
+    """Issue 14: as ``api``, DEL of a request stream stalled its worker's partitions."""
+    api = redis_cluster.client_as("api")
+    admin = redis_cluster.client()
+    tag = next(iter(store.master_tags(admin).values()))
+    stream = keys.request_stream(tag)
+    before = admin.xlen(stream)
+    assert refused(lambda: api.delete(stream))
+    assert refused(lambda: api.set(stream, "x"))
+    assert refused(lambda: api.expire(stream, 1))
+    assert refused(lambda: api.execute_command("UNLINK", stream))
+    assert refused(lambda: api.xtrim(stream, maxlen=0))
+    assert admin.type(stream) == b"stream" and admin.ttl(stream) == -1
+    # XADD works (what the asker sends): a probe entry for no partition, removed again
+    entry = api.xadd(stream, {"probe": "acl"}, maxlen=100_000, approximate=True)
+    assert admin.xlen(stream) >= before
+    admin.xdel(stream, entry)
+
+
 def test_worker_user_cannot_change_acls_or_models(shared_pipeline, redis_cluster):
     worker = redis_cluster.client_as("worker")
     node = worker.get_redis_connection(worker.get_primaries()[0])
@@ -119,6 +139,16 @@ def test_worker_user_cannot_change_acls_or_models(shared_pipeline, redis_cluster
     assert refused(lambda: worker.hset(meta, "sha256", "0" * 64))
     assert refused(lambda: worker.set(current, "{}"))
     assert refused(lambda: worker.set(keys.partition_map(), "{}"))
+
+
+def test_worker_user_cannot_list_key_names_or_forge_events(shared_pipeline, redis_cluster):
+    worker = redis_cluster.client_as("worker")
+    node = worker.get_redis_connection(worker.get_primaries()[0])
+    assert refused(lambda: node.scan(0, count=10))
+    assert refused(lambda: node.randomkey())
+    assert refused(lambda: node.publish("__keyevent@0__:xadd", "sq:{p0.0}:requests"))
+    assert refused(lambda: node.publish("__keyevent@0__:keymiss", "sq:qa:forged"))
+    node.publish(keys.generation_channel(), "0")  # what it needs: announce a new generation
 
 
 def test_connect_by_url_and_environment(shared_pipeline, redis_cluster, monkeypatch):
@@ -166,6 +196,115 @@ def test_api_token_body_limit_and_rate_limit(shared_pipeline, redis_cluster):
     assert limited.status_code == 200  # per client address
 
 
+def test_wrong_tokens_are_throttled_per_address(shared_pipeline, redis_cluster):
+    """Issue 14: wrong-token attempts were never throttled."""
+    from api.app import WRONG_TOKENS_PER_MINUTE
+
+    asker = Asker(redis_cluster.client_as("api"), timeout_s=20)
+    app = create_app(asker, token="s3cret").test_client()
+    q = {"q": QUESTIONS[2]}
+    attacker = {"REMOTE_ADDR": "10.0.0.66"}
+    for _ in range(WRONG_TOKENS_PER_MINUTE):
+        assert app.get("/qa", query_string=q, headers={"Authorization": "Bearer guess"},
+                       environ_base=attacker).status_code == 401
+    refused_now = app.get("/qa", query_string=q, headers={"Authorization": "Bearer guess"},
+                          environ_base=attacker)
+    assert refused_now.status_code == 429 and "wrong bearer tokens" in refused_now.json[
+        "error"]["message"]
+    right = {"Authorization": "Bearer s3cret"}  # not even the right one is tried from there
+    assert app.get("/qa", query_string=q, headers=right, environ_base=attacker
+                   ).status_code == 429
+    assert app.get("/qa", query_string=q, headers=right,
+                   environ_base={"REMOTE_ADDR": "10.0.0.7"}).status_code == 200
+
+
+def test_rate_limiter_forgets_idle_clients():
+    """Issue 14: one deque per address ever seen, never freed."""
+    from api.app import RateLimiter
+
+    now = [100.0]
+    limiter = RateLimiter(2, window_s=1.0, clock=lambda: now[0])
+    assert all(limiter.allow(f"10.1.{i // 256}.{i % 256}") for i in range(5000))
+    assert len(limiter) == 5000
+    assert limiter.allow("10.9.9.9") and limiter.allow("10.9.9.9")
+    assert not limiter.allow("10.9.9.9") and limiter.exceeded("10.9.9.9")
+    now[0] += 2.5  # every client idle for more than a window
+    assert limiter.allow("10.9.9.9")
+    assert len(limiter) == 1
+
+
+def test_cached_answers_and_health_never_wait_for_uncached_reads(shared_pipeline,
+                                                                redis_cluster):
+    """Issue 14: with every uncached slot taken, a cached answer and /health still answer,
+    and one more uncached question gets 503 at once instead of queueing."""
+    asker = Asker(redis_cluster.client_as("api"), timeout_s=20)
+    flask_app = create_app(asker, max_uncached=2)
+    app = flask_app.test_client()
+    warm = app.get("/qa", query_string={"q": QUESTIONS[3]})
+    assert warm.status_code == 200
+    slots = flask_app.extensions["shardqa_uncached"]
+    assert slots.acquire(blocking=False) and slots.acquire(blocking=False)  # all taken
+    try:
+        hit = app.get("/qa", query_string={"q": QUESTIONS[3]})
+        assert hit.status_code == 200 and hit.json["cached"] is True
+        assert hit.json["answer"] == warm.json["answer"]
+        assert app.get("/health").status_code == 200
+        busy = app.get("/qa", query_string={"q": QUESTIONS[4] + " (uncached)"})
+        assert busy.status_code == 503 and "busy" in busy.json["error"]["message"]
+    finally:
+        slots.release()
+        slots.release()
+    assert app.get("/qa", query_string={"q": QUESTIONS[4] + " (uncached)"}).status_code == 200
+
+
+def test_malformed_answer_cache_entry_is_a_miss_and_is_overwritten(shared_pipeline,
+                                                                  redis_cluster):
+    """Issue 14: a cache value that does not parse gave 500 for an hour."""
+    from gears.asker import cache_form
+
+    asker = Asker(redis_cluster.client_as("api"), timeout_s=20)
+    admin = redis_cluster.client()
+    question = QUESTIONS[5]
+    cache_key = keys.answer_cache(asker.generation(fresh=True), 5, cache_form(question))
+    app = create_app(asker).test_client()
+    for garbage in (b"not json", b"[1, 2]", b'{"question": "x"}', b"\xff\xfe"):
+        admin.set(cache_key, garbage, ex=3600)
+        got = app.get("/qa", query_string={"q": question})
+        assert got.status_code == 200 and got.json["cached"] is False and got.json["answer"]
+        assert json.loads(admin.get(cache_key))["answer"] == got.json["answer"]
+        assert app.get("/qa", query_string={"q": question}).json["cached"] is True
+
+
+def test_health_forgets_long_dead_workers(shared_pipeline, redis_cluster):
+    """Issue 14: /health listed dead workers forever (status still shows them)."""
+    asker = Asker(redis_cluster.client_as("api"), timeout_s=20)
+    admin = redis_cluster.client()
+    ghost = json.dumps({"master": "10.0.0.1:7000", "partitions": [], "pid": 1,
+                        "time": time.time() - 3600, "model": "x"})
+    admin.hset(keys.workers(), "ghost-worker", ghost)
+    try:
+        body = create_app(asker).test_client().get("/health").json
+        assert "ghost-worker" not in [w["id"] for w in body["workers"]]
+        assert len(body["workers"]) == 3
+        assert "ghost-worker" in [w["id"] for w in health.status(admin)["workers"]]
+    finally:
+        admin.hdel(keys.workers(), "ghost-worker")
+
+
+def test_token_file_is_read_and_a_bad_one_is_a_clear_error(tmp_path):
+    from api.cli import read_token
+
+    path = tmp_path / "token"
+    path.write_text("  s3cret-from-file\n")
+    assert read_token(str(path)) == "s3cret-from-file"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for bad, why in ((tmp_path / "missing", "cannot read"), (empty, "is empty")):
+        proc = run_cli("serve", "--token-file", str(bad), "--port", "1")
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+        assert why in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_model_loads_only_when_sha256_matches(cluster, tiny_artifact):
     admin = cluster.client()
     store.push(admin, tiny_artifact)
@@ -180,3 +319,4 @@ def test_model_loads_only_when_sha256_matches(cluster, tiny_artifact):
     worker = cluster.client_as("worker")
     with pytest.raises(store.CorruptModel):  # what the worker does: refuses, loads nothing
         store.load(worker, master, cache=False)
+
