@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from api.openapi import spec
+from api.question_log import QuestionLog
 from cluster.errors import ShardqaError
 from gears import health
 from gears.asker import MAX_K, Asker, QuestionError
@@ -91,6 +92,7 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
     hit_latency, miss_latency = metrics.latency.labels("true"), metrics.latency.labels("false")
     limiter = RateLimiter(rate_limit)
     app.extensions["shardqa_metrics"] = metrics
+    question_log = QuestionLog(app, asker.client, metrics.registry, token=token)  # records/
 
     @app.before_request
     def guard():
@@ -156,6 +158,7 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
         t0 = time.perf_counter()
         result = asker.ask(question, k)
         elapsed = time.perf_counter() - t0
+        question_log.answered(result)
         if result.cached:
             cache_hits.inc()
             hit_latency.observe(elapsed)

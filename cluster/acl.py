@@ -2,7 +2,7 @@
 
 ``shardqa cluster up`` generates one password per user into ``users.json`` (mode 0600) in
 the cluster folder and writes the same aclfile into every node, with the ``default`` user
-turned off, so nothing reaches a node without a password. Three users:
+turned off, so nothing reaches a node without a password. Four users:
 
 * ``admin``: cluster and model management, ingestion, replication (``masteruser``);
 * ``worker``: the shard workers: every shardqa key except the model copies (read-only) and
@@ -10,7 +10,10 @@ turned off, so nothing reaches a node without a password. Three users:
   KEYS or FUNCTION;
 * ``api``: what ``Asker.ask`` and /health need and nothing else: read the answer cache and
   write it, call the rank/stats/ask functions, add read requests, wait for and delete
-  replies, read passage text, read the partition map, generation and heartbeats.
+  replies, read passage text, read the partition map, generation and heartbeats; on the
+  question log stream only XADD, XLEN and XINFO GROUPS (an ACL selector);
+* ``sync``: the write-behind job (``shardqa sync``): reads and acknowledges the question log
+  stream through its consumer group, nothing else.
 
 Key patterns are built from the key schema (cluster.keys) with ``*`` for the variable parts.
 """
@@ -27,7 +30,7 @@ from cluster import keys
 from cluster.errors import ShardqaError
 
 USERS_FILE = "users.json"
-ROLES = ("admin", "worker", "api")
+ROLES = ("admin", "worker", "api", "sync")
 
 # --- key patterns from the key schema ------------------------------------------------------
 
@@ -43,6 +46,7 @@ _REQUESTS = keys.request_stream(_ANY)
 _ANSWERS = f"{keys.PREFIX}:ans:*"
 _ASK = keys.ask_key(_ANY)
 _REPLIES = keys.reply_list(_ANY)
+_LOG = keys.log_stream()
 
 #: commands every client library needs to connect to a cluster and find its slots
 _CONNECT = ["+hello", "+auth", "+ping", "+echo", "+client|setname",
@@ -67,8 +71,18 @@ def rules(role: str) -> list[str]:
                 + [f"%R~{p}" for p in (*_INDEX, _PASSAGES, _META, _ASK, _INGEST)]
                 + ["+get", "+set", "+fcall", "+fcall_ro", "+xadd", "+blpop", "+del", "+hmget",
                    "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+zcard", "+zmscore",
-                   "+xrange", "+xinfo|groups", "+expire", *_CONNECT])
+                   "+xrange", "+xinfo|groups", "+expire", *_CONNECT]
+                + [_log_selector("+xadd", "+xlen", "+xinfo|groups")])
+    if role == "sync":
+        return ([f"~{_LOG}", "+xreadgroup", "+xack", "+xautoclaim", "+xgroup|create",
+                 "+xinfo|groups", "+xlen", *_CONNECT])
     raise ShardqaError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+
+
+def _log_selector(*commands: str) -> str:
+    """An ACL selector: these commands on the question log stream and on no other key (the
+    user's other key patterns do not reach the log, and these commands reach nothing else)."""
+    return f"(~{_LOG} {' '.join(commands)})"
 
 
 def generate() -> dict[str, str]:

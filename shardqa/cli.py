@@ -55,6 +55,7 @@ def _add_optional_groups() -> None:
         ("api.cli", "serve_command"),
         ("bench.cli", "bench_command"),
         ("shardqa.scale", "register"),
+        ("records.cli", "sync_command"),
     ]:
         try:
             mod = importlib.import_module(module)
