@@ -88,9 +88,16 @@ class LocalStack:
                                        "choose another --api-port")
                 pid = self.spawn("api", ["serve", "--host", api_host, "--port", str(api_port)])
                 state["api"] = {"pid": pid, "url": f"http://{api_host}:{api_port}"}
+            self._start_sync(state)
         self.save(state)
         wait_healthy(client, owners, state.get("api"), timeout)
         return state
+
+    def _start_sync(self, state: dict) -> None:
+        """The write-behind job of the question log (records/), next to the API."""
+        pid = state.get("sync")
+        if not (pid and process_alive(pid)):
+            state["sync"] = self.spawn("sync", ["sync"])
 
     def down(self, purge: bool = False) -> list[str]:
         state = self.state()
@@ -98,6 +105,8 @@ class LocalStack:
         pids = list(state.get("workers", {}).items())
         if state.get("api"):
             pids.append(("api", state["api"]["pid"]))
+        if state.get("sync"):
+            pids.append(("sync", state["sync"]))
         for name, pid in pids:
             if pid and process_alive(pid):
                 os.kill(pid, signal.SIGTERM)
