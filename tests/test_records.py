@@ -23,9 +23,11 @@ from gears.asker import Asker
 from records import schema
 from records.events import client_id, question_event
 from records.log import EventLog, log_state
+from tests import postgres as postgres_server
 from tests.conftest import run_cli
 from tests.corpus import QUESTIONS
-from tests.postgres import postgres  # noqa: F401 - the PostgreSQL server fixture
+
+postgres = postgres_server.postgres  # the PostgreSQL server fixture
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -54,7 +56,7 @@ def counts(url: str) -> dict[str, int]:
         with engine.connect() as conn:
             return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
                     for t in ("questions", "feedback")}
-    except sa.exc.OperationalError:
+    except sa.exc.DBAPIError:  # no table yet, or the server is stopped
         return {"questions": 0, "feedback": 0}
     finally:
         engine.dispose()
@@ -127,3 +129,158 @@ def check_rows(url: str, questions: list[str], answers: list[dict]) -> None:
     assert sorted(f["verdict"] for f in fb) == ["right"] * 5 + ["wrong"] * 5
     assert {f["correct_answer"] for f in fb if f["verdict"] == "wrong"} == {
         f"fix {i}" for i in range(0, 10, 2)}
+
+
+def start_sync(handle, url: str, consumer: str, tmp_path, *args: str) -> subprocess.Popen:
+    log = open(tmp_path / f"sync-{consumer}.log", "ab")  # noqa: SIM115 - the child's
+    return subprocess.Popen(
+        [sys.executable, "-m", "shardqa.cli", "sync", "--dir", handle.target.directory,
+         "--db", url, "--consumer", consumer, "--batch-size", "2", "--max-backoff", "0.5",
+         "--claim-idle-ms", "300", *args],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def synthetic_events(n: int) -> list:
+    return [question_event(question=f"question {i}", answer=f"answer {i}", passage_id=None,
+                           score=float(i), k=5, cached=False, generation=1,
+                           timings_ms={"total": 1.0}, client=None) for i in range(n)]
+
+
+def test_nothing_lost_when_the_job_dies_or_the_database_stops(redis_cluster, postgres,
+                                                              tmp_path):
+    fresh_log(redis_cluster)
+    engine = sa.create_engine(postgres.url)
+    schema.metadata.drop_all(engine)
+    engine.dispose()
+    events = EventLog(redis_cluster.client(), maxlen=1_000_000)
+    first, later = synthetic_events(3000), synthetic_events(500)
+    for event in first:
+        events.put(event)
+    assert events.flush(30) and events.dropped == 0
+
+    # a job killed mid-way leaves its batch pending on consumer A
+    job_a = start_sync(redis_cluster, postgres.url, "A", tmp_path)
+    at_kill = wait_for(lambda: counts(postgres.url)["questions"], 60, "the first rows")
+    job_a.send_signal(signal.SIGKILL)
+    job_a.wait(10)
+    at_kill = counts(postgres.url)["questions"]
+    assert 0 < at_kill < len(first)
+    assert log_state(redis_cluster.client()).unsynced == len(first) - at_kill
+
+    # B claims A's pending entries, goes on, and meets a database that stops under it
+    job_b = start_sync(redis_cluster, postgres.url, "B", tmp_path)
+    try:
+        wait_for(lambda: counts(postgres.url)["questions"] > at_kill + 10, 60, "job B to write")
+        postgres.stop("immediate")
+        for event in later:
+            events.put(event)
+        assert events.flush(30) and events.dropped == 0
+        time.sleep(2)
+        assert job_b.poll() is None  # still there, retrying
+        assert log_state(redis_cluster.client()).unsynced > len(later)
+        postgres.start()
+        total = len(first) + len(later)
+        wait_for(lambda: counts(postgres.url)["questions"] == total, 120, "every row")
+        state = wait_for(lambda: (s := log_state(redis_cluster.client())).unsynced == 0 and s,
+                         30, "the acknowledgements")
+        assert state.pending == 0 and state.length == total
+    finally:
+        job_b.send_signal(signal.SIGTERM)
+        assert job_b.wait(30) == 0
+    engine = sa.create_engine(postgres.url)
+    with engine.connect() as conn:
+        ids = set(conn.scalars(sa.select(schema.questions.c.event_id)))
+    engine.dispose()
+    assert ids == {e.event_id for e in first + later}
+    log_text = (tmp_path / "sync-B.log").read_text()
+    assert "retrying until it works" in log_text
+
+
+BAD_FEEDBACK = [
+    ({}, "missing field 'question'"),
+    ({"question": "q", "answer": "a"}, "verdict must be one of right, wrong"),
+    ({"question": "q", "answer": "a", "verdict": "maybe"}, "verdict must be one of"),
+    ({"question": "q", "verdict": "wrong"}, "missing field 'answer'"),
+    ({"question": " ", "answer": "a", "verdict": "wrong"}, "question is empty"),
+    ({"question": 3, "answer": "a", "verdict": "wrong"}, "question must be a string"),
+    ({"question": "q", "answer": "a", "verdict": "right", "correct_answer": "b"},
+     "correct_answer goes with verdict 'wrong' only"),
+    ({"question": "q", "answer": "a", "verdict": "wrong", "extra": 1}, "unknown field"),
+    ({"question": "q" * 2001, "answer": "a", "verdict": "wrong"}, "longer than 2000"),
+    (["q"], "must be a JSON object"),
+]
+
+
+def test_bad_feedback_is_refused_and_logs_nothing(redis_cluster):
+    fresh_log(redis_cluster)
+    app = create_app(Asker(redis_cluster.client_as("api"), timeout_s=20))
+    http = app.test_client()
+    for body, message in BAD_FEEDBACK:
+        resp = http.post("/feedback", json=body)
+        assert resp.status_code == 400, body
+        assert message in resp.get_json()["error"]["message"], (body, resp.get_json())
+    resp = http.post("/feedback", data="verdict=right")
+    assert resp.status_code == 415 and resp.get_json()["error"]["status"] == 415
+    resp = http.post("/feedback", data="{not json", content_type="application/json")
+    assert resp.status_code == 400
+    assert http.get("/feedback").status_code == 405
+    assert app.extensions["shardqa_question_log"].events.flush(5)
+    assert redis_cluster.client().xlen(keys.log_stream()) == 0
+    ok = http.post("/feedback", json={"question": "q", "answer": None, "verdict": "wrong",
+                                      "correct_answer": "b"})
+    assert ok.status_code == 202 and len(ok.get_json()["id"]) == 32
+    assert app.extensions["shardqa_question_log"].events.flush(5)
+    assert redis_cluster.client().xlen(keys.log_stream()) == 1
+
+
+def refused(call) -> bool:
+    try:
+        call()
+    except redis.exceptions.NoPermissionError:
+        return True
+    except redis.ResponseError as exc:
+        return "NOPERM" in str(exc)
+    return False
+
+
+def test_log_users_have_least_privilege(redis_cluster):
+    fresh_log(redis_cluster)
+    api, syncer = redis_cluster.client_as("api"), redis_cluster.client_as("sync")
+    stream = keys.log_stream()
+    assert api.xadd(stream, {"kind": "x"})  # the API writes the log...
+    assert api.xlen(stream) == 1
+    assert refused(lambda: api.xrange(stream))  # ...but cannot read it back
+    assert refused(lambda: api.delete(stream))
+    assert refused(lambda: api.xtrim(stream, maxlen=0))
+    assert refused(lambda: api.hset(stream.replace("events", "other"), "a", 1))
+    syncer.xgroup_create(stream, keys.SYNC_GROUP, id="0")
+    got = syncer.xreadgroup(keys.SYNC_GROUP, "t", {stream: ">"}, count=10)
+    assert syncer.xack(stream, keys.SYNC_GROUP, got[0][1][0][0]) == 1
+    assert refused(lambda: syncer.xadd(stream, {"kind": "x"}))  # sync only reads the log
+    assert refused(lambda: syncer.delete(stream))
+    assert refused(lambda: syncer.get(keys.generation()))
+    assert refused(lambda: syncer.hgetall(keys.workers()))
+
+
+def test_a_refused_log_write_never_fails_the_answer(shared_pipeline, redis_cluster):
+    fresh_log(redis_cluster)
+    app = create_app(Asker(redis_cluster.client_as("api"), timeout_s=20))
+    question_log = app.extensions["shardqa_question_log"]
+    question_log.events.client = redis_cluster.client_as("sync")  # may not XADD
+    http = app.test_client()
+    resp = http.get("/qa", query_string={"q": QUESTIONS[0]})
+    assert resp.status_code == 200 and resp.get_json()["answer"]
+    assert question_log.events.flush(10)
+    assert question_log.events.dropped == 1
+    assert metric(http, "shardqa_log_dropped") == 1
+    assert redis_cluster.client().xlen(keys.log_stream()) == 0
