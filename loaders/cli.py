@@ -13,6 +13,7 @@ from cluster.cli import target_options
 from cluster.connection import connect
 from cluster.errors import ShardqaError
 from loaders.documents import FORMATS, BadRecord, Document, InputUnit, input_units, read_unit
+from loaders.sql_cli import run_sql_ingest, sql_source
 from loaders.writer import IngestReport, ingest, stderr, wait_indexed
 
 console = Console(highlight=False)
@@ -44,11 +45,23 @@ class IngestAborted(ShardqaError):
               help="seconds --wait waits for the workers")
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
               help="passages per written batch")
+@click.option("--sql", default=None, metavar="URL",
+              help="read a SQL database instead (SQLAlchemy URL); run again, it syncs")
+@click.option("--table", default=None, help="--sql: the table to read")
+@click.option("--query", default=None, metavar="SQL", help="--sql: a SELECT to read instead")
+@click.option("--version-field", default=None,
+              help="--sql: a column that changes when a row does [default: content hash]")
 @target_options
 def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait, timeout,
-                   batch_size, target):
-    """Read documents from PATH... (files or folders), split them into passages and write
-    them into their partitions. Re-ingesting the same input changes nothing."""
+                   batch_size, sql, table, query, version_field, target):
+    """Read documents from PATH... (files or folders), or a SQL table (--sql), split them
+    into passages and write them into their partitions. Re-ingesting the same input
+    changes nothing; re-ingesting a SQL source also removes the rows it lost."""
+    source = sql_source(paths, sql=sql, table=table, query=query, version_field=version_field,
+                        id_field=id_field, title_field=title_field, text_field=text_field)
+    if source is not None:
+        return run_sql_ingest(target, source, on_error=on_error, batch_size=batch_size,
+                              wait=wait, timeout=timeout)
     units = input_units(list(paths), fmt)
     client = connect(target)
     try:
