@@ -284,3 +284,59 @@ def test_a_refused_log_write_never_fails_the_answer(shared_pipeline, redis_clust
     assert question_log.events.dropped == 1
     assert metric(http, "shardqa_log_dropped") == 1
     assert redis_cluster.client().xlen(keys.log_stream()) == 0
+
+
+def http_json(url: str, body: dict | None = None) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_shardqa_up_writes_the_log_behind(tmp_path, tiny_artifact, database):
+    """The issue's definition of done: with ``shardqa up``, 100 answers and 10 feedbacks
+    become 110 rows (SQLite by default in the cluster folder; PostgreSQL by SHARDQA_DB_URL)."""
+    import urllib.parse
+
+    from cluster.local import process_alive
+    from shardqa.stack import LocalStack
+    from tests.conftest import free_port_base
+
+    cdir = tmp_path / "stack"
+    base, api_port = free_port_base(3), free_port_base(1)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "eiffel", "title": "Eiffel Tower", "text": "The Eiffel Tower '
+                      'was designed by the company of Gustave Eiffel."}\n')
+    env = {"SHARDQA_DIR": str(cdir)}
+    url = database
+    if database.startswith("sqlite"):  # the default: records.sqlite in the cluster folder
+        url = f"sqlite:///{cdir.resolve() / 'records.sqlite'}"
+    else:
+        env["SHARDQA_DB_URL"] = database
+    try:
+        up = run_cli("up", "--port-base", str(base), "--api-port", str(api_port),
+                     "--model", str(tiny_artifact), "--threads", "1", "--corpus", str(corpus),
+                     env=env, timeout=240)
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = LocalStack(cdir).state()
+        assert process_alive(state["sync"])
+        api = f"http://127.0.0.1:{api_port}"
+        for i in range(100):
+            q = urllib.parse.urlencode({"q": f"Who designed the Eiffel Tower? {i % 30}"})
+            assert http_json(f"{api}/qa?{q}")[0] == 200
+        for _ in range(10):
+            status, _ = http_json(f"{api}/feedback", {"question": "Who designed it?",
+                                                      "answer": "Gustave", "verdict": "right"})
+            assert status == 202
+        wait_for(lambda: counts(url) == {"questions": 100, "feedback": 10}, 60, "110 rows")
+    finally:
+        down = run_cli("down", "--purge", env=env)
+    assert down.returncode == 0, down.stderr
+    assert not process_alive(state["sync"])
