@@ -59,21 +59,21 @@ def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait
     changes nothing; re-ingesting a SQL source also removes the rows it lost."""
     source = sql_source(paths, sql=sql, table=table, query=query, version_field=version_field,
                         id_field=id_field, title_field=title_field, text_field=text_field)
-    if source is not None:
-        return run_sql_ingest(target, source, on_error=on_error, batch_size=batch_size,
-                              wait=wait, timeout=timeout)
-    units = input_units(list(paths), fmt)
+    units = input_units(list(paths), fmt) if source is None else []
     client = connect(target)
     try:
         try:
             partitions.load(client)
         except partitions.NoPartitionMap as exc:
             raise ShardqaError(str(exc)) from None
-        fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field}
-        reader = _abort_on_error if on_error == "abort" else _skip_errors
-        report = ingest(client, reader(units, fields), batch_size=batch_size,
-                        progress=stderr.is_terminal)
-        print_report(report)
+        if source is not None:
+            run_sql_ingest(client, source, on_error=on_error, batch_size=batch_size)
+        else:
+            fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field}
+            reader = _abort_on_error if on_error == "abort" else _skip_errors
+            report = ingest(client, reader(units, fields), batch_size=batch_size,
+                            progress=stderr.is_terminal)
+            print_report(report)
         if wait:
             wait_indexed(client, timeout=timeout, progress=stderr.is_terminal)
             console.print("indexed: the workers consumed every ingest entry")

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-
-from cluster import partitions
-from cluster.connection import Target, connect
-from cluster.errors import ShardqaError
 from loaders.documents import InputError
 from loaders.sql import BadRow, SqlSource, read_rows, sync_sql
-from loaders.writer import stderr, wait_indexed
-
-console = Console(highlight=False)
+from loaders.writer import stderr
 
 
 def sql_source(paths, *, sql: str | None, table: str | None, query: str | None,
@@ -29,26 +22,10 @@ def sql_source(paths, *, sql: str | None, table: str | None, query: str | None,
                      version_field=version_field)
 
 
-def run_sql_ingest(target: Target, source: SqlSource, *, on_error: str, batch_size: int,
-                   wait: bool, timeout: float) -> None:
-    """Sync the corpus with the source, print the loaders' report (plus sync counts) and,
-    with ``wait``, wait for the workers like every ingest."""
-    client = connect(target)
-    try:
-        try:
-            partitions.load(client)
-        except partitions.NoPartitionMap as exc:
-            raise ShardqaError(str(exc)) from None
-        _sync_and_report(client, source, on_error=on_error, batch_size=batch_size)
-        if wait:
-            wait_indexed(client, timeout=timeout, progress=stderr.is_terminal)
-            console.print("indexed: the workers consumed every ingest entry")
-    finally:
-        client.close()
-
-
-def _sync_and_report(client, source: SqlSource, *, on_error: str, batch_size: int) -> None:
-    from loaders.cli import IngestAborted, print_report
+def run_sql_ingest(client, source: SqlSource, *, on_error: str, batch_size: int) -> None:
+    """Sync the corpus with the source and print the loaders' report plus what syncing did
+    (``shardqa ingest`` then waits for the workers as for any input)."""
+    from loaders.cli import IngestAborted, console, print_report
 
     if on_error == "abort":  # the whole source checked before anything is written
         bad = [item for item, _ in read_rows(source) if isinstance(item, BadRow)]

@@ -144,3 +144,19 @@ def test_bad_sql_options_are_one_line_errors(cluster, tmp_path):
         proc = run_cli("ingest", *args, *d)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_on_error_abort_writes_nothing_from_a_source_with_a_bad_row(cluster, tmp_path):
+    url = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    engine = sa.create_engine(url)
+    articles.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(articles.insert(), [{"id": 1, "title": "a", "body": body(1)},
+                                         {"id": 2, "title": "b", "body": "  "}])
+    engine.dispose()
+    proc = run_cli("ingest", "--sql", url, "--table", "articles", "--text-field", "body",
+                   "--on-error", "abort", "--no-wait", "--dir", cluster.target.directory)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "articles:2: text field 'body' is empty" in proc.stderr
+    assert "nothing from articles was written" in proc.stderr
+    assert corpus(cluster.client()) == {}
