@@ -77,6 +77,17 @@ class Syncer:
         return True
 
     def _next_batch(self) -> list[tuple[str, dict | None]]:
+        try:
+            return self._read_batch()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("the log stream or its group was deleted: creating them again")
+            self._prepare()
+            self._own_pending_done = False
+            return []
+
+    def _read_batch(self) -> list[tuple[str, dict | None]]:
         stream, count = keys.log_stream(), self.settings.batch_size
         entries: list[tuple[str, dict | None]] = []
         if time.monotonic() >= self._next_claim:

@@ -340,3 +340,24 @@ def test_shardqa_up_writes_the_log_behind(tmp_path, tiny_artifact, database):
         down = run_cli("down", "--purge", env=env)
     assert down.returncode == 0, down.stderr
     assert not process_alive(state["sync"])
+
+
+def test_the_job_recreates_a_deleted_stream_and_goes_on(redis_cluster, tmp_path):
+    """An operator deleting the log (or a flushed master) does not wedge the job."""
+    fresh_log(redis_cluster)
+    url = f"sqlite:///{tmp_path / 'records.sqlite'}"
+    events = EventLog(redis_cluster.client(), maxlen=1000)
+    job = start_sync(redis_cluster, url, "C", tmp_path)
+    try:
+        for event in synthetic_events(5):
+            events.put(event)
+        wait_for(lambda: counts(url)["questions"] == 5, 60, "the first rows")
+        fresh_log(redis_cluster)
+        time.sleep(1.5)
+        for event in synthetic_events(7):
+            events.put(event)
+        wait_for(lambda: counts(url)["questions"] == 12, 60, "rows after the deletion")
+    finally:
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(30) == 0
+    assert "creating them again" in (tmp_path / "sync-C.log").read_text()
