@@ -37,8 +37,6 @@ class EventLog:
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=buffer_events)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._idle = threading.Condition()
-        self._busy = 0
 
     def put(self, event: Event) -> None:
         """Queue one event; never blocks, never raises."""
@@ -52,12 +50,10 @@ class EventLog:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far was sent (or dropped); True if it was."""
         deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._queue.qsize() or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(min(left, 0.05))
+        while self._queue.unfinished_tasks:  # queued, or taken but not sent yet
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
         return True
 
     def _start(self) -> None:
@@ -71,17 +67,19 @@ class EventLog:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            with self._idle:
-                self._busy = len(batch)
             while len(batch) < XADD_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._send(batch)
-            with self._idle:
-                self._busy = 0
-                self._idle.notify_all()
+            try:
+                self._send(batch)
+            except Exception:  # noqa: BLE001 - the sender must outlive any one batch
+                self.dropped += len(batch)
+                log.exception("question log: %d event(s) dropped", len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
     def _send(self, batch: list[Event]) -> None:
         for attempt in range(2):
