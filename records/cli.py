@@ -49,12 +49,13 @@ def sync_command(db_url, batch_size, max_backoff, claim_idle_ms, consumer, until
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = RecordSettings.from_env(batch_size=batch_size, max_backoff_s=max_backoff,
                                        claim_idle_ms=claim_idle_ms)
+    client = connect(sync_target(target))  # first: the cluster folder exists, or we stop
     url = database_url(db_url, target.directory)
     try:
         engine = open_engine(url)
     except (ArgumentError, NoSuchModuleError) as exc:
+        client.close()
         raise DatabaseUrlError(f"--db {url!r} is not a usable SQLAlchemy URL: {exc}") from None
-    client = connect(sync_target(target))
     syncer = Syncer(client, engine, settings, consumer=consumer)
     signal.signal(signal.SIGTERM, lambda *_: syncer.stop.set())
     log.info("syncing the question log into %s", engine.url.render_as_string(hide_password=True))

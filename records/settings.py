@@ -9,8 +9,14 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from cluster.errors import ShardqaError
+
 #: The SQLite file, in the cluster folder, when no ``--db`` / ``SHARDQA_DB_URL`` is given.
 SQLITE_FILE = "records.sqlite"
+
+
+class SettingError(ShardqaError):
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,11 @@ class RecordSettings:
         for name, var in env.items():
             raw = os.environ.get(var)
             if raw:
-                values[name] = float(raw) if types[name] == "float" else int(raw)
+                try:
+                    values[name] = float(raw) if types[name] == "float" else int(raw)
+                except ValueError:
+                    what = "a number" if types[name] == "float" else "an integer"
+                    raise SettingError(f"{var}={raw!r} is not {what}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 

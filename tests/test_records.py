@@ -361,3 +361,18 @@ def test_the_job_recreates_a_deleted_stream_and_goes_on(redis_cluster, tmp_path)
         job.send_signal(signal.SIGTERM)
         assert job.wait(30) == 0
     assert "creating them again" in (tmp_path / "sync-C.log").read_text()
+
+
+def test_sync_command_errors_are_one_line(redis_cluster, tmp_path):
+    d = ["--dir", redis_cluster.target.directory]
+    bad_url = run_cli("sync", "--db", "nosuch://x", *d)
+    assert bad_url.returncode == 2 and "not a usable SQLAlchemy URL" in bad_url.stderr
+    bad_env = run_cli("sync", *d, env={"SHARDQA_SYNC_BATCH": "many"})
+    assert bad_env.returncode == 2
+    assert "SHARDQA_SYNC_BATCH='many' is not an integer" in bad_env.stderr
+    missing = tmp_path / "no-cluster"
+    no_cluster = run_cli("sync", "--dir", str(missing))
+    assert no_cluster.returncode != 0 and "no cluster found" in no_cluster.stderr
+    assert not missing.exists()  # nothing created for a cluster that is not there
+    for proc in (bad_url, bad_env, no_cluster):
+        assert "Traceback" not in proc.stderr
