@@ -376,3 +376,14 @@ def test_sync_command_errors_are_one_line(redis_cluster, tmp_path):
     assert not missing.exists()  # nothing created for a cluster that is not there
     for proc in (bad_url, bad_env, no_cluster):
         assert "Traceback" not in proc.stderr
+
+
+def test_a_cluster_folder_from_before_the_sync_user_still_starts():
+    """users.json written by an older shardqa has no ``sync``: its aclfile is still made
+    (``shardqa sync`` then connects as admin, saying so)."""
+    from cluster import acl
+
+    text = acl.aclfile({"admin": "a", "worker": "b", "api": "c"})
+    assert [line.split()[1] for line in text.splitlines()] == ["default", "admin", "worker",
+                                                               "api"]
+    assert "user sync" in acl.aclfile({"admin": "a", "worker": "b", "api": "c", "sync": "d"})
