@@ -175,7 +175,9 @@ def test_nothing_lost_when_the_job_dies_or_the_database_stops(redis_cluster, pos
     job_a.wait(10)
     at_kill = counts(postgres.url)["questions"]
     assert 0 < at_kill < len(first)
-    assert log_state(redis_cluster.client()).unsynced == len(first) - at_kill
+    # a batch committed but not acknowledged when A died is still unsynced (and pending)
+    unsynced = log_state(redis_cluster.client()).unsynced
+    assert len(first) - at_kill <= unsynced <= len(first) - at_kill + 2
 
     # B claims A's pending entries, goes on, and meets a database that stops under it
     job_b = start_sync(redis_cluster, postgres.url, "B", tmp_path)
