@@ -109,3 +109,15 @@ def upsert(conn, table: Table, rows: list[dict]) -> None:
     fresh = [r for r in rows if r["event_id"] not in known]
     if fresh:
         conn.execute(table.insert(), fresh)
+
+
+def most_asked(engine: Engine, limit: int) -> list[tuple[str, int]]:
+    """The logged questions, most asked first (then alphabetically): real traffic to replay.
+    Questions differing only in case are one question (the answer cache folds case too)."""
+    from sqlalchemy import func
+
+    folded = func.lower(questions.c.question)
+    statement = (select(func.min(questions.c.question), func.count())
+                 .group_by(folded).order_by(func.count().desc(), folded).limit(limit))
+    with engine.connect() as conn:
+        return [(q, int(n)) for q, n in conn.execute(statement)]

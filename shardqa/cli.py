@@ -56,6 +56,7 @@ def _add_optional_groups() -> None:
         ("bench.cli", "bench_command"),
         ("shardqa.scale", "register"),
         ("records.cli", "sync_command"),
+        ("shardqa.replay", "replay_command"),
     ]:
         try:
             mod = importlib.import_module(module)

@@ -389,3 +389,33 @@ def test_a_cluster_folder_from_before_the_sync_user_still_starts():
     assert [line.split()[1] for line in text.splitlines()] == ["default", "admin", "worker",
                                                                "api"]
     assert "user sync" in acl.aclfile({"admin": "a", "worker": "b", "api": "c", "sync": "d"})
+
+
+def test_replay_asks_the_most_asked_questions_first(shared_pipeline, redis_cluster, tmp_path):
+    import json
+
+    url = f"sqlite:///{tmp_path / 'records.sqlite'}"
+    engine = sa.create_engine(url)
+    schema.create_tables(engine)
+    asked = {QUESTIONS[0]: 3, QUESTIONS[1].upper(): 1, QUESTIONS[1]: 4, QUESTIONS[2]: 2}
+    rows = []
+    for question, times in asked.items():
+        for _ in range(times):
+            event = question_event(question=question, answer=None, passage_id=None, score=None,
+                                   k=5, cached=False, generation=1, timings_ms={},
+                                   client=None)
+            rows.append(schema.row(event, "0-0")[1])
+    with engine.begin() as conn:
+        schema.upsert(conn, schema.questions, rows)
+    engine.dispose()
+    proc = run_cli("replay", "--db", url, "--limit", "2", "--json", "--dir",
+                   redis_cluster.target.directory, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    # case-folded: QUESTIONS[1] was asked 5 times, QUESTIONS[0] 3 times; QUESTIONS[2] is cut
+    assert [(r["question"].casefold(), r["asked"]) for r in out["results"]] == [
+        (QUESTIONS[1].casefold(), 5), (QUESTIONS[0].casefold(), 3)]
+    assert out["answered"] == 2 and out["errors"] == 0 and out["latency_ms"]["n"] == 2
+    missing = run_cli("replay", "--db", f"sqlite:///{tmp_path / 'empty.sqlite'}", "--dir",
+                      redis_cluster.target.directory)
+    assert missing.returncode != 0 and "cannot read the question log" in missing.stderr
