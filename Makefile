@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server (Debian package)"; \
 	  apt-get update -qq && apt-get install -y -qq redis-server redis-tools; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (Debian package; the records tests start their own server)"; \
+	  apt-get update -qq && apt-get install -y -qq postgresql; }
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch pinned in the same command as everything that depends on it: CPU build, no CUDA

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from api import page
 from api.openapi import spec
+from api.question_log import QuestionLog
 from api.settings import ServeSettings
 from cluster.errors import ShardqaError
 from gears import health
@@ -131,6 +132,7 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
     uncached = threading.BoundedSemaphore(max_uncached)
     app.extensions.update(shardqa_metrics=metrics, shardqa_limiter=limiter,
                           shardqa_wrong_tokens=wrong_tokens, shardqa_uncached=uncached)
+    question_log = QuestionLog(app, asker.client, metrics.registry, token=token)  # records/
 
     @app.before_request
     def guard():
@@ -204,6 +206,7 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
         t0 = time.perf_counter()
         result = asker.cached(question, k) or read(question, k)
         elapsed = time.perf_counter() - t0
+        question_log.answered(result)
         if result.cached:
             cache_hits.inc()
             hit_latency.observe(elapsed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gears.asker import DEFAULT_K, MAX_K, MAX_QUESTION_CHARS
+from records.events import MAX_FEEDBACK_CHARS, VERDICTS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -40,6 +41,15 @@ def spec() -> dict:
                     "responses": {"200": answer_ok, **_errors(400, 401, 413, 415, 429, 503)},
                 },
             },
+            "/feedback": {"post": {
+                "summary": "Record whether an answer was right (the database of record)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Feedback"}}}},
+                "responses": {"202": {"description": "logged", "content": {
+                    "application/json": {"schema": {"type": "object", "properties": {
+                        "status": {"type": "string"}, "id": {"type": "string"}}}}}},
+                    **_errors(400, 401, 413, 415, 429)},
+            }},
             "/health": {"get": {"summary": "Cluster and workers", "responses": {
                 "200": {"description": "healthy", "content": {"application/json": {
                     "schema": {"type": "object"}}}},
@@ -72,6 +82,16 @@ def spec() -> dict:
                                    "the answer comes from the others"},
                 "timings_ms": {"type": "object",
                                "additionalProperties": {"type": "number"}}}},
+            "Feedback": {"type": "object", "required": ["question", "answer", "verdict"],
+                         "additionalProperties": False, "properties": {
+                "question": {"type": "string", "minLength": 1,
+                             "maxLength": MAX_FEEDBACK_CHARS},
+                "answer": {"type": "string", "nullable": True,
+                           "maxLength": MAX_FEEDBACK_CHARS},
+                "verdict": {"type": "string", "enum": list(VERDICTS)},
+                "correct_answer": {"type": "string", "minLength": 1,
+                                   "maxLength": MAX_FEEDBACK_CHARS,
+                                   "description": "with verdict 'wrong' only"}}},
             "Error": {"type": "object", "required": ["error"], "properties": {
                 "error": {"type": "object", "properties": {
                     "status": {"type": "integer"}, "message": {"type": "string"}}}}},

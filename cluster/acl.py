@@ -17,7 +17,10 @@ turned off, so nothing reaches a node without a password. Four users:
 * ``reader``: people and scripts at redis-cli: read answers (``GET sq:qa:...``, the answer
   cache), ``FCALL_RO`` the read-only functions (ask, rank, stats, shardqa_version), read
   passages, ``VSIM`` on vector sets where the server has them; nothing that writes shared
-  state (a ``GET`` that misses ``sq:qa:...`` still makes the owning worker answer it).
+  state (a ``GET`` that misses ``sq:qa:...`` still makes the owning worker answer it);
+  on the question log stream only XADD, XLEN and XINFO GROUPS (an ACL selector);
+* ``sync``: the write-behind job (``shardqa sync``): reads and acknowledges the question log
+  stream through its consumer group, nothing else.
 
 Key patterns are built from the key schema (cluster.keys) with ``*`` for the variable parts.
 """
@@ -35,7 +38,7 @@ from cluster import keys
 from cluster.errors import ShardqaError
 
 USERS_FILE = "users.json"
-ROLES = ("admin", "worker", "api", "reader")
+ROLES = ("admin", "worker", "api", "reader", "sync")
 
 # --- key patterns from the key schema ------------------------------------------------------
 
@@ -53,6 +56,7 @@ _ASK = keys.ask_key(_ANY)
 _REPLIES = keys.reply_list(_ANY)
 #: vector sets (one per partition), read by VSIM
 _VECTORS = f"{keys.PREFIX}:*:vs"
+_LOG = keys.log_stream()
 
 #: commands every client library needs to connect to a cluster and find its slots
 _CONNECT = ["+hello", "+auth", "+ping", "+echo", "+client|setname",
@@ -84,10 +88,20 @@ def rules(role: str, *, vector_sets: bool = False) -> list[str]:
                 + ["+get", "+set", "+fcall", "+fcall_ro", "+blpop", "+del", "+hmget",
                    "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+zcard", "+zmscore",
                    "+xrange", "+xinfo|groups", "+expire", *_CONNECT]
-                + [f"(~{_REQUESTS} +xadd)"])
+                + [f"(~{_REQUESTS} +xadd)"]
+                + [_log_selector("+xadd", "+xlen", "+xinfo|groups")])
     if role == "reader":
         return reader_rules(vector_sets)
+    if role == "sync":
+        return ([f"~{_LOG}", "+xreadgroup", "+xack", "+xautoclaim", "+xgroup|create",
+                 "+xinfo|groups", "+xlen", *_CONNECT])
     raise ShardqaError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+
+
+def _log_selector(*commands: str) -> str:
+    """An ACL selector: these commands on the question log stream (the user's own key
+    patterns do not include the log, so of the log it may do exactly these)."""
+    return f"(~{_LOG} {' '.join(commands)})"
 
 
 def reader_rules(vector_sets: bool) -> list[str]:
@@ -156,7 +170,7 @@ def aclfile(passwords: dict[str, str], *, vector_sets: bool = False) -> str:
     """
     unusable = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
     lines = [f"user default off resetpass #{unusable} ~* &* +@all"]
-    for role in ROLES:
+    for role in (r for r in ROLES if r in passwords):  # a folder made before `sync` existed
         digest = hashlib.sha256(passwords[role].encode()).hexdigest()
         lines.append(" ".join(["user", role, "on", f"#{digest}", "resetkeys", "resetchannels",
                                "-@all", *rules(role, vector_sets=vector_sets)]))

@@ -138,3 +138,24 @@ def ask_key(question: str) -> str:
 def reply_list(ask_id: str) -> str:
     """List the shard workers push their replies to; the asker BLPOPs it."""
     return f"{PREFIX}:reply:{{{ask_id}}}"
+
+
+# --- the database of record (records/) -------------------------------------------------
+
+#: Hash tag of the question-and-feedback log: one stream, one slot, its own master's load.
+LOG_TAG = "log"
+
+#: Consumer group of the write-behind job (``shardqa sync``) on the log stream.
+SYNC_GROUP = "sync"
+
+
+def log_stream() -> str:
+    """Stream of answered questions and feedback, written by the API, drained into SQL."""
+    return f"{PREFIX}:{{{LOG_TAG}}}:events"
+
+
+def sql_source(source: str) -> str:
+    """Hash document id -> version of the rows last ingested from one SQL source, so a
+    re-run knows which rows are unchanged and which left the source."""
+    digest = hashlib.sha1(source.encode("utf-8")).hexdigest()[:16]
+    return f"{PREFIX}:{{src}}:sql:{digest}"

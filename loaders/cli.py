@@ -21,6 +21,7 @@ from loaders.documents import (
     input_units,
     read_unit,
 )
+from loaders.sql_cli import run_sql_ingest, sql_source
 from loaders.writer import IngestReport, ingest, stderr, wait_indexed
 
 console = Console(highlight=False)
@@ -64,11 +65,23 @@ class IngestIncomplete(ShardqaError):
               default=IngestSettings.max_document_bytes, show_default=True,
               envvar="SHARDQA_MAX_DOCUMENT_BYTES",
               help="a document with more bytes of text is reported as file:line and skipped")
+@click.option("--sql", default=None, metavar="URL",
+              help="read a SQL database instead (SQLAlchemy URL); run again, it syncs")
+@click.option("--table", default=None, help="--sql: the table to read")
+@click.option("--query", default=None, metavar="SQL", help="--sql: a SELECT to read instead")
+@click.option("--version-field", default=None,
+              help="--sql: a column that changes when a row does [default: content hash]")
 @target_options
 def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait, timeout,
-                   batch_size, max_document_bytes, target):
-    """Read documents from PATH... (files or folders), split them into passages and write
-    them into their partitions. Re-ingesting the same input changes nothing."""
+                   batch_size, max_document_bytes, sql, table, query, version_field, target):
+    """Read documents from PATH... (files or folders), or a SQL table (--sql), split them
+    into passages and write them into their partitions. Re-ingesting the same input
+    changes nothing; re-ingesting a SQL source also removes the rows it lost."""
+    source = sql_source(paths, sql=sql, table=table, query=query, version_field=version_field,
+                        id_field=id_field, title_field=title_field, text_field=text_field)
+    if source is not None:
+        _ingest_sql(source, on_error, wait, timeout, batch_size, target)
+        return
     units = input_units(list(paths), fmt)
     client = connect(target)
     try:
@@ -88,6 +101,23 @@ def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait
     finally:
         client.close()
     check_complete(report)
+
+
+def _ingest_sql(source, on_error: str, wait: bool, timeout: float, batch_size: int,
+                target) -> None:
+    """``ingest --sql``: sync the corpus with a SQL source (loaders/sql.py), then wait."""
+    client = connect(target)
+    try:
+        try:
+            partitions.load(client)
+        except partitions.NoPartitionMap as exc:
+            raise ShardqaError(str(exc)) from None
+        run_sql_ingest(client, source, on_error=on_error, batch_size=batch_size)
+        if wait:
+            wait_indexed(client, timeout=timeout, progress=stderr.is_terminal)
+            console.print("indexed: the workers consumed every ingest entry")
+    finally:
+        client.close()
 
 
 def check_complete(report: IngestReport) -> None:

@@ -14,7 +14,8 @@ from cluster.errors import ShardqaError
 from gears.cli import status_command, worker_command
 from loaders.cli import ingest_command
 from models.cli import model_group
-from shardqa import demo, evaluation, scale, stack, supervisor
+from records.cli import sync_command
+from shardqa import demo, evaluation, replay, scale, stack, supervisor
 from shardqa.ask import ask_command
 
 
@@ -50,7 +51,7 @@ cluster_group.add_command(scale.rebalance_command)
 for command in (stack.up_command, stack.down_command, demo.demo_command, model_group,
                 ingest_command, worker_command, ask_command, status_command,
                 evaluation.eval_command, serve_command, bench_command,
-                supervisor.supervise_command):
+                supervisor.supervise_command, sync_command, replay.replay_command):
     cli.add_command(command)
 
 

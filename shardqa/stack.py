@@ -162,6 +162,8 @@ class LocalStack:
                                "args": ["serve", "--host", api_host, "--port", str(api_port)]}
             self.update(lambda state: state.update(api={**(state.get("api") or {}),
                                                         "url": url}))
+            # the write-behind job of the question log the API writes (records/)
+            children["sync"] = {"label": "question log sync", "args": ["sync"]}
         self.plan(children)
         self.ensure_supervisor()
         state = self.wait_started(list(children))
@@ -180,6 +182,9 @@ class LocalStack:
         pids = list(state.get("workers", {}).items())
         if state.get("api"):
             pids.append(("api", state["api"]["pid"]))
+        sync = (state.get("children") or {}).get("sync") or {}
+        if sync.get("pid"):
+            pids.append(("sync", sync["pid"]))
         for name, pid in pids:
             if pid and process_alive(pid):
                 stopped.append(name)

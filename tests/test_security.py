@@ -56,8 +56,8 @@ def test_passwords_on_disk_are_private_and_default_user_is_off(redis_cluster):
     assert mode(folder / acl.USERS_FILE) == 0o600
     assert mode(folder) == 0o700
     users = acl.load(folder)
-    assert set(users) == set(acl.ROLES) == {"admin", "worker", "api", "reader"}
-    assert len(set(users.values())) == 4
+    assert set(users) == set(acl.ROLES) == {"admin", "worker", "api", "reader", "sync"}
+    assert len(set(users.values())) == 5
     for node_dir in folder.glob("node-*"):
         assert mode(node_dir / "users.acl") == 0o600
         assert mode(node_dir / "redis.conf") == 0o600
