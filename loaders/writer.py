@@ -19,7 +19,6 @@ on the connection that wrote the batch and returns only once a replica holds it 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -36,7 +35,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from cluster import keys, partitions
+from cluster import heartbeat, keys, partitions
 from cluster.errors import ShardqaError
 from cluster.partitions import Partition, PartitionMap, doc_key
 from loaders.documents import BadRecord, Document
@@ -49,8 +48,6 @@ WAIT_TIMEOUT_MS = 5000
 
 #: Passage fields the shard worker writes; a rewritten passage must not keep stale ones.
 TOKEN_FIELDS = ("tok_ids", "tok_offs", "tok_wins", "tok_sig")
-#: A worker whose last heartbeat is older than this is not counted as running.
-HEARTBEAT_STALE_S = 30.0
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -372,17 +369,9 @@ def _text(value) -> str:
 
 
 def running_workers(client, now: float | None = None) -> dict[str, float]:
-    """Worker id -> seconds since its last heartbeat, for workers heard from recently."""
+    """Worker id -> seconds since its last heartbeat, for the live workers."""
     now = time.time() if now is None else now
-    alive: dict[str, float] = {}
-    for worker, raw in client.hgetall(keys.workers()).items():
-        try:
-            beat = float(json.loads(raw)["time"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if now - beat <= HEARTBEAT_STALE_S:
-            alive[_text(worker)] = max(0.0, now - beat)
-    return alive
+    return {wid: beat.age(now) for wid, beat in heartbeat.live_workers(client, now).items()}
 
 
 def wait_indexed(client, timeout: float = 600, progress: bool = True,
@@ -427,7 +416,7 @@ def _timeout_message(client, remaining: dict[int, int], timeout: float) -> str:
     workers = running_workers(client)
     if not workers:
         why = ("no shard worker is running (none sent a heartbeat in the last "
-               f"{HEARTBEAT_STALE_S:.0f}s); start one per master with "
+               f"{heartbeat.stale_s():g}s); start one per master with "
                "'shardqa worker --master HOST:PORT', or ingest with --no-wait")
     else:
         why = (f"{len(workers)} worker(s) running ({', '.join(sorted(workers))}) "
