@@ -13,6 +13,7 @@ tests/test_routing.py fails loudly if redis-py changes them.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from cluster.partitions import Partition
+
+log = logging.getLogger("shardqa.routing")
 
 #: how long ``per_master`` keeps retrying while slots move or a failover is under way
 RETRY_FOR_S = 2.0
@@ -31,6 +34,8 @@ STALE_ROUTE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.Moved
 CLUSTER_TROUBLE = (redis.RedisError, redis.exceptions.RedisClusterException)
 _REDIRECTS = (redis.exceptions.MovedError, redis.exceptions.AskError,
               redis.exceptions.TryAgainError)
+#: error replies that mean the slot is elsewhere or moving (in a transaction: EXECABORT)
+_REDIRECT_REPLIES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "EXECABORT")
 
 
 def refresh(client: RedisCluster) -> None:
@@ -116,3 +121,65 @@ def _per_master_once(client, partitions, build) -> dict[int, object]:
                 raise result
             replies[p.index] = result
     return replies
+
+
+def run_on_owner(client: RedisCluster, key: str, queue: Callable[[object], object], *,
+                 transaction: bool, replicated: bool = False, wait_ms: int = 5000):
+    """``queue(pipeline)`` on a plain pipeline straight to the master that owns ``key``'s
+    slot (no per-command routing: several times faster); if slots moved meanwhile, refresh
+    the slot map and run it again through the cluster client, which follows redirects.
+
+    ``replicated``: if the master has replicas, WAIT (up to ``wait_ms``) for one to hold
+    what was written. ``queue`` executes the pipeline and returns what the caller needs."""
+    slot = client.keyslot(key)
+    for attempt in range(2):
+        conn = client.get_redis_connection(owner(client, slot))
+        pipe = (ReplicatedPipeline(conn, replicas=1, wait_ms=wait_ms)
+                if replicated and replica_count(client, slot) > 0
+                else conn.pipeline(transaction=transaction))
+        try:
+            return queue(pipe)
+        except redis.ResponseError as exc:
+            redirected = isinstance(exc, redis.exceptions.ExecAbortError)
+            if not (redirected or str(exc).startswith(_REDIRECT_REPLIES)):
+                raise
+        except redis.ConnectionError:
+            if attempt:
+                raise
+        refresh(client)
+    return queue(client.pipeline(transaction=transaction))
+
+
+class ReplicatedPipeline(redis.client.Pipeline):
+    """A transaction pipeline that, after EXEC, sends ``WAIT replicas`` on the same
+    connection (WAIT counts only the writes of the connection it is sent on)."""
+
+    def __init__(self, node_client: redis.Redis, replicas: int, wait_ms: int):
+        super().__init__(node_client.connection_pool, node_client.response_callbacks,
+                         transaction=True, shard_hint=None)
+        self.replicas, self.wait_ms = replicas, wait_ms
+        self._holding = False
+
+    def reset(self) -> None:
+        held = self.connection if self._holding else None
+        self.connection = None if self._holding else self.connection
+        super().reset()
+        self.connection = held
+
+    def execute(self, raise_on_error: bool = True) -> list:
+        self.connection = self.connection_pool.get_connection()
+        self._holding = True
+        try:
+            result = super().execute(raise_on_error)
+            conn = self.connection
+            conn.send_command("WAIT", self.replicas, self.wait_ms)
+            acked = conn.read_response()
+            if acked < self.replicas:
+                log.warning("a write is on the master but no replica acknowledged it within "
+                            "%d ms (replica down?)", self.wait_ms)
+            return result
+        finally:
+            self._holding = False
+            if self.connection is not None:
+                self.connection_pool.release(self.connection)
+                self.connection = None
