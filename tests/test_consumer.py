@@ -103,15 +103,21 @@ def test_deleted_request_stream_is_recreated_and_answered_again(pipeline, cluste
     assert [g["name"] for g in groups] == [keys.WORKER_GROUP.encode()]
 
 
-def test_an_entry_delivered_max_times_without_ack_is_dead_lettered(cluster):
+def consumer_of_partition_0(cluster, settings: WorkerSettings):
+    """(client, partition 0, a consumer in-process on the shard that owns it, its counters)."""
     client = cluster.client()
     pmap = partitions.load(client)
-    part = pmap[0]
     shard = Shard(cluster.target, client, partitions.owners(client, pmap)[0], pmap)
     shard.refresh()
     counters = Counters()
-    consumer = StreamConsumer(shard, "test-consumer", WorkerSettings(max_deliveries=3), counters)
+    consumer = StreamConsumer(shard, "test-consumer", settings, counters)
     consumer.join(set())
+    return client, pmap[0], consumer, counters
+
+
+def test_an_entry_delivered_max_times_without_ack_is_dead_lettered(cluster):
+    client, part, consumer, counters = consumer_of_partition_0(
+        cluster, WorkerSettings(max_deliveries=3))
     stream = keys.ingest_stream(part.tag)
     entry_id = client.xadd(stream, {"op": "put", "pid": partitions.passage_id("x", 0)}).decode()
     deliveries = 0
@@ -129,13 +135,7 @@ def test_an_entry_delivered_max_times_without_ack_is_dead_lettered(cluster):
 
 
 def test_dead_letter_stream_is_capped(cluster):
-    client = cluster.client()
-    pmap = partitions.load(client)
-    part = pmap[0]
-    shard = Shard(cluster.target, client, partitions.owners(client, pmap)[0], pmap)
-    shard.refresh()
-    consumer = StreamConsumer(shard, "c", WorkerSettings(dead_letter_cap=10), Counters())
-    consumer.join(set())
+    client, part, consumer, _ = consumer_of_partition_0(cluster, WorkerSettings(dead_letter_cap=10))
     stream = keys.request_stream(part.tag)
     for i in range(300):
         client.xadd(stream, {"n": str(i)})
