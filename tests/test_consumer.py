@@ -46,7 +46,12 @@ def not_pending(client, stream: str, entry_id: str) -> bool:
     return group["pending"] == 0 and not client.xrange(stream, min=entry_id, max=entry_id)
 
 
-def test_poison_entries_are_dead_lettered_and_the_worker_keeps_answering(pipeline, cluster):
+def worker_logs(pool) -> str:
+    return "\n".join(p.read_text()[-3000:] for p in pool.tmp.glob("worker-*.log"))
+
+
+def test_poison_entries_are_dead_lettered_and_the_worker_keeps_answering(pipeline, cluster,
+                                                                         workers):
     client = pipeline
     pmap = partitions.load(client)
     eiffel = pmap.for_doc("eiffel")  # QUESTIONS[0] is read on this partition
@@ -69,8 +74,10 @@ def test_poison_entries_are_dead_lettered_and_the_worker_keeps_answering(pipelin
         answer = asker.ask(question, use_cache=False)
         assert answer.answer is not None
     ids = {name: eid.decode() for name, eid in poison.items()}
-    dead = eventually(lambda: len(dead_letters(client, eiffel.tag)) >= len(ids)
-                      and dead_letters(client, eiffel.tag))
+    eventually(lambda: len(dead_letters(client, eiffel.tag)) >= len(ids))
+    dead = dead_letters(client, eiffel.tag)
+    missing = {name for name, eid in ids.items() if eid not in dead}
+    assert not missing, worker_logs(workers)
     assert set(dead) == set(ids.values())
     reasons = {name: dead[eid]["reason"] for name, eid in ids.items()}
     assert "partition 15" in reasons["issue"]
