@@ -33,11 +33,12 @@ from models.export import sample_inputs
 from models.reader import Reader, special_ids
 from models.squad import SquadExample, score_answer
 from models.tokenization import (
+    DEFAULT_STRIDE,
     PassageTokens,
     window_token_budget,
 )
 
-STRIDE = 128  # the worker's default window overlap
+STRIDE = DEFAULT_STRIDE  # the worker's window overlap for an artifact that names none
 SKIP_RATIO = MIN_RANK_RATIO  # the asker skips candidates below this share of the best score
 
 

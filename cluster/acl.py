@@ -51,6 +51,7 @@ _PASSAGES = keys.passage(_ANY, _ANY)
 _DOCS = keys.doc(_ANY, _ANY)
 _INGEST = keys.ingest_stream(_ANY)
 _REQUESTS = keys.request_stream(_ANY)
+_DEAD = keys.dead_letters(_ANY)
 _ANSWERS = f"{keys.PREFIX}:ans:*"
 _ASK = keys.ask_key(_ANY)
 _REPLIES = keys.reply_list(_ANY)
@@ -73,7 +74,7 @@ def rules(role: str, *, vector_sets: bool = False) -> list[str]:
     if role == "admin":
         return ["~*", "&*", "+@all"]
     if role == "worker":
-        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, *_INDEX, _ANSWERS, _ASK, _REPLIES,
+        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, _DEAD, *_INDEX, _ANSWERS, _ASK, _REPLIES,
                     keys.generation(), keys.workers()]
         read_only = [_MODEL, keys.partition_map()]
         return ([f"~{p}" for p in writable] + [f"%R~{p}" for p in read_only]

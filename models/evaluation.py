@@ -27,13 +27,13 @@ from rich.progress import (
 
 from cluster.errors import ShardqaError
 from models.squad import SquadExample, score_answer
+from models.tokenization import DEFAULT_STRIDE
 
 if TYPE_CHECKING:  # the CLI imports this module; torch loads only when a reader does
     from models.reader import Reader
 
 stderr = Console(stderr=True, highlight=False)
 
-DEFAULT_STRIDE = 128  # the shard worker's window overlap (gears.worker.WorkerSettings.stride)
 
 
 class EvaluationError(ShardqaError):

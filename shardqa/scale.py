@@ -13,8 +13,6 @@ copies (models/) and the local stack's workers (shardqa/stack.py); cluster/ impo
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,13 +21,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from cluster import keys, partitions, rebalance
+from cluster import heartbeat, partitions, rebalance
 from cluster.connection import Target, connect
 from cluster.errors import ClusterError
 from cluster.local import LocalCluster, process_alive
 from cluster.options import dir_option, target_options
 from cluster.rebalance import Move
-from gears.worker import default_threads
+from cluster.waiting import until
+from gears.settings import default_threads
 
 console = Console(highlight=False)
 
@@ -104,16 +103,9 @@ def run_rebalance(client, *, batch: int = rebalance.DEFAULT_BATCH,
 
 def wait_worker(client, master: str, timeout: float = 120.0) -> None:
     """Until a fresh heartbeat from the worker beside ``master`` (it may own nothing yet)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for raw in client.hgetall(keys.workers()).values():
-            beat = json.loads(raw)
-            if beat.get("master") == master and time.time() - beat.get("time", 0) < 5:
-                return
-        if time.monotonic() > deadline:
-            raise ClusterError(f"the worker beside {master} sent no heartbeat in {timeout:g}s "
-                               "(see the logs folder in the cluster directory)")
-        time.sleep(0.2)
+    until(lambda: any(b.master == master for b in heartbeat.live_workers(client).values()),
+          timeout, 0.2, what=f"the worker beside {master} sent no heartbeat in {timeout:g}s "
+                             "(see the logs folder in the cluster directory)")
 
 
 def stack_worker_starter(directory: str, threads: int | None = None

@@ -31,6 +31,7 @@ from cluster.connection import Target, connect
 from cluster.errors import ClusterError
 from cluster.local import LocalCluster, port_in_use, process_alive
 from cluster.options import dir_option, masters_option, port_base_option
+from cluster.waiting import until
 from gears.worker import default_threads
 
 console = Console(highlight=False)
@@ -261,27 +262,24 @@ def wait_healthy(client, masters: list[str], api: dict | None, timeout: float,
 
     With ``stack``, a heartbeat counts only from the worker's current PID and while that
     process lives: a worker killed a second ago still has a fresh heartbeat."""
-    from cluster import keys
+    from cluster import heartbeat
 
-    deadline = time.monotonic() + timeout
-    while True:
-        beats = {json.loads(v).get("master"): json.loads(v)
-                 for v in client.hgetall(keys.workers()).values()}
+    def unhealthy() -> list[str]:
+        beats = {b.master: b for b in heartbeat.live_workers(client).values()}
         pids = stack.state().get("workers", {}) if stack is not None else {}
-        fresh = [m for m in masters
-                 if m in beats and time.time() - beats[m]["time"] < 5 and beats[m].get("model")
-                 and (m not in pids or (beats[m].get("pid") == pids[m]
-                                        and process_alive(pids[m])))]
-        api_ok = api is None or _http_ok(api["url"] + "/health")
-        if len(fresh) == len(masters) and api_ok:
-            return
-        if time.monotonic() > deadline:
-            missing = sorted(set(masters) - set(fresh))
-            raise ClusterError(
-                f"not healthy after {timeout:g}s: workers without heartbeat or model: {missing}"
-                + ("" if api_ok else "; the API does not answer /health")
-                + " (see the logs folder in the cluster directory)")
-        time.sleep(0.2)
+        return sorted(m for m in masters
+                      if not (m in beats and beats[m].model
+                              and (m not in pids or (beats[m].pid == pids[m]
+                                                     and process_alive(pids[m])))))
+
+    def healthy() -> bool:
+        return not unhealthy() and (api is None or _http_ok(api["url"] + "/health"))
+
+    until(healthy, timeout, 0.2, what=lambda: (
+        f"not healthy after {timeout:g}s: workers without heartbeat or model: {unhealthy()}"
+        + ("" if api is None or _http_ok(api["url"] + "/health")
+           else "; the API does not answer /health")
+        + " (see the logs folder in the cluster directory)"))
 
 
 def _http_ok(url: str) -> bool:
