@@ -31,6 +31,7 @@ from models.squad import (
     read_squad,
     squad_scores,
 )
+from models.tokenization import DEFAULT_STRIDE
 
 STATE_FILE = "training_state.pt"
 METRICS_FILE = "metrics.json"
@@ -52,7 +53,7 @@ class TrainSettings:
     dev: str | None
     epochs: int = 2
     max_seq_len: int = 384
-    stride: int = 128
+    stride: int = DEFAULT_STRIDE
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -338,7 +339,7 @@ def _save_checkpoint(folder: Path, model, tokenizer, optimizer, scheduler,
               help="SQuAD v1.1 JSON scored (EM/F1) after each epoch")
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(1, 100))
 @click.option("--max-seq-len", default=384, show_default=True, type=click.IntRange(32, 512))
-@click.option("--stride", default=128, show_default=True, type=click.IntRange(0, 480),
+@click.option("--stride", default=DEFAULT_STRIDE, show_default=True, type=click.IntRange(0, 480),
               help="tokens shared by consecutive windows of a long paragraph")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True))
