@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cluster import keys, partitions
+from cluster import keys, partitions, routing
 from cluster.partitions import doc_key
-from loaders.writer import _on_owner, ensure_groups
+from loaders.writer import ensure_groups
 
 
 def delete_documents(client, doc_ids: Iterable[str]) -> tuple[int, int]:
@@ -36,7 +36,7 @@ def _delete_in_partition(client, tag: str, doc_ids: list[str]) -> tuple[int, int
             pipe.hget(keys.doc(tag, doc_key(doc_id)), "passages")
         return pipe.execute()
 
-    counts = _on_owner(client, tag, read, transaction=False)
+    counts = routing.run_on_owner(client, keys.ingest_stream(tag), read, transaction=False)
     held = [(doc_id, int(n)) for doc_id, n in zip(doc_ids, counts, strict=True)
             if n is not None]
     if not held:
@@ -51,4 +51,5 @@ def _delete_in_partition(client, tag: str, doc_ids: list[str]) -> tuple[int, int
         pipe.execute()
         return sum(count for _, count in held)
 
-    return len(held), _on_owner(client, tag, write, transaction=True, replicated=True)
+    return len(held), routing.run_on_owner(client, keys.ingest_stream(tag), write,
+                                           transaction=True, replicated=True)

@@ -14,10 +14,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bench.timing import percentiles
 from cluster.cli import target_options
 from cluster.connection import connect
 from cluster.errors import ShardqaError
+from models.evaluation import percentiles
 from records.schema import most_asked, open_engine
 
 console = Console(highlight=False)

@@ -32,7 +32,7 @@ from cluster.errors import ClusterError
 from cluster.local import LocalCluster, port_in_use, process_alive
 from cluster.options import dir_option, masters_option, port_base_option
 from cluster.waiting import until
-from gears.worker import default_threads
+from gears.settings import default_threads
 
 console = Console(highlight=False)
 STACK_FILE = "stack.json"
