@@ -24,6 +24,7 @@ from api import page
 from api.openapi import spec
 from api.question_log import QuestionLog
 from api.settings import ServeSettings
+from cluster import heartbeat
 from cluster.errors import ShardqaError
 from gears import health
 from gears.asker import MAX_K, Asker, QuestionError
@@ -243,7 +244,7 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
             "workers": [{"id": w["id"], "age_s": round(w["age_s"], 2),
                          "partitions": w.get("partitions", []), "model": w.get("model")}
                         for w in report["workers"]
-                        if w["age_s"] <= FORGET_WORKER_AFTER_STALE * health.HEARTBEAT_STALE_S],
+                        if w["age_s"] <= FORGET_WORKER_AFTER_STALE * heartbeat.stale_s()],
             "passages": sum(p["passages"] for p in report["partitions"]),
         }
         return jsonify(body), 200 if not problems else 503
