@@ -328,7 +328,7 @@ def test_shardqa_up_writes_the_log_behind(tmp_path, tiny_artifact, database):
                      env=env, timeout=240)
         assert up.returncode == 0, up.stdout + up.stderr
         state = LocalStack(cdir).state()
-        assert process_alive(state["sync"])
+        assert process_alive(state["children"]["sync"]["pid"])
         api = f"http://127.0.0.1:{api_port}"
         for i in range(100):
             q = urllib.parse.urlencode({"q": f"Who designed the Eiffel Tower? {i % 30}"})
@@ -341,7 +341,7 @@ def test_shardqa_up_writes_the_log_behind(tmp_path, tiny_artifact, database):
     finally:
         down = run_cli("down", "--purge", env=env)
     assert down.returncode == 0, down.stderr
-    assert not process_alive(state["sync"])
+    assert not process_alive(state["children"]["sync"]["pid"])
 
 
 def test_the_job_recreates_a_deleted_stream_and_goes_on(redis_cluster, tmp_path):
