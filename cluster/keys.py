@@ -112,9 +112,10 @@ def vectors(tag: str) -> str:
     return f"{PREFIX}:{{{tag}}}:vs"
 
 
-def model_current(tag: str) -> str:
-    """JSON pointer to the current reader model copy held under this tag."""
-    return f"{PREFIX}:{{{tag}}}:model:current"
+def model_current(tag: str, kind: str = "reader") -> str:
+    """JSON pointer to the current model copy of a kind (reader, encoder) under this tag."""
+    suffix = "" if kind == "reader" else f":{kind}"
+    return f"{PREFIX}:{{{tag}}}:model:current{suffix}"
 
 
 def model_meta(tag: str, name: str, version: str) -> str:
