@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -254,13 +255,13 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 
     spec = {name: INT8_QCONFIG for name, mod in model.named_modules()
             if isinstance(mod, torch.nn.Linear) and not name.endswith("qa_outputs")}
-    return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8,
-                            mapping={torch.nn.Linear: Int8Linear})
+    with warnings.catch_warnings():  # torch's deprecation notice is not shardqa's output
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8,
+                                mapping={torch.nn.Linear: Int8Linear})
 
 
 def trace(wrapper: torch.nn.Module, example) -> torch.jit.ScriptModule:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():

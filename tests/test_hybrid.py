@@ -73,3 +73,15 @@ def test_dense_search_over_every_partition(cluster):
 def test_dense_search_of_an_empty_corpus_is_empty(cluster):
     pmap = partitions.load(cluster.client())
     assert dense.search(cluster.client_as("api"), pmap, unit([1, 0, 0, 0]), k=3) == []
+
+
+def test_bench_recall_and_recommendation():
+    from bench.retrieval_fusion import Question, recall, recommend
+
+    qs = [Question("q1", "a"), Question("q2", "z"), Question("q3", "c")]
+    runs = [ranked("a", "b"), ranked("b", "c", "d", "e", "f", "z"), ranked("b", "c")]
+    assert recall(runs, qs, ks=(1, 5, 20)) == {"R@1": 33.3, "R@5": 66.7, "R@20": 100.0}
+    table = {"bm25": {"s": {"R@1": 90.0, "R@5": 90.0, "R@20": 90.0}},
+             "rrf a": {"s": {"R@1": 50.0, "R@5": 80.0, "R@20": 99.0}},
+             "score b": {"s": {"R@1": 60.0, "R@5": 80.0, "R@20": 90.0}}}
+    assert recommend(table)["method"] == "score b"  # fusions only; R@5 tie -> R@1
