@@ -113,7 +113,7 @@ def test_cli_up_down_persistence_and_errors(tmp_path):
 
 def test_up_fails_cleanly_when_port_in_use(tmp_path):
     base = free_port_base(3)
-    blocker = subprocess.Popen(["redis-server", "--port", str(base + 1), "--save", ""],
+    blocker = subprocess.Popen([find_redis_server(), "--port", str(base + 1), "--save", ""],
                                stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 5
