@@ -144,6 +144,8 @@ def test_vector_sets_worker_writes_api_only_searches(redis_cluster):
         assert worker.execute_command("VREM", key, "x.1") == 1
         found = api.execute_command("VSIM", key, "FP32", blob, "WITHSCORES", "COUNT", 3)
         assert list(found) == [b"x.0"]
+        # what the README gives redis-cli (--user api): passages similar to a passage
+        assert api.execute_command("VSIM", key, "ELE", "x.0") == [b"x.0"]
         assert refused(lambda: api.execute_command("VADD", key, "FP32", blob, "x.2"))
         assert refused(lambda: api.execute_command("VREM", key, "x.0"))
         assert refused(lambda: api.execute_command("VEMB", key, "x.0"))
