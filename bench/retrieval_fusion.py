@@ -105,10 +105,11 @@ def embed_corpus(encoder: Encoder, passages: list[Passage], cache: Path, label: 
     return out
 
 
-def throughput(artifact: Path, passages: list[Passage], n: int = 300, rounds: int = 2) -> dict:
+def throughput(artifact: Path, passages: list[Passage], questions: list[str], n: int = 300,
+               rounds: int = 2) -> dict:
     """Passages/s of each variant on the same ``n`` passages (variants alternate for
     ``rounds`` rounds and the best round counts: other load on the cores hits both alike),
-    and int8's cosine to fp32 on them."""
+    int8's cosine to fp32 on them, and the p50 ms of embedding one question."""
     rng = np.random.default_rng(0)
     sample = [passages[i] for i in rng.choice(len(passages), size=n, replace=False)]
     texts = [passage_input(p.title, p.text) for p in sample]
@@ -121,7 +122,8 @@ def throughput(artifact: Path, passages: list[Passage], n: int = 300, rounds: in
             t0 = time.perf_counter()
             vectors[variant] = encoder.embed(texts)
             best[variant] = min(best.get(variant, 1e9), time.perf_counter() - t0)
-    result = {v: {"passages_per_s": round(n / s, 1), "seconds": round(s, 2)}
+    result = {v: {"passages_per_s": round(n / s, 1), "seconds": round(s, 2),
+                  "question_ms_p50": question_ms(encoders[v], questions)}
               for v, s in best.items()}
     tokens = sum(len(ids) for ids in encoders["fp32"].token_ids(texts))
     result["mean_tokens"] = round(tokens / n, 1)
@@ -129,6 +131,16 @@ def throughput(artifact: Path, passages: list[Passage], n: int = 300, rounds: in
     result["int8_cosine_to_fp32"] = {"min": float(cosine.min()), "mean": float(cosine.mean())}
     result["passages"], result["rounds"] = n, rounds
     return result
+
+
+def question_ms(encoder: Encoder, questions: list[str]) -> float:
+    """Median ms to embed one question alone (what asking costs)."""
+    times = []
+    for q in questions:
+        t0 = time.perf_counter()
+        encoder.embed([q])
+        times.append(time.perf_counter() - t0)
+    return round(1000 * float(np.median(times)), 2)
 
 
 # --- retrieval -------------------------------------------------------------------------------
@@ -181,12 +193,9 @@ def cluster_runs(passages: list[Passage], vectors: np.ndarray, queries: dict[str
                  sets: dict[str, list[Question]], root: Path, depth: int, masters: int,
                  dev: Path = corpus.DEV) -> tuple[dict, dict, dict]:
     """BM25 (Lua rank) and dense (VSIM) top-``depth`` lists from a real cluster: ingest,
-    index, VADD; returns (bm25 runs, dense runs, facts) by question set."""
-    from tqdm import tqdm
-
+    index, VADD; returns (bm25 runs, dense runs by quantization, facts) by question set."""
     from bench.testbed import Testbed
     from cluster import capabilities, partitions
-    from gears import dense, ranking
     from loaders.writer import ingest, wait_indexed
 
     docs = corpus.distractors() + corpus.dev_documents(dev)
@@ -199,22 +208,73 @@ def cluster_runs(passages: list[Passage], vectors: np.ndarray, queries: dict[str
         t0 = time.perf_counter()
         ingest(client, docs, progress=False)
         wait_indexed(client, timeout=1800, progress=False)
-        facts = {"ingest_s": round(time.perf_counter() - t0, 1)}
-        t0 = time.perf_counter()
-        add_vectors(client, pmap, passages, vectors)
-        facts["vadd_s"] = round(time.perf_counter() - t0, 1)
-        bm25, dense_runs = {}, {}
-        for name, questions in sets.items():
-            bar = tqdm(questions, desc=f"BM25 + VSIM ({name})", file=sys.stderr)
-            bm25[name] = [ranking.rank(client, pmap, q.text, k=depth) for q in bar]
-            dense_runs[name] = [dense.search(client, pmap, v, k=depth) for v in queries[name]]
+        facts = {"ingest_s": round(time.perf_counter() - t0, 1), "vector_sets": {}}
+        bm25, ms = timed_runs(sets, lambda q, _v: rank_bm25(client, pmap, q.text, depth),
+                              queries, "BM25")
+        facts["bm25_rank_ms_p50"] = ms
+        dense_runs = {}
+        for quant in QUANTIZATIONS:  # Q8 first: what the ingest stage writes
+            t0 = time.perf_counter()
+            add_vectors(client, pmap, passages, vectors, quant)
+            vadd_s = time.perf_counter() - t0
+            dense_runs[quant], ms = timed_runs(
+                sets, lambda _q, v: search_dense(client, pmap, v, depth), queries, f"VSIM {quant}")
+            facts["vector_sets"][quant] = {
+                "vadd_per_s": round(len(passages) / vadd_s),
+                "bytes_per_passage": round(vector_bytes(client, pmap) / len(passages)),
+                "vsim_ms_p50": ms}
+            drop_vectors(client, pmap)
     return bm25, dense_runs, facts
 
 
+QUANTIZATIONS = ("Q8", "NOQUANT", "BIN")
+
+
+def rank_bm25(client, pmap, question: str, depth: int) -> list[Ranked]:
+    from gears import ranking
+
+    return ranking.rank(client, pmap, question, k=depth)
+
+
+def search_dense(client, pmap, vector: np.ndarray, depth: int) -> list[Ranked]:
+    from gears import dense
+
+    return dense.search(client, pmap, vector, k=depth)
+
+
+def timed_runs(sets, run, queries, label: str) -> tuple[dict[str, list], float]:
+    """run(question, vector) for every question of every set; (runs by set, p50 ms)."""
+    from tqdm import tqdm
+
+    runs, times = {}, []
+    for name, questions in sets.items():
+        runs[name] = []
+        for q, v in tqdm(list(zip(questions, queries[name], strict=True)),
+                         desc=f"{label} ({name})", file=sys.stderr):
+            t0 = time.perf_counter()
+            runs[name].append(run(q, v))
+            times.append(time.perf_counter() - t0)
+    return runs, round(1000 * float(np.median(times)), 2)
+
+
+def vector_bytes(client, pmap) -> int:
+    """MEMORY USAGE of every partition's vector set, summed."""
+    from cluster import keys
+
+    return sum(int(client.memory_usage(keys.vectors(p.tag), samples=0) or 0) for p in pmap)
+
+
+def drop_vectors(client, pmap) -> None:
+    from cluster import keys
+
+    for p in pmap:
+        client.delete(keys.vectors(p.tag))
+
+
 def add_vectors(client, pmap, passages: list[Passage], vectors: np.ndarray,
-                batch: int = 500) -> None:
-    """VADD every passage vector (Q8, the default) into its partition's vector set, one
-    pipeline per master and batch."""
+                quant: str = "Q8", batch: int = 500) -> None:
+    """VADD every passage vector into its partition's vector set, one pipeline per master
+    and batch."""
     from cluster import keys
     from gears.dense import vector_blob
 
@@ -229,19 +289,22 @@ def add_vectors(client, pmap, passages: list[Passage], vectors: np.ndarray,
             for i in rows[k:k + batch]:
                 tag = pmap.for_passage(passages[i].pid).tag
                 pipe.execute_command("VADD", keys.vectors(tag), "FP32", vector_blob(vectors[i]),
-                                     passages[i].pid, "Q8")
+                                     passages[i].pid, quant)
             pipe.execute()
 
 
 # --- the experiment ----------------------------------------------------------------------------
 
-def evaluate(sets, bm25, dense_vsim, dense_exact) -> dict[str, dict[str, dict]]:
-    """method -> question set -> recall@k."""
+def evaluate(sets, bm25, dense_by_quant, dense_exact) -> dict[str, dict[str, dict]]:
+    """method -> question set -> recall@k. Fusions use the Q8 vector sets (what ships)."""
     table: dict[str, dict[str, dict]] = {}
     for name, questions in sets.items():
-        methods: dict[str, list] = {"bm25": bm25[name], "dense (VSIM Q8)": dense_vsim[name],
-                                    "dense (exact fp32)": dense_exact[name]}
-        per_q = [fusions(b, d) for b, d in zip(bm25[name], dense_vsim[name], strict=True)]
+        methods: dict[str, list] = {"bm25": bm25[name]}
+        for quant, runs in dense_by_quant.items():
+            methods[f"dense (VSIM {quant})"] = runs[name]
+        methods["dense (exact cosine)"] = dense_exact[name]
+        q8 = dense_by_quant["Q8"][name]
+        per_q = [fusions(b, d) for b, d in zip(bm25[name], q8, strict=True)]
         for method in per_q[0] if per_q else []:
             methods[method] = [f[method] for f in per_q]
         for method, runs in methods.items():
@@ -296,7 +359,7 @@ def main(variant, cache, depth, masters, dev, natural, out):
     passages, sets = corpus_passages(dev), question_sets(dev, natural)
     console.print(f"{len(passages):,} passages; " + ", ".join(
         f"{n}: {len(q):,} questions" for n, q in sets.items()))
-    speed = throughput(artifact, passages)
+    speed = throughput(artifact, passages, [q.text for q in sets["natural"]])
     console.print(f"embedding speed: {json.dumps(speed)}")
     encoder = load_encoder(artifact, variant)
     version = json.loads((artifact / "shardqa-model.json").read_text())["version"]
