@@ -1,0 +1,91 @@
+"""Issue 13: the embed ingest stage on a real Redis 8 cluster with real workers: vectors land
+in the owning partition's vector set, a re-ingest writes none, a changed passage's vector is
+replaced and a removed one is VREMed; without an encoder the stage does nothing."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from cluster import keys, partitions
+from gears import dense
+from loaders.documents import Document
+from loaders.passages import split_passages
+from loaders.writer import ingest, wait_indexed
+from models import store
+from tests.corpus import CORPUS
+
+
+def vadd_calls(client) -> int:
+    """VADD calls served by every master so far (INFO commandstats)."""
+    total = 0
+    for node in client.get_primaries():
+        stats = client.get_redis_connection(node).info("commandstats")
+        total += int(stats.get("cmdstat_vadd", {}).get("calls", 0))
+    return total
+
+
+def vcards(client, pmap) -> Counter:
+    return Counter({p.index: int(client.execute_command("VCARD", keys.vectors(p.tag)))
+                    for p in pmap})
+
+
+def expected(pmap, docs) -> Counter:
+    return Counter(pmap.for_passage(p.pid).index for d in docs for p in split_passages(d))
+
+
+def start(cluster, workers, tiny_artifact, encoder_artifact=None):
+    client = cluster.client()
+    store.push(client, tiny_artifact)
+    if encoder_artifact is not None:
+        store.push(client, encoder_artifact, variant="int8")
+    workers.start_all()
+    workers.wait_ready()
+    return client
+
+
+def test_ingest_embeds_once_replaces_changed_and_removes_deleted(
+        cluster, workers, tiny_artifact, tiny_encoder_artifact):
+    client = start(cluster, workers, tiny_artifact, tiny_encoder_artifact)
+    pmap = partitions.load(client)
+    ingest(client, CORPUS, progress=False)
+    wait_indexed(client, timeout=120, progress=False)
+    assert +vcards(client, pmap) == expected(pmap, CORPUS)  # every passage, on its partition
+    pid = split_passages(CORPUS[0])[0].pid
+    tag = pmap.for_passage(pid).tag
+    assert dense.search(client, pmap, np.asarray(
+        client.execute_command("VEMB", keys.vectors(tag), pid), dtype=np.float32),
+        k=1)[0].pid == pid
+
+    before = vadd_calls(client)  # re-ingest: the same passages, nothing embedded again
+    ingest(client, CORPUS, progress=False)
+    wait_indexed(client, timeout=120, progress=False)
+    assert vadd_calls(client) == before
+
+    doc = next(d for d in CORPUS if len(split_passages(d)) >= 2)
+    first, second = split_passages(doc)[:2]
+    old = client.execute_command("VEMB", keys.vectors(pmap.for_passage(first.pid).tag),
+                                 first.pid)
+    changed = Document(doc.doc_id, "Completely different words about volcanoes and lava.",
+                       title=doc.title, source=doc.source)  # one passage: the rest removed
+    ingest(client, [changed], progress=False)
+    wait_indexed(client, timeout=120, progress=False)
+    vs = keys.vectors(pmap.for_passage(first.pid).tag)
+    assert client.execute_command("VEMB", vs, first.pid) != old  # replaced
+    assert client.execute_command("VEMB", vs, second.pid) is None  # VREMed
+    assert vadd_calls(client) == before + 1
+    docs = [changed if d.doc_id == doc.doc_id else d for d in CORPUS]
+    assert +vcards(client, pmap) == expected(pmap, docs)
+
+
+def test_without_an_encoder_ingest_is_bm25_only(cluster, workers, tiny_artifact):
+    client = start(cluster, workers, tiny_artifact)
+    pmap = partitions.load(client)
+    ingest(client, CORPUS, progress=False)
+    wait_indexed(client, timeout=120, progress=False)
+    assert sum(vcards(client, pmap).values()) == 0
+    indexed = sum(int(client.hget(keys.index_stats(p.tag), "n") or 0) for p in pmap)
+    assert indexed == sum(expected(pmap, CORPUS).values())  # BM25 indexed every passage
+    logs = "".join(p.read_text() for p in workers.tmp.glob("worker-*.log"))
+    assert logs.count("no passage encoder pushed") == len(cluster.masters)  # once each
