@@ -45,7 +45,7 @@ from bench.timing import (
 from cluster import keys, partitions
 from cluster.connection import node_client
 from gears.asker import cache_form
-from gears.worker import default_threads
+from gears.settings import default_threads
 from loaders.writer import ingest, wait_indexed
 from models.export import METADATA, read_metadata
 from models.squad import score_answer
@@ -58,7 +58,7 @@ class BenchSettings:
     model: Path | None = None
     masters: int = 2
     # every core per worker: with 2 masters on 2 cores the best uncached figures
-    # (gears.worker.default_threads says why 'shardqa up' divides them instead)
+    # (gears.settings.default_threads says why 'shardqa up' divides them instead)
     worker_threads: int = field(default_factory=default_threads)
     ks: tuple[int, ...] = (1, 5, 10)
     concurrency: tuple[int, ...] = (1, 4, 16)

@@ -9,14 +9,13 @@ system's, not a mock's. A ``Testbed`` without an artifact runs workers that only
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from bench.ingest_write import free_port_base, used_memory
-from cluster import keys, partitions
+from cluster import heartbeat, keys, partitions
 from cluster.cli import bring_up
 from cluster.connection import Target, connect
 from cluster.errors import ShardqaError
@@ -131,7 +130,7 @@ class Testbed:
         deadline = time.monotonic() + timeout
         while True:
             beats = self._beats()
-            if all(m in beats and time.time() - beats[m]["time"] < 5 for m in self.owners):
+            if all(m in beats for m in self.owners):
                 return
             if time.monotonic() > deadline:
                 raise TestbedError(f"workers sent no heartbeat within {timeout:g}s "
@@ -155,11 +154,8 @@ class Testbed:
             time.sleep(0.2)
 
     def _beats(self) -> dict[str, dict]:
-        beats = {}
-        for raw in self.client.hgetall(keys.workers()).values():
-            beat = json.loads(raw)
-            beats[beat.get("master")] = beat
-        return beats
+        """Master -> the heartbeat record of its live worker."""
+        return {b.master: b.as_dict() for b in heartbeat.live_workers(self.client).values()}
 
     # --- state -----------------------------------------------------------------------------
 

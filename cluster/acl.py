@@ -42,6 +42,7 @@ _VECTORS = keys.vectors(_ANY)
 _DOCS = keys.doc(_ANY, _ANY)
 _INGEST = keys.ingest_stream(_ANY)
 _REQUESTS = keys.request_stream(_ANY)
+_DEAD = keys.dead_letters(_ANY)
 _ANSWERS = f"{keys.PREFIX}:ans:*"
 _ASK = keys.ask_key(_ANY)
 _REPLIES = keys.reply_list(_ANY)
@@ -61,8 +62,8 @@ def rules(role: str, vector_sets: bool = True) -> list[str]:
     if role == "admin":
         return ["~*", "&*", "+@all"]
     if role == "worker":
-        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, *_INDEX, _VECTORS, _ANSWERS, _ASK,
-                    _REPLIES, keys.generation(), keys.workers()]
+        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, _DEAD, *_INDEX, _VECTORS, _ANSWERS,
+                    _ASK, _REPLIES, keys.generation(), keys.workers()]
         read_only = [_MODEL, keys.partition_map()]
         return ([f"~{p}" for p in writable] + [f"%R~{p}" for p in read_only]
                 + [f"&{c}" for c in ("__keyevent@0__:*", keys.generation_channel())]

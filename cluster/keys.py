@@ -70,6 +70,11 @@ def request_stream(tag: str) -> str:
     return f"{PREFIX}:{{{tag}}}:requests"
 
 
+def dead_letters(tag: str) -> str:
+    """Capped stream of ingest and request entries the shard worker could not handle."""
+    return f"{PREFIX}:{{{tag}}}:dead"
+
+
 def index_term(tag: str, term: str) -> str:
     """Sorted set of postings for one term: member passage id, score term frequency."""
     return f"{PREFIX}:{{{tag}}}:ix:t:{term}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 from redis.crc import key_slot
@@ -20,6 +21,7 @@ from cluster import keys
 from cluster.errors import ShardqaError
 
 DEFAULT_PARTITIONS = 16
+_PASSAGE_ID = re.compile(r"[0-9a-f]{16}\.[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ def passage_id(doc_id: str, position: int) -> str:
 
 def doc_key_of(pid: str) -> str:
     return pid.split(".", 1)[0]
+
+
+def is_passage_id(pid: str) -> bool:
+    """Whether ``pid`` has the shape ``passage_id`` gives: 16 hex digits, '.', a position."""
+    return _PASSAGE_ID.fullmatch(pid) is not None
 
 
 class PartitionMap:

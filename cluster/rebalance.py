@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import redis
 
-from cluster import functions, partitions
+from cluster import functions, partitions, routing
 from cluster.errors import ShardqaError
 from cluster.partitions import Partition, PartitionMap
 
@@ -70,17 +70,10 @@ def parse_nodes(raw: str | bytes) -> list[dict]:
     return nodes
 
 
-def node_connection(client, host: str, port: int, **kwargs) -> redis.Redis:
-    """A plain client for one node with the cluster client's credentials (ACL users)."""
-    base = client.nodes_manager.connection_kwargs
-    creds = {k: base[k] for k in ("username", "password") if base.get(k)}
-    return redis.Redis(host=host, port=port, **creds, **kwargs)
-
-
 def cluster_nodes(client) -> list[dict]:
     """CLUSTER NODES as one of the cluster's primaries sees it."""
     node = client.get_primaries()[0]
-    return parse_nodes(node_connection(client, node.host, node.port)
+    return parse_nodes(routing.node_connection(client, node.host, node.port)
                        .execute_command("CLUSTER", "NODES"))
 
 
@@ -93,8 +86,8 @@ def masters(client) -> list[Master]:
             host, _, port = n["addr"].rpartition(":")
             # the node itself is the authority on its role: gossip may not yet show that a
             # newly added node was made a replica
-            role = node_connection(client, host, int(port), socket_timeout=10).execute_command(
-                "ROLE")[0]
+            node = routing.node_connection(client, host, int(port), socket_timeout=10)
+            role = node.execute_command("ROLE")[0]
             if role in (b"master", "master"):
                 found.append(Master(n["id"], host, int(port)))
     return sorted(found, key=lambda m: (m.host, m.port))
@@ -110,7 +103,7 @@ def open_slots(raw_nodes: str | bytes) -> list[str]:
 def refuse_open_slots(client, nodes: list[Master]) -> None:
     """A move interrupted earlier leaves a slot open; moving more on top would mix them up."""
     for m in nodes:
-        raw = node_connection(client, m.host, m.port, socket_timeout=10).execute_command(
+        raw = routing.node_connection(client, m.host, m.port, socket_timeout=10).execute_command(
             "CLUSTER", "NODES")
         found = open_slots(raw)
         if found:
@@ -167,15 +160,16 @@ def move_slot(client, slot: int, source: Master, dest: Master, others: list[Mast
     batch go to the source in one pipeline, and at the end every master is told the new
     owner at the same moment.
     """
-    src = node_connection(client, source.host, source.port, socket_timeout=timeout_ms / 1000 + 30)
-    dst = node_connection(client, dest.host, dest.port, socket_timeout=30)
-    bystanders = [node_connection(client, m.host, m.port, socket_timeout=10) for m in others
+    connect = routing.node_connection
+    src = connect(client, source.host, source.port, socket_timeout=timeout_ms / 1000 + 30)
+    dst = connect(client, dest.host, dest.port, socket_timeout=30)
+    bystanders = [connect(client, m.host, m.port, socket_timeout=10) for m in others
                   if m.node_id not in (source.node_id, dest.node_id)]
-    base = client.nodes_manager.connection_kwargs
+    creds = routing.credentials(client)
     auth: list = []
-    if base.get("password"):
-        auth = (["AUTH2", base["username"], base["password"]] if base.get("username")
-                else ["AUTH", base["password"]])
+    if creds.get("password"):
+        auth = (["AUTH2", creds["username"], creds["password"]] if creds.get("username")
+                else ["AUTH", creds["password"]])
 
     def migrate_all(pipe, names: list[bytes]) -> list[int]:
         sizes = []
@@ -253,7 +247,7 @@ def rebalance(client, *, prepare: Callable[[Move], None] | None = None,
     ``progress(move, keys_moved, finished)`` after each batch of keys and once at its end."""
     if batch < 1:
         raise RebalanceError("the batch size must be at least 1 key")
-    client.nodes_manager.initialize()
+    routing.refresh(client)
     pmap = partitions.load(client)
     all_masters = masters(client)
     by_name = {m.name: m for m in all_masters}
@@ -266,7 +260,7 @@ def rebalance(client, *, prepare: Callable[[Move], None] | None = None,
         # a new master has no functions library yet; rank/stats must work the moment it
         # owns a partition
         node = by_name[dest]
-        node_connection(client, node.host, node.port).function_load(
+        routing.node_connection(client, node.host, node.port).function_load(
             functions.source(), replace=True)
     for move in moves:
         if prepare:
@@ -292,7 +286,7 @@ def wait_agreed(client, pmap: PartitionMap, expected: dict[int, str],
     """Until the client's view of partition owners shows every move (fresh slot cache)."""
     deadline = time.monotonic() + timeout
     while True:
-        client.nodes_manager.initialize()
+        routing.refresh(client)
         owner = partitions.owners(client, pmap)
         if all(owner.get(i) == m for i, m in expected.items()):
             return

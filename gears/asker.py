@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from cluster import keys, partitions
+from cluster import keys, partitions, routing
 from cluster.errors import ShardqaError
 from gears import health, ranking
 from gears.protocol import ReadReply, ReadRequest, now_ms
@@ -201,8 +201,7 @@ class Asker:
         through the cluster client, which refreshes its slot map and follows.
         """
         try:
-            node = self.client.nodes_manager.get_node_from_slot(self.client.keyslot(key))
-            return self.client.get_redis_connection(node).get(key)
+            return routing.on_owner(self.client, key).get(key)
         except redis.RedisError:
             return self.client.get(key)
 

@@ -13,6 +13,7 @@ from rich.text import Text
 from cluster.cli import target_options
 from cluster.connection import connect
 from gears.health import status
+from gears.settings import DEFAULTS, WorkerSettings
 
 console = Console(highlight=False)
 
@@ -22,27 +23,33 @@ console = Console(highlight=False)
               help="the master this worker runs beside [env SHARDQA_MASTER]")
 @click.option("--cluster", "cluster_url", default=None, metavar="HOST:PORT",
               help="any node of a cluster on another host (same as --redis redis://HOST:PORT)")
-@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(1, 1024),
-              envvar="SHARDQA_MAX_BATCH", help="requests per batch (BATCHSIZE)")
-@click.option("--max-wait-ms", default=2.0, show_default=True, type=click.FloatRange(0, 1000),
-              envvar="SHARDQA_MAX_WAIT_MS", help="wait for a fuller batch (MINBATCHTIMEOUT)")
-@click.option("--max-batch-pairs", default=8, show_default=True, type=click.IntRange(1, 1024),
-              envvar="SHARDQA_MAX_BATCH_PAIRS",
+@click.option("--max-batch", default=DEFAULTS.max_batch, show_default=True,
+              type=click.IntRange(1, 1024), envvar="SHARDQA_MAX_BATCH",
+              help="requests per batch (BATCHSIZE)")
+@click.option("--max-wait-ms", default=DEFAULTS.max_wait_ms, show_default=True,
+              type=click.FloatRange(0, 1000), envvar="SHARDQA_MAX_WAIT_MS",
+              help="wait for a fuller batch (MINBATCHTIMEOUT)")
+@click.option("--max-batch-pairs", default=DEFAULTS.max_batch_pairs, show_default=True,
+              type=click.IntRange(1, 1024), envvar="SHARDQA_MAX_BATCH_PAIRS",
               help="question/window pairs per forward pass; a batch's requests are read and "
                    "answered in groups of this size")
-@click.option("--ingest-batch", default=256, show_default=True, type=click.IntRange(1, 10_000),
-              envvar="SHARDQA_INGEST_BATCH",
+@click.option("--ingest-batch", default=DEFAULTS.ingest_batch, show_default=True,
+              type=click.IntRange(1, 10_000), envvar="SHARDQA_INGEST_BATCH",
               help="ingest entries per partition per indexing step (one MULTI each)")
-@click.option("--threads", default=None, type=click.IntRange(1, 256), envvar="SHARDQA_THREADS",
-              help="torch threads for the reader [default: torch's]")
+@click.option("--threads", default=DEFAULTS.threads, type=click.IntRange(1, 256),
+              envvar="SHARDQA_THREADS", help="torch threads for the reader [default: torch's]")
+@click.option("--max-deliveries", default=DEFAULTS.max_deliveries, show_default=True,
+              type=click.IntRange(1, 1000), envvar="SHARDQA_MAX_DELIVERIES",
+              help="an entry delivered this often without being acknowledged is moved to its "
+                   "partition's dead-letter stream")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @target_options
 def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs, ingest_batch,
-                   threads, log_level, target):
+                   threads, max_deliveries, log_level, target):
     """Run the shard worker beside one master (one per master)."""
     from cluster.connection import Target
-    from gears.worker import ShardWorker, WorkerSettings
+    from gears.worker import ShardWorker
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if cluster_url:
@@ -50,7 +57,7 @@ def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs,
         target = Target(url=url, directory=target.directory)
     settings = WorkerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms,
                               max_batch_pairs=max_batch_pairs, ingest_batch=ingest_batch,
-                              threads=threads)
+                              threads=threads, max_deliveries=max_deliveries)
     ShardWorker(target, master, settings).run()
 
 

@@ -5,13 +5,9 @@ Used by ``shardqa status`` and by the API's /health.
 
 from __future__ import annotations
 
-import json
 import time
 
-from cluster import keys, partitions
-
-#: a worker whose last heartbeat is older than this is counted as down
-HEARTBEAT_STALE_S = 5.0
+from cluster import heartbeat, keys, partitions
 
 
 def status(client) -> dict:
@@ -35,11 +31,9 @@ def status(client) -> dict:
         })
     now = time.time()
     workers = []
-    for wid, raw in sorted(client.hgetall(keys.workers()).items()):
-        beat = json.loads(raw)
-        beat["id"] = wid.decode()
-        beat["age_s"] = now - float(beat.get("time", 0))
-        workers.append(beat)
+    for wid, beat in sorted(heartbeat.all_workers(client).items()):
+        workers.append({**beat.as_dict(), "id": wid, "age_s": beat.age(now),
+                        "live": beat.fresh(now)})
     for beat in workers:  # lag: entries waiting in the partitions the worker serves
         mine = [r for r in rows if r["partition"] in set(beat.get("partitions", []))]
         beat["lag"] = sum(r["ingest_pending"] + r["requests_pending"] for r in mine)
@@ -53,16 +47,7 @@ def status(client) -> dict:
 
 def served_partitions(client, now: float | None = None) -> set[int]:
     """Partitions named by a worker whose heartbeat is fresh: someone is reading them."""
-    now = time.time() if now is None else now
-    served: set[int] = set()
-    for raw in client.hvals(keys.workers()):
-        try:
-            beat = json.loads(raw)
-            if now - float(beat["time"]) <= HEARTBEAT_STALE_S:
-                served.update(int(i) for i in beat.get("partitions", []))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return served
+    return {i for beat in heartbeat.live_workers(client, now).values() for i in beat.partitions}
 
 
 def _pending(client, stream: str) -> int:
@@ -82,14 +67,16 @@ def problems(report: dict) -> list[str]:
     """What makes the pipeline unable to answer: partitions without a live worker."""
     live = {}
     for w in report["workers"]:
-        if w["age_s"] <= HEARTBEAT_STALE_S:
+        if w["live"]:
             for index in w.get("partitions", []):
                 live[index] = w
     issues = []
     orphans = [p["partition"] for p in report["partitions"] if p["partition"] not in live]
     if orphans:
         issues.append(f"no live worker for partition(s) {orphans}")
-    no_model = sorted({w["id"] for w in live.values() if not w.get("model")})
+    no_model = {w["id"]: w.get("no_reader") for w in live.values() if not w.get("model")}
     if no_model:
-        issues.append(f"worker(s) without a reader model: {no_model}")
+        why = "; ".join(f"{wid}: {reason or 'no reader model'}"
+                        for wid, reason in sorted(no_model.items()))
+        issues.append(f"worker(s) without a verified reader model: {why}")
     return issues

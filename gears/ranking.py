@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cluster import keys
+from cluster import keys, routing
 from cluster.partitions import PartitionMap
-from gears import analyzer, fanout
+from gears import analyzer
 
 K1 = 1.2
 B = 0.75
@@ -43,7 +43,7 @@ class GlobalStats:
 
 
 def global_stats(client, pmap: PartitionMap, terms: list[str]) -> GlobalStats:
-    replies = fanout.run(client, pmap.partitions, lambda pipe, p: pipe.fcall_ro(
+    replies = routing.per_master(client, pmap.partitions, lambda pipe, p: pipe.fcall_ro(
         "stats", 2, keys.index_stats(p.tag), keys.index_df(p.tag), *terms))
     passages = 0
     total = 0
@@ -77,7 +77,7 @@ def rank(client, pmap: PartitionMap, question: str, k: int = 5,
                       *weights)
 
     found: list[Ranked] = []
-    for index, reply in fanout.run(client, pmap.partitions, build).items():
+    for index, reply in routing.per_master(client, pmap.partitions, build).items():
         if isinstance(reply, Exception):
             raise reply
         for i in range(0, len(reply), 2):

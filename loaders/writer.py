@@ -19,7 +19,6 @@ on the connection that wrote the batch and returns only once a replica holds it 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -36,7 +35,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from cluster import keys, partitions
+from cluster import heartbeat, keys, partitions, routing
 from cluster.errors import ShardqaError
 from cluster.partitions import Partition, PartitionMap, doc_key
 from loaders.documents import BadRecord, Document
@@ -49,8 +48,6 @@ WAIT_TIMEOUT_MS = 5000
 
 #: Passage fields the shard worker writes; a rewritten passage must not keep stale ones.
 TOKEN_FIELDS = ("tok_ids", "tok_offs", "tok_wins", "tok_sig")
-#: A worker whose last heartbeat is older than this is not counted as running.
-HEARTBEAT_STALE_S = 30.0
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -217,7 +214,8 @@ def _write_partition(client, tag: str, items: list[tuple[_Pending, int, bool]]
         pipe.execute()
         return written, deleted
 
-    return _on_owner(client, tag, queue, transaction=True, replicated=True)
+    return routing.run_on_owner(client, keys.ingest_stream(tag), queue, transaction=True,
+                                replicated=True, wait_ms=WAIT_TIMEOUT_MS)
 
 
 def _stored_state(client, batch: list[_Pending]) -> list[tuple[str | None, int]]:
@@ -229,8 +227,8 @@ def _stored_state(client, batch: list[_Pending]) -> list[tuple[str | None, int]]
     raw: list = [None] * len(batch)
     by_node: dict[str, list[str]] = {}
     for tag in by_tag:
-        by_node.setdefault(client.get_node_from_key(keys.ingest_stream(tag)).name,
-                           []).append(tag)
+        slot = client.keyslot(keys.ingest_stream(tag))
+        by_node.setdefault(routing.owner(client, slot).name, []).append(tag)
     for tags in by_node.values():
         def queue(pipe, tags=tags) -> None:
             order = [i for tag in tags for i in by_tag[tag]]
@@ -240,73 +238,9 @@ def _stored_state(client, batch: list[_Pending]) -> list[tuple[str | None, int]]
             for i, value in zip(order, pipe.execute(), strict=True):
                 raw[i] = value
 
-        _on_owner(client, tags[0], queue, transaction=False)
+        routing.run_on_owner(client, keys.ingest_stream(tags[0]), queue, transaction=False)
     return [(_text(d) if d is not None else None, int(n) if n is not None else 0)
             for d, n in raw]
-
-
-_REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "EXECABORT")
-
-
-def _on_owner(client, tag: str, queue, *, transaction: bool, replicated: bool = False):
-    """Run ``queue(pipeline)`` on a plain pipeline straight to the master that owns the tag
-    (no per-command routing: several times faster); if slots moved meanwhile, refresh the
-    topology and run it again through the cluster client, which follows redirects.
-
-    ``replicated``: if the master has replicas, WAIT for one to hold what was written."""
-    for attempt in range(2):
-        node = client.get_node_from_key(keys.ingest_stream(tag))
-        conn = client.get_redis_connection(node)
-        replicas = len(client.nodes_manager.slots_cache.get(
-            client.keyslot(keys.ingest_stream(tag)), [])) - 1
-        pipe = (_WaitingPipeline(conn, replicas=1) if replicated and replicas > 0
-                else conn.pipeline(transaction=transaction))
-        try:
-            return queue(pipe)
-        except redis.ResponseError as exc:
-            redirected = isinstance(exc, redis.exceptions.ExecAbortError)
-            if not (redirected or str(exc).startswith(_REDIRECTS)):
-                raise
-        except redis.ConnectionError:
-            if attempt:
-                raise
-        client.nodes_manager.initialize()
-    return queue(client.pipeline(transaction=transaction))
-
-
-class _WaitingPipeline(redis.client.Pipeline):
-    """A transaction pipeline that, after EXEC, sends ``WAIT replicas`` on the same
-    connection (WAIT counts only the writes of the connection it is sent on)."""
-
-    def __init__(self, node_client: redis.Redis, replicas: int):
-        super().__init__(node_client.connection_pool, node_client.response_callbacks,
-                         transaction=True, shard_hint=None)
-        self.replicas = replicas
-        self._holding = False
-
-    def reset(self) -> None:
-        held = self.connection if self._holding else None
-        self.connection = None if self._holding else self.connection
-        super().reset()
-        self.connection = held
-
-    def execute(self, raise_on_error: bool = True) -> list:
-        self.connection = self.connection_pool.get_connection()
-        self._holding = True
-        try:
-            result = super().execute(raise_on_error)
-            conn = self.connection
-            conn.send_command("WAIT", self.replicas, WAIT_TIMEOUT_MS)
-            acked = conn.read_response()
-            if acked < self.replicas:
-                log.warning("a batch is on the master but no replica acknowledged it within "
-                            "%d ms (replica down?)", WAIT_TIMEOUT_MS)
-            return result
-        finally:
-            self._holding = False
-            if self.connection is not None:
-                self.connection_pool.release(self.connection)
-                self.connection = None
 
 
 class _IngestProgress:
@@ -372,17 +306,9 @@ def _text(value) -> str:
 
 
 def running_workers(client, now: float | None = None) -> dict[str, float]:
-    """Worker id -> seconds since its last heartbeat, for workers heard from recently."""
+    """Worker id -> seconds since its last heartbeat, for the live workers."""
     now = time.time() if now is None else now
-    alive: dict[str, float] = {}
-    for worker, raw in client.hgetall(keys.workers()).items():
-        try:
-            beat = float(json.loads(raw)["time"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if now - beat <= HEARTBEAT_STALE_S:
-            alive[_text(worker)] = max(0.0, now - beat)
-    return alive
+    return {wid: beat.age(now) for wid, beat in heartbeat.live_workers(client, now).items()}
 
 
 def wait_indexed(client, timeout: float = 600, progress: bool = True,
@@ -427,7 +353,7 @@ def _timeout_message(client, remaining: dict[int, int], timeout: float) -> str:
     workers = running_workers(client)
     if not workers:
         why = ("no shard worker is running (none sent a heartbeat in the last "
-               f"{HEARTBEAT_STALE_S:.0f}s); start one per master with "
+               f"{heartbeat.stale_s():g}s); start one per master with "
                "'shardqa worker --master HOST:PORT', or ingest with --no-wait")
     else:
         why = (f"{len(workers)} worker(s) running ({', '.join(sorted(workers))}) "

@@ -30,7 +30,7 @@ from pathlib import Path
 import tokenizers
 import torch
 
-from cluster import keys, partitions
+from cluster import keys, partitions, routing
 from cluster.errors import ShardqaError
 from models.encoder import Encoder
 from models.export import TOKENIZER, ExportError, read_metadata, sha256_file
@@ -104,22 +104,17 @@ def master_tags(client) -> dict[str, str]:
 
 def tag_for(client, node: str) -> str | None:
     """The tag of ``node``'s copy, from the client's slot cache (no round trip when warm)."""
-    pmap = _partition_map(client)
-    cache = getattr(getattr(client, "nodes_manager", None), "slots_cache", None)
-    if cache:
-        for p in pmap:
-            holders = cache.get(p.slot)
-            if holders and holders[0].name == node:
-                return p.tag
-        return None
-    return master_tags(client).get(node)
+    for p in _partition_map(client):
+        if routing.owner_name(client, p.slot) == node:
+            return p.tag
+    return None
 
 
 def _node_conn(client, node: str):
-    target = client.get_node(node_name=node)
-    if target is None:
-        raise ShardqaError(f"{node} is not a node of this cluster")
-    return client.get_redis_connection(target)
+    try:
+        return routing.on_node(client, node)
+    except KeyError:
+        raise ShardqaError(f"{node} is not a node of this cluster") from None
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ import numpy as np
 import tokenizers
 
 _LE_INT32 = np.dtype("<i4")
+#: token overlap of consecutive windows when the reader artifact's meta names none; part of
+#: the artifact's token signature (a passage tokenized with another stride is stale)
+DEFAULT_STRIDE = 128
 _FIELDS = ("tok_ids", "tok_offs", "tok_wins")
 
 
@@ -70,6 +73,13 @@ def window_token_budget(max_seq_len: int, max_question_tokens: int) -> int:
             f"{max_question_tokens} question tokens"
         )
     return budget
+
+
+def window_shape(meta: dict) -> tuple[int, int]:
+    """(passage tokens per window, stride) for a reader artifact's meta."""
+    window = window_token_budget(int(meta.get("max_seq_len", 384)),
+                                 int(meta.get("max_question_tokens", 64)))
+    return window, int(meta.get("stride", DEFAULT_STRIDE))
 
 
 def plain(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:

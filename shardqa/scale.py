@@ -13,7 +13,6 @@ copies (models/) and the local stack's workers (shardqa/stack.py); cluster/ impo
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from cluster import keys, partitions, rebalance
+from cluster import heartbeat, partitions, rebalance
 from cluster.cli import cluster_group, target_options
 from cluster.connection import DEFAULT_DIR, Target, connect
 from cluster.local import ClusterError, LocalCluster, process_alive
 from cluster.rebalance import Move
-from gears.worker import default_threads
+from gears.settings import default_threads
 
 console = Console(highlight=False)
 
@@ -105,10 +104,8 @@ def wait_worker(client, master: str, timeout: float = 120.0) -> None:
     """Until a fresh heartbeat from the worker beside ``master`` (it may own nothing yet)."""
     deadline = time.monotonic() + timeout
     while True:
-        for raw in client.hgetall(keys.workers()).values():
-            beat = json.loads(raw)
-            if beat.get("master") == master and time.time() - beat.get("time", 0) < 5:
-                return
+        if any(b.master == master for b in heartbeat.live_workers(client).values()):
+            return
         if time.monotonic() > deadline:
             raise ClusterError(f"the worker beside {master} sent no heartbeat in {timeout:g}s "
                                "(see the logs folder in the cluster directory)")

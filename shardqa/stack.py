@@ -24,7 +24,7 @@ from cluster import partitions
 from cluster.cli import bring_up
 from cluster.connection import DEFAULT_DIR, Target, connect
 from cluster.local import ClusterError, LocalCluster, port_in_use, process_alive
-from gears.worker import default_threads
+from gears.settings import default_threads
 
 console = Console(highlight=False)
 STACK_FILE = "stack.json"
@@ -129,14 +129,12 @@ def ensure_model(client, model: str | None) -> None:
 
 
 def wait_healthy(client, masters: list[str], api: dict | None, timeout: float) -> None:
-    from cluster import keys
+    from cluster import heartbeat
 
     deadline = time.monotonic() + timeout
     while True:
-        beats = {json.loads(v).get("master"): json.loads(v)
-                 for v in client.hgetall(keys.workers()).values()}
-        fresh = [m for m in masters
-                 if m in beats and time.time() - beats[m]["time"] < 5 and beats[m].get("model")]
+        beats = {b.master: b for b in heartbeat.live_workers(client).values()}
+        fresh = [m for m in masters if m in beats and beats[m].model]
         api_ok = api is None or _http_ok(api["url"] + "/health")
         if len(fresh) == len(masters) and api_ok:
             return

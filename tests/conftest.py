@@ -157,17 +157,14 @@ class WorkerPool:
 
     def wait_ready(self, timeout: float = 60, need_model: bool = True) -> None:
         """Until every master's worker has a fresh heartbeat (and a model, if asked)."""
-        import json as _json
-
-        from cluster import keys
+        from cluster import heartbeat
 
         client = self.handle.client()
         deadline = time.monotonic() + timeout
         while True:
-            beats = [_json.loads(v) for v in client.hgetall(keys.workers()).values()]
-            ready = {b["master"] for b in beats
-                     if time.time() - b["time"] < 3 and (b.get("model") or not need_model)
-                     and b.get("pid") in {p.pid for p in self.procs.values()}}
+            pids = {p.pid for p in self.procs.values()}
+            ready = {b.master for b in heartbeat.live_workers(client).values()
+                     if (b.model or not need_model) and b.pid in pids}
             if ready >= set(self.procs):
                 return
             if time.monotonic() > deadline:

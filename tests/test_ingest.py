@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import keys, partitions
+from cluster import heartbeat, keys, partitions
+from cluster.heartbeat import Heartbeat
 from loaders.documents import Document, read_documents, read_ovos_wiki
 from loaders.passages import split_passages
 from loaders.writer import IndexWaitTimeout, ingest, remaining_entries, wait_indexed
@@ -199,7 +200,7 @@ def test_wait_indexed_times_out_without_workers_and_returns_once_consumed(cluste
     assert sum(remaining_entries(client, pmap).values()) == 248
     with pytest.raises(IndexWaitTimeout, match="248 ingest entries.*no shard worker is running"):
         wait_indexed(client, timeout=0.3, progress=False)
-    client.hset(keys.workers(), "w1", json.dumps({"time": time.time()}))
+    heartbeat.write(client, "w1", Heartbeat(master="127.0.0.1:1", time=time.time()))
     with pytest.raises(IndexWaitTimeout, match=r"1 worker\(s\) running \(w1\)"):
         wait_indexed(client, timeout=0.1, progress=False)
     assert consume_all(client, pmap, delete=True) == 248

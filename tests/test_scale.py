@@ -8,7 +8,6 @@ did not change.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster import keys, partitions, rebalance
+from cluster import heartbeat, keys, partitions, rebalance, routing
 from cluster.partitions import Partition, PartitionMap, doc_key
 from gears.asker import Asker, NoReply
 from loaders.documents import Document
@@ -116,11 +115,10 @@ def documents_for(indices: list[int], count: int) -> list[Document]:
 def served(client) -> dict[int, str]:
     """Partition -> master of the worker whose fresh heartbeat lists it."""
     out = {}
-    for raw in client.hgetall(keys.workers()).values():
-        beat = json.loads(raw)
-        if time.time() - beat["time"] < 3 and beat.get("model"):
-            for index in beat["partitions"]:
-                out[index] = beat["master"]
+    for beat in heartbeat.live_workers(client).values():
+        if beat.model:
+            for index in beat.partitions:
+                out[index] = beat.master
     return out
 
 
@@ -205,7 +203,7 @@ def test_add_master_while_asking(tmp_path, tiny_artifact):
         assert served(client) == owner
         assert Counter(owner.values()) == Counter({m: 4 for m in [*handle.masters,
                                                                   growth.master]})
-        client.nodes_manager.initialize()  # store.tag_for reads the slot cache
+        routing.refresh(client)  # store.tag_for reads the slot cache
         assert store.current_meta(client, growth.master) is not None
         print(f"asked {len(log)}, {len(during)} while growing, retried {retried}")
         for q in questions:
@@ -216,12 +214,13 @@ def test_add_master_while_asking(tmp_path, tiny_artifact):
             assert after.score == pytest.approx(expected.score, abs=1e-4)
         deadline = time.monotonic() + 10  # heartbeats are written every second
         while True:
-            beats = [json.loads(v) for v in client.hgetall(keys.workers()).values()]
-            new_beat = [b for b in beats if b["master"] == growth.master]
-            if (new_beat and new_beat[0]["requests"] > 0) or time.monotonic() > deadline:
+            beats = heartbeat.live_workers(client).values()
+            new_beat = [b for b in beats if b.master == growth.master]
+            if (new_beat and new_beat[0].counters["requests"] > 0) or \
+                    time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert new_beat and new_beat[0]["requests"] > 0
+        assert new_beat and new_beat[0].counters["requests"] > 0
         # balanced now: the CLI agrees there is nothing to move
         proc = run_cli("cluster", "rebalance", "--dir", handle.target.directory)
         assert proc.returncode == 0, proc.stderr
@@ -251,7 +250,7 @@ def test_add_master_with_replica_moves_keys_and_streams(tmp_path):
         assert (new_master.role, new_replica.role) == ("master", "replica")
         assert new_replica.master_port == new_master.port
         client = handle.client()
-        client.nodes_manager.initialize()
+        routing.refresh(client)
         owner = partitions.owners(client, pmap)
         assert sorted(Counter(owner.values()).values()) == [1, 1, 2]
         new_name = f"{spec.host}:{new_master.port}"

@@ -8,7 +8,7 @@ from collections import Counter
 
 from cluster import keys, partitions
 from gears import ranking
-from gears.worker import reply_groups
+from gears.read_server import reply_groups
 from loaders.documents import Document, read_documents
 from loaders.passages import split_passages
 from loaders.writer import ingest, remaining_entries, wait_indexed

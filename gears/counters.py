@@ -1,0 +1,24 @@
+"""What a shard worker counts; its heartbeat reports the running totals."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Counters:
+    requests: int = 0  # read requests answered
+    batches: int = 0  # reply groups read (one forward pass each)
+    pairs: int = 0  # (question, window) pairs read
+    ingested: int = 0  # ingest entries handled
+    keymiss: int = 0  # redis-cli answer keys filled
+    errors: int = 0  # failures the worker survived (Redis trouble, a failing batch)
+    dead: int = 0  # entries moved to a dead-letter stream
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    def batch(self, size: int) -> None:
+        self.batches += 1
+        self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
+
+    def as_dict(self) -> dict:
+        return asdict(self)

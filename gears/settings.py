@@ -1,0 +1,43 @@
+"""The shard worker's settings: the one place its defaults are defined.
+
+``shardqa worker``'s options read their defaults from here (``DEFAULTS``), as arq's do.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def default_threads(workers: int = 1) -> int:
+    """Torch threads of each of ``workers`` workers sharing this machine: the cores divided
+    among them (at least one). Measured both ways on 2 cores: two 2-thread workers beat two
+    1-thread ones on uncached questions (bench/: int8 k=5 p50 48 vs 67 ms, 10.4 vs 9.3 q/s at
+    concurrency 16), but three 2-thread workers under the soak's mixed load tripled its p99
+    (380 vs 121 ms): oversubscribed cores make the slowest questions slower."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    max_batch: int = 16  # requests per batch (RedisAI's BATCHSIZE)
+    max_wait_ms: float = 2.0  # how long a partial batch may wait for more (MINBATCHTIMEOUT)
+    max_batch_pairs: int = 8  # (question, window) pairs per forward pass, and per reply group
+    ingest_batch: int = 256  # ingest entries per partition per indexing step
+    threads: int | None = None  # torch threads for the reader (None: torch's default)
+    claim_idle_ms: int = 15000  # pending entries of other consumers idle this long are claimed
+    max_deliveries: int = 3  # an entry delivered this often without an ack is dead-lettered
+    max_value_bytes: int = 64 << 10  # a request or ingest field longer than this is poison
+    dead_letter_cap: int = 10_000  # entries kept per partition's dead-letter stream
+    idle_poll_s: float = 0.5
+    heartbeat_s: float = 1.0
+    refresh_s: float = 2.0
+    model_retry_s: float = 1.0  # first wait before loading a missing/corrupt model again
+    model_retry_max_s: float = 30.0  # the longest wait between two such attempts
+    keymiss_threads: int = 4
+    answer_ttl_s: int = 3600
+
+
+#: the defaults, for options and docs that show them
+DEFAULTS = WorkerSettings()
+

@@ -1,0 +1,35 @@
+"""The key-miss responder answers redis-cli answer keys, once per key at a time."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from cluster import keys
+from gears.counters import Counters
+from gears.keymiss import KeyMissResponder
+from gears.settings import WorkerSettings
+from tests.corpus import QUESTIONS
+
+
+def test_answers_ask_keys_and_ignores_other_keys(shared_pipeline):
+    client = shared_pipeline
+    counters = Counters()
+    responder = KeyMissResponder(client, WorkerSettings(answer_ttl_s=30), counters)
+    try:
+        other = "sq:ans:0:5:notaquestion"
+        responder.on_event(other.encode())
+        key = keys.ask_key(QUESTIONS[2])
+        responder.on_event(key.encode())
+        responder.on_event(key)  # the same key while it is being answered: not twice
+        deadline = time.monotonic() + 30
+        while client.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer = json.loads(client.get(key))
+        assert answer["question"] == QUESTIONS[2] and answer["answer"]
+        assert 0 < client.ttl(key) <= 30
+        assert client.get(other) is None
+        time.sleep(0.5)
+        assert counters.keymiss == 1 and counters.errors == 0
+    finally:
+        responder.shutdown()
