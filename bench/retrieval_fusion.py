@@ -275,12 +275,12 @@ def add_vectors(client, pmap, passages: list[Passage], vectors: np.ndarray,
                 quant: str = "Q8", batch: int = 500) -> None:
     """VADD every passage vector into its partition's vector set, one pipeline per master
     and batch."""
-    from cluster import keys
+    from cluster import keys, routing
     from gears.dense import vector_blob
 
     by_node: dict[str, tuple[object, list[int]]] = {}
     for i, p in enumerate(passages):
-        node = client.nodes_manager.get_node_from_slot(pmap.for_passage(p.pid).slot)
+        node = routing.owner(client, pmap.for_passage(p.pid).slot)
         by_node.setdefault(node.name, (node, []))[1].append(i)
     for node, rows in by_node.values():
         conn = client.get_redis_connection(node)

@@ -1,6 +1,6 @@
 """Dense retrieval: the question's embedding against every partition's vector set (VSIM).
 
-One fan-out, one round trip per master (gears.fanout): each partition's vector set
+One fan-out, one round trip per master (cluster.routing.per_master): each partition's vector set
 ``keys.vectors(tag)`` returns its ``k`` nearest passages, and the best ``k`` overall are
 kept. The question is embedded by the caller (models.encoder), once. Scores are cosine
 similarities: VSIM reports ``(1 + cosine) / 2``, which is mapped back so that dense scores
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cluster import keys
+from cluster import keys, routing
 from cluster.partitions import PartitionMap
-from gears import fanout
 from gears.ranking import Ranked
 
 
@@ -38,7 +37,7 @@ def search(client, pmap: PartitionMap, vector: np.ndarray, k: int = 5,
                              "COUNT", int(k), *extra)
 
     found: list[Ranked] = []
-    for index, reply in fanout.run(client, pmap.partitions, build).items():
+    for index, reply in routing.per_master(client, pmap.partitions, build).items():
         if isinstance(reply, Exception):
             raise reply
         for pid, score in _pairs(reply):
