@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from cluster import keys, partitions
 from gears import dense
@@ -99,3 +100,43 @@ def test_without_an_encoder_ingest_is_bm25_only(cluster, workers, tiny_artifact)
     for master in cluster.masters:  # said once by each worker that had passages to embed
         log = (workers.tmp / f"worker-{master.replace(':', '-')}.log").read_text()
         assert log.count("no passage encoder pushed") == (master in fed)
+
+
+def debian_redis_7() -> str | None:
+    """Debian's redis-server when it is a Redis without vector sets (CI installs 7.0)."""
+    import shutil
+
+    from cluster import capabilities
+
+    server = shutil.which("redis-server")
+    if server and "falkordb" not in server and not capabilities.binary_has_vector_sets(server):
+        return server
+    return None
+
+
+@pytest.mark.skipif(debian_redis_7() is None,
+                    reason="no Redis 7 redis-server on PATH (CI: apt-get install redis-server)")
+def test_redis_7_cluster_is_bm25_only_with_a_clear_status(
+        tmp_path, monkeypatch, tiny_artifact, tiny_encoder_artifact):
+    from cluster import capabilities
+    from tests.conftest import WorkerPool, run_cli, start_cluster
+
+    monkeypatch.setenv("SHARDQA_REDIS_SERVER", debian_redis_7())
+    handle = start_cluster(tmp_path)  # secured: its aclfile must load on Redis 7 too
+    pool = WorkerPool(handle, tmp_path)
+    try:
+        client = start(handle, pool, tiny_artifact, tiny_encoder_artifact)
+        assert not capabilities.vector_sets(client)
+        status = run_cli("cluster", "status", env={"SHARDQA_DIR": handle.target.directory,
+                                                   "COLUMNS": "200"}, check=True).stdout
+        assert "vector sets: no" in status and "BM25 only" in status
+        pmap = partitions.load(client)
+        ingest(client, CORPUS, progress=False)
+        wait_indexed(client, timeout=120, progress=False)
+        indexed = sum(int(client.hget(keys.index_stats(p.tag), "n") or 0) for p in pmap)
+        assert indexed == sum(expected(pmap, CORPUS).values())
+        logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+        assert "has no vector sets" in logs and "Traceback" not in logs
+    finally:
+        pool.stop_all()
+        handle.local.down(purge=True)
