@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cluster import keys
 from models import store
 from models.encoder import Encoder, passage_input
 from models.export import ExportError, checkpoint_kind, read_metadata, sha256_file
@@ -102,6 +103,15 @@ def test_store_keeps_encoder_beside_reader(shared_pipeline, redis_cluster,
     for variant in ("int8", "fp32", "int8"):
         store.push(admin, tiny_artifact, variant=variant)
     assert store.load(admin, redis_cluster.masters[0], kind="encoder", cache=False)
+    # a master that lost its encoder copy gets it back from sync; its reader stays as it is
+    node = redis_cluster.masters[1]
+    tag = store.master_tags(admin)[node]
+    admin.delete(keys.model_current(tag, "encoder"))
+    assert store.current_meta(admin, node, kind="encoder") is None
+    reader_before = store.current_meta(admin, node)
+    assert node in store.sync(admin)
+    assert store.current_meta(admin, node, kind="encoder")["name"] == "tiny-enc"
+    assert store.current_meta(admin, node) == reader_before
 
 
 @pytest.fixture(scope="module")
