@@ -13,7 +13,7 @@ computed once and cached as .npy (``--cache``). Fusions of the two candidate lis
 (``--depth`` each): RRF with several k and weights, weighted normalized-score fusion with
 several weights (gears.fusion).
 
-    python -m bench.retrieval_fusion [--variant int8] [--cache /tmp/shardqa-fusion]
+    python -m bench.retrieval_fusion [--variant int8|fp32] [--cache /tmp/shardqa-fusion]
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ def render(table: dict[str, dict[str, dict]]) -> Table:
 
 
 @click.command()
-@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="int8",
               show_default=True, help="encoder variant for the corpus and questions")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               default=Path("/tmp/shardqa-fusion"), show_default=True,
