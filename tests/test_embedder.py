@@ -51,6 +51,7 @@ def test_ingest_embeds_once_replaces_changed_and_removes_deleted(
         cluster, workers, tiny_artifact, tiny_encoder_artifact):
     client = start(cluster, workers, tiny_artifact, tiny_encoder_artifact)
     pmap = partitions.load(client)
+    start_calls = vadd_calls(client)  # the session cluster served other tests' VADDs
     ingest(client, CORPUS, progress=False)
     wait_indexed(client, timeout=120, progress=False)
     assert +vcards(client, pmap) == expected(pmap, CORPUS)  # every passage, on its partition
@@ -61,7 +62,7 @@ def test_ingest_embeds_once_replaces_changed_and_removes_deleted(
         k=1)[0].pid == pid
 
     before = vadd_calls(client)  # re-ingest: the same passages, nothing embedded again
-    assert before == sum(expected(pmap, CORPUS).values())  # one VADD per passage so far
+    assert before - start_calls == sum(expected(pmap, CORPUS).values())  # one per passage
     ingest(client, CORPUS, progress=False)
     wait_indexed(client, timeout=120, progress=False)
     assert vadd_calls(client) == before
