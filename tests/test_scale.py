@@ -242,6 +242,9 @@ def test_add_master_with_replica_moves_keys_and_streams(tmp_path):
             client.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
             client.xadd(stream, {"q": "pending"})
             client.xreadgroup(keys.WORKER_GROUP, "worker-old", {stream: ">"})
+            for i in range(3):  # the partition's vector set (Redis 8) moves with it
+                client.execute_command("VADD", keys.vectors(p.tag), "VALUES", 2, 1, i,
+                                       f"{p.index}.{i}")
         proc = run_cli("cluster", "add-master", "--dir", handle.target.directory, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "no local workers are running" in proc.stdout
@@ -270,6 +273,9 @@ def test_add_master_with_replica_moves_keys_and_streams(tmp_path):
                        f"passage {i}".encode() for i in range(30))
             group = client.xinfo_groups(keys.request_stream(p.tag))[0]
             assert group["name"] == b"workers" and group["pending"] == 1
+            assert client.execute_command("VCARD", keys.vectors(p.tag)) == 3
+            assert client.execute_command("VSIM", keys.vectors(p.tag), "ELE",
+                                          f"{p.index}.0")[0] == f"{p.index}.0".encode()
         # a restart brings the grown cluster back whole
         handle.local.down()
         handle.local.up()
