@@ -26,12 +26,13 @@ from gears import ranking
 from gears.asker import NoReply, normalize
 from gears.protocol import ReadReply, ReadRequest, now_ms
 from models.decoding import best_span
+from models.tokenization import DEFAULT_STRIDE
 
 
 class NaiveBaseline:
     """Eager Hugging Face QA, one padded pair at a time."""
 
-    def __init__(self, source: str, *, max_seq_len: int = 384, stride: int = 128,
+    def __init__(self, source: str, *, max_seq_len: int = 384, stride: int = DEFAULT_STRIDE,
                  max_answer_tokens: int = 30, threads: int | None = None):
         from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 

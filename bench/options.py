@@ -30,12 +30,13 @@ from models.export import VARIANT_FILES, read_metadata, sample_inputs
 from models.reader import Reader, special_ids
 from models.squad import SquadExample, score_answer
 from models.tokenization import (
+    DEFAULT_STRIDE,
     PassageTokens,
     load_tokenizer,
     window_token_budget,
 )
 
-STRIDE = 128  # the worker's default window overlap
+STRIDE = DEFAULT_STRIDE  # the worker's window overlap for an artifact that names none
 SKIP_RATIO = MIN_RANK_RATIO  # the asker skips candidates below this share of the best score
 
 

@@ -111,12 +111,12 @@ def status_command(as_json, target):
                       str(p["ingest_pending"]), str(p["requests_pending"]))
     console.print(table)
     wt = Table("worker", "partitions", "heartbeat age (s)", "lag", "requests", "batches",
-               "ingested", "errors", "model")
+               "ingested", "errors", "dead letters", "model")
     for w in report["workers"]:
         wt.add_row(w["id"], ",".join(map(str, w["partitions"])), f"{w['age_s']:.1f}",
                    str(w["lag"]),
                    str(w["requests"]), str(w["batches"]), str(w["ingested"]), str(w["errors"]),
-                   str(w.get("model")))
+                   str(w.get("dead", 0)), str(w.get("model") or w.get("no_reader")))
     console.print(wt)
     for node, mem in report["memory"].items():
         console.print(f"{node}: {mem}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.errors import ShardqaError
+from models.tokenization import DEFAULT_STRIDE
 
 CLS_INDEX = 0  # windows that do not contain the answer point start and end here
 
@@ -115,7 +116,7 @@ def _context_range(sequence_ids: list[int | None]) -> tuple[int, int]:
 
 
 def prepare_train_features(examples: list[SquadExample], tokenizer, max_seq_len: int = 384,
-                           stride: int = 128, chunk: int = 1000) -> list[TrainFeature]:
+                           stride: int = DEFAULT_STRIDE, chunk: int = 1000) -> list[TrainFeature]:
     """Windows with the first gold answer's start/end token; CLS (0) if a window misses it."""
     features: list[TrainFeature] = []
     for base in range(0, len(examples), chunk):
@@ -146,7 +147,7 @@ def prepare_train_features(examples: list[SquadExample], tokenizer, max_seq_len:
 
 
 def prepare_eval_features(examples: list[SquadExample], tokenizer, max_seq_len: int = 384,
-                          stride: int = 128, chunk: int = 1000) -> list[EvalFeature]:
+                          stride: int = DEFAULT_STRIDE, chunk: int = 1000) -> list[EvalFeature]:
     """Windows with their context token range and char offsets, for decoding predictions."""
     features: list[EvalFeature] = []
     for base in range(0, len(examples), chunk):

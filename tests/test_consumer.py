@@ -32,12 +32,12 @@ def eventually(probe, timeout: float = 30.0):
         time.sleep(0.1)
 
 
-def dead_letters(client, tag: str) -> dict[str, dict]:
-    """Original entry id -> dead-letter record."""
+def dead_letters(client, tag: str) -> dict[tuple[str, str], dict]:
+    """(original stream, original entry id) -> dead-letter record (ids repeat across streams)."""
     records = {}
     for _, fields in client.xrange(keys.dead_letters(tag)):
         record = {k.decode(): v.decode() for k, v in fields.items()}
-        records[record["id"]] = record
+        records[(record["stream"], record["id"])] = record
     return records
 
 
@@ -46,12 +46,17 @@ def not_pending(client, stream: str, entry_id: str) -> bool:
     return group["pending"] == 0 and not client.xrange(stream, min=entry_id, max=entry_id)
 
 
-def test_poison_entries_are_dead_lettered_and_the_worker_keeps_answering(pipeline, cluster):
+def worker_logs(pool) -> str:
+    return "\n".join(p.read_text()[-3000:] for p in pool.tmp.glob("worker-*.log"))
+
+
+def test_poison_entries_are_dead_lettered_and_the_worker_keeps_answering(pipeline, cluster,
+                                                                         workers):
     client = pipeline
     pmap = partitions.load(client)
     eiffel = pmap.for_doc("eiffel")  # QUESTIONS[0] is read on this partition
     api = cluster.client_as("api")
-    requests = keys.request_stream(eiffel.tag)
+    requests, ingest = keys.request_stream(eiffel.tag), keys.ingest_stream(eiffel.tag)
     other_pid = partitions.passage_id(
         next(d.doc_id for d in CORPUS if pmap.for_doc(d.doc_id) != eiffel), 0)
     poison = {
@@ -60,17 +65,19 @@ def test_poison_entries_are_dead_lettered_and_the_worker_keeps_answering(pipelin
         "foreign pid": api.xadd(requests, {**poison_request(eiffel.index), "pids": other_pid}),
         "missing field": api.xadd(requests, {"ask": "y", "partition": str(eiffel.index)}),
         "oversized": api.xadd(requests, {**poison_request(eiffel.index), "q": "w" * 100_000}),
-        "ingest pid": client.xadd(keys.ingest_stream(eiffel.tag), {"op": "put", "pid": "zz"}),
-        "ingest op": client.xadd(keys.ingest_stream(eiffel.tag),
-                                 {"op": "drop", "pid": partitions.passage_id("eiffel", 0)}),
+        "ingest pid": client.xadd(ingest, {"op": "put", "pid": "zz"}),
+        "ingest op": client.xadd(ingest, {"op": "drop", "pid": partitions.passage_id("eiffel", 0)}),
     }
     asker = Asker(client, timeout_s=20)
     for question in QUESTIONS:
         answer = asker.ask(question, use_cache=False)
         assert answer.answer is not None
-    ids = {name: eid.decode() for name, eid in poison.items()}
-    dead = eventually(lambda: len(dead_letters(client, eiffel.tag)) >= len(ids)
-                      and dead_letters(client, eiffel.tag))
+    ids = {name: (ingest if name.startswith("ingest") else requests, eid.decode())
+           for name, eid in poison.items()}
+    eventually(lambda: len(dead_letters(client, eiffel.tag)) >= len(ids))
+    dead = dead_letters(client, eiffel.tag)
+    missing = {name for name, eid in ids.items() if eid not in dead}
+    assert not missing, worker_logs(workers)
     assert set(dead) == set(ids.values())
     reasons = {name: dead[eid]["reason"] for name, eid in ids.items()}
     assert "partition 15" in reasons["issue"]
@@ -82,8 +89,8 @@ def test_poison_entries_are_dead_lettered_and_the_worker_keeps_answering(pipelin
     assert "unknown op 'drop'" in reasons["ingest op"]
     assert '"pids": "zz"' in dead[ids["issue"]]["fields"]
     assert len(dead[ids["oversized"]]["fields"]) < 10_000  # the record is capped
-    assert not_pending(client, requests, ids["issue"])
-    assert not_pending(client, keys.ingest_stream(eiffel.tag), ids["ingest pid"])
+    assert not_pending(client, *ids["issue"])
+    assert not_pending(client, *ids["ingest pid"])
     counted = eventually(lambda: sum(b.counters["dead"] for b in
                                      heartbeat.live_workers(client).values()) == len(ids))
     assert counted  # the heartbeats count them
@@ -103,15 +110,21 @@ def test_deleted_request_stream_is_recreated_and_answered_again(pipeline, cluste
     assert [g["name"] for g in groups] == [keys.WORKER_GROUP.encode()]
 
 
-def test_an_entry_delivered_max_times_without_ack_is_dead_lettered(cluster):
+def consumer_of_partition_0(cluster, settings: WorkerSettings):
+    """(client, partition 0, a consumer in-process on the shard that owns it, its counters)."""
     client = cluster.client()
     pmap = partitions.load(client)
-    part = pmap[0]
     shard = Shard(cluster.target, client, partitions.owners(client, pmap)[0], pmap)
     shard.refresh()
     counters = Counters()
-    consumer = StreamConsumer(shard, "test-consumer", WorkerSettings(max_deliveries=3), counters)
+    consumer = StreamConsumer(shard, "test-consumer", settings, counters)
     consumer.join(set())
+    return client, pmap[0], consumer, counters
+
+
+def test_an_entry_delivered_max_times_without_ack_is_dead_lettered(cluster):
+    client, part, consumer, counters = consumer_of_partition_0(
+        cluster, WorkerSettings(max_deliveries=3))
     stream = keys.ingest_stream(part.tag)
     entry_id = client.xadd(stream, {"op": "put", "pid": partitions.passage_id("x", 0)}).decode()
     deliveries = 0
@@ -121,7 +134,7 @@ def test_an_entry_delivered_max_times_without_ack_is_dead_lettered(cluster):
         assert all(e.id.decode() == entry_id for e in entries)
         consumer.retry(entries)
     assert deliveries == 3
-    record = dead_letters(client, part.tag)[entry_id]
+    record = dead_letters(client, part.tag)[(stream, entry_id)]
     assert record["reason"] == "delivered 3 times without being acknowledged"
     assert record["stream"] == stream and record["consumer"] == "test-consumer"
     assert not_pending(client, stream, entry_id)
@@ -129,13 +142,7 @@ def test_an_entry_delivered_max_times_without_ack_is_dead_lettered(cluster):
 
 
 def test_dead_letter_stream_is_capped(cluster):
-    client = cluster.client()
-    pmap = partitions.load(client)
-    part = pmap[0]
-    shard = Shard(cluster.target, client, partitions.owners(client, pmap)[0], pmap)
-    shard.refresh()
-    consumer = StreamConsumer(shard, "c", WorkerSettings(dead_letter_cap=10), Counters())
-    consumer.join(set())
+    client, part, consumer, _ = consumer_of_partition_0(cluster, WorkerSettings(dead_letter_cap=10))
     stream = keys.request_stream(part.tag)
     for i in range(300):
         client.xadd(stream, {"n": str(i)})

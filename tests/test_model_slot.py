@@ -89,3 +89,11 @@ def test_worker_without_a_verified_reader_says_so_and_recovers_without_restart(
     client.setrange(key, offset, original)
     workers.wait_ready(timeout=60)  # every worker has a verified reader, none restarted
     assert not health.problems(health.status(client))
+
+
+def test_the_stride_is_the_artifacts_own_with_one_default():
+    from models.tokenization import DEFAULT_STRIDE, window_shape
+
+    assert window_shape({"max_seq_len": 384, "max_question_tokens": 64}) == (317, DEFAULT_STRIDE)
+    assert window_shape({"max_seq_len": "256", "max_question_tokens": "32", "stride": "64"}) \
+        == (221, 64)
