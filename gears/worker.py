@@ -9,7 +9,8 @@ It replaces the RedisGears registrations of the old design. Its parts, one job e
 * ModelSlot (gears.model_slot): the verified reader, reloaded on a new version, retried
   with backoff while the shard's copy is missing or corrupt;
 * ReadServer (gears.read_server): batches of read requests -> the reader -> replies;
-* Indexer (gears.indexer): ingest entries -> ingest stages (token windows, BM25 index);
+* Indexer (gears.indexer): ingest entries -> ingest stages (token windows, BM25 index,
+  passage vectors);
 * KeyMissResponder (gears.keymiss): answers redis-cli GETs of ``sq:qa:<question>``;
 * ShardEvents (gears.events): wakes the loop on the master's ``xadd``/``keymiss`` events;
   it polls slowly as well, since pub/sub is at-most-once;
@@ -35,6 +36,7 @@ from cluster.heartbeat import Heartbeat
 from cluster.routing import CLUSTER_TROUBLE
 from gears.consumer import StreamConsumer
 from gears.counters import Counters
+from gears.embedder import EmbedStage
 from gears.events import ShardEvents
 from gears.follower import Shard
 from gears.indexer import Bm25Stage, Indexer, IngestStage
@@ -91,7 +93,8 @@ class ShardWorker:
 
     def ingest_stages(self, windows: TokenWindows) -> list[IngestStage]:
         """What every ingested batch goes through, in order."""
-        return [TokenizeStage(windows), Bm25Stage(self.shard)]
+        return [TokenizeStage(windows), Bm25Stage(self.shard),
+                EmbedStage(self.shard, threads=self.settings.threads)]
 
     # --- the loop --------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""``shardqa model``: export a reader, push it to every master, list and repair the copies."""
+"""``shardqa model``: export a reader or a passage encoder, push it to every master, list and
+repair the copies."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ console = Console(highlight=False)
 
 @click.group("model")
 def model_group() -> None:
-    """Export, push, list and sync the reader model."""
+    """Export, push, list and sync the reader and the passage encoder."""
 
 
 @model_group.command("export")
@@ -28,20 +29,33 @@ def model_group() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="artifact folder [default: artifacts/NAME]")
 @click.option("--int8", is_flag=True, help="also write a dynamically quantized int8 variant")
-@click.option("--max-seq-len", default=384, show_default=True, type=click.IntRange(8, 8192))
-def export_command(source, name, out_dir, int8, max_seq_len):
-    """Trace SOURCE (a Hugging Face extractive-QA checkpoint folder) to TorchScript."""
-    from models.export import check_name, export
+@click.option("--kind", type=click.Choice(["auto", "reader", "encoder"]), default="auto",
+              show_default=True, help="reader (extractive QA) or encoder (sentence "
+              "embeddings); auto: from the checkpoint's config")
+@click.option("--encoder", "as_encoder", is_flag=True, help="same as --kind encoder")
+@click.option("--max-seq-len", default=None, type=click.IntRange(8, 8192),
+              help="reader: 384; encoder: the model's sentence-transformers max_seq_length")
+def export_command(source, name, out_dir, int8, kind, as_encoder, max_seq_len):
+    """Trace SOURCE (a Hugging Face extractive-QA checkpoint folder, or a sentence encoder)
+    to TorchScript."""
+    from models.export import check_name, checkpoint_kind, export
+    from models.export_encoder import export_encoder
 
     check_name(name)
+    kind = "encoder" if as_encoder else (checkpoint_kind(source) if kind == "auto" else kind)
     out = Path(out_dir) if out_dir else Path("artifacts") / name
-    with console.status("exporting") as status:
+    with console.status(f"exporting the {kind}") as status:
         def say(message: str) -> None:
             status.update(message)
             console.print(message)
 
-        path = export(source, name, out, int8=int8, max_seq_len=max_seq_len, log=say)
-    console.print(f"artifact: {path}")
+        if kind == "encoder":
+            path = export_encoder(source, name, out, int8=int8, max_seq_len=max_seq_len,
+                                  log=say)
+        else:
+            path = export(source, name, out, int8=int8, max_seq_len=max_seq_len or 384,
+                          log=say)
+    console.print(f"{kind} artifact: {path}")
 
 
 def _progress_bar() -> Progress:
@@ -67,17 +81,20 @@ def push_command(artifact, variant, chunk_mb, target):
     try:
         masters = len(store.master_tags(client))
         with _progress_bar() as bar:
-            task = bar.add_task(f"pushing {info.get('name')} {variant}", total=size * masters)
+            task = bar.add_task(f"pushing {info.get('kind', 'reader')} {info.get('name')} "
+                                f"{variant}", total=size * masters)
             meta = store.push(client, Path(artifact), variant=variant,
                               chunk_size=int(chunk_mb * (1 << 20)),
                               progress=lambda n: bar.advance(task, n))
     finally:
         client.close()
     if meta["written"]:
-        console.print(f"{meta['name']} {meta['version']} ({variant}, {meta['size']:,} bytes, "
+        console.print(f"{meta['kind']} {meta['name']} {meta['version']} ({variant}, "
+                      f"{meta['size']:,} bytes, "
                       f"{meta['chunks']} chunks) is current on {', '.join(meta['written'])}")
     else:
-        console.print(f"{meta['name']} {meta['version']} ({variant}) is already current on "
+        console.print(f"{meta['kind']} {meta['name']} {meta['version']} ({variant}) is "
+                      f"already current on "
                       f"every master; nothing to do")
 
 
@@ -96,14 +113,15 @@ def list_command(target):
     if not rows:
         console.print("no reader model stored; run 'shardqa model push ARTIFACT'")
         return
-    table = Table("name", "version", "variant", "size", "chunks", "pushed", "held by",
-                  "current on", title="reader models")
+    table = Table("kind", "name", "version", "variant", "size", "chunks", "pushed", "held by",
+                  "current on", title="models")
     for row in rows:
         held = "all" if sorted(row["masters"]) == masters else ", ".join(row["masters"])
         current = ("all" if sorted(row["current_on"]) == masters
                    else ", ".join(row["current_on"]) or "-")
         pushed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["pushed"]))
-        table.add_row(row["name"], row["version"], row["variant"], f"{row['size']:,}",
+        table.add_row(row["kind"], row["name"], row["version"], row["variant"],
+                      f"{row['size']:,}",
                       str(row["chunks"]), pushed, held, current)
     console.print(table)
     for row in rows:
@@ -111,9 +129,12 @@ def list_command(target):
             console.print(f"[red]corrupt:[/] {row['name']} {row['version']} on "
                           f"{', '.join(row['corrupt_on'])} fails its sha256 check: run "
                           "'shardqa model sync'", soft_wrap=True)
-    missing = [m for m in masters if not any(m in r["current_on"] for r in rows)]
-    if missing:
-        console.print(f"no current model on {', '.join(missing)}: run 'shardqa model sync'")
+    for kind in sorted({r["kind"] for r in rows}):
+        missing = [m for m in masters
+                   if not any(m in r["current_on"] for r in rows if r["kind"] == kind)]
+        if missing:
+            console.print(f"no current {kind} on {', '.join(missing)}: run 'shardqa model "
+                          "sync'")
     console.print(f"each master keeps its current version and the one before it; older "
                   f"versions are deleted at push ({len(masters)} masters)")
 

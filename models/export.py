@@ -84,7 +84,7 @@ def check_name(name: str) -> str:
 
 # --- loading the checkpoint ---------------------------------------------------------------
 
-def _resolve_source(source: str | Path) -> tuple[str, bool]:
+def resolve_source(source: str | Path) -> tuple[str, bool]:
     """(what to pass to from_pretrained, is_local). Clear errors for anything unusable."""
     text = str(source)
     path = Path(text).expanduser()
@@ -115,7 +115,7 @@ def _resolve_source(source: str | Path) -> tuple[str, bool]:
 
 
 def _load(source: str, local: bool):
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
 
     torch.manual_seed(0)  # a fresh (random) QA head is the same on every export
     try:
@@ -123,12 +123,28 @@ def _load(source: str, local: bool):
             source, local_files_only=local, return_dict=False, output_loading_info=True,
             dtype=torch.float32,  # a checkpoint stored in fp16 is traced and quantized in fp32
         )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise _load_error("an extractive-QA model", source, local, exc) from exc
+    tokenizer = fast_tokenizer(source, local)
+    model.eval()
+    missing = [k for k in info.get("missing_keys", []) if "qa_outputs" in k]
+    return model, tokenizer, bool(missing)
+
+
+def _load_error(what: str, source: str, local: bool, exc: Exception) -> ExportError:
+    where = "folder" if local else "hub id (is the machine online?)"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ExportError(f"cannot load {what} from {where} {source}: {first}")
+
+
+def fast_tokenizer(source: str, local: bool):
+    """The checkpoint's fast tokenizer (truncation/padding off), checked for [CLS]/[SEP]/[PAD]."""
+    from transformers import AutoTokenizer
+
+    try:
         hf_tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        where = "folder" if local else "hub id (is the machine online?)"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"cannot load an extractive-QA model from {where} {source}: "
-                          f"{first}") from exc
+        raise _load_error("a tokenizer", source, local, exc) from exc
     backend = getattr(hf_tok, "backend_tokenizer", None)
     if backend is None:
         raise ExportError(f"{source} has no fast tokenizer (tokenizer.json); shardqa needs one")
@@ -137,9 +153,25 @@ def _load(source: str, local: bool):
         special_ids(tokenizer)
     except ShardqaError as exc:
         raise ExportError(f"{source}: {exc}") from exc
-    model.eval()
-    missing = [k for k in info.get("missing_keys", []) if "qa_outputs" in k]
-    return model, tokenizer, bool(missing)
+    return tokenizer
+
+
+def checkpoint_kind(source: str | Path) -> str:
+    """"reader" for an extractive-QA checkpoint, "encoder" for a sentence encoder (a
+    sentence-transformers folder, or a bare base model such as ``BertModel``)."""
+    path = Path(str(source)).expanduser()
+    if not (path / "config.json").is_file():
+        return "reader"  # a hub id: the reader, as before
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ExportError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
+    arch = [str(a) for a in config.get("architectures") or []]
+    if any(a.endswith("ForQuestionAnswering") for a in arch):
+        return "reader"
+    if (path / "modules.json").is_file() or any(a.endswith("Model") for a in arch):
+        return "encoder"
+    return "reader"
 
 
 # --- parity ---------------------------------------------------------------------------
@@ -224,13 +256,13 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 
     spec = {name: INT8_QCONFIG for name, mod in model.named_modules()
             if isinstance(mod, torch.nn.Linear) and not name.endswith("qa_outputs")}
-    return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8,
-                            mapping={torch.nn.Linear: Int8Linear})
+    with warnings.catch_warnings():  # torch's deprecation notice is not shardqa's output
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8,
+                                mapping={torch.nn.Linear: Int8Linear})
 
 
-def _trace(wrapper: torch.nn.Module, example) -> torch.jit.ScriptModule:
-    import warnings
-
+def trace(wrapper: torch.nn.Module, example) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():
@@ -277,12 +309,8 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
             max_seq_len: int, log: Callable[[str], None] | None) -> Path:
     say = log or (lambda _msg: None)
     check_name(name)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not (out / METADATA).is_file():
-        raise ExportError(f"--out {out} is a non-empty folder that is not a shardqa artifact")
-    resolved, local = _resolve_source(source)
+    out = check_out(out)
+    resolved, local = resolve_source(source)
     say(f"loading {resolved}")
     model, tokenizer, random_head = _load(resolved, local)
     config = model.config
@@ -304,7 +332,7 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
 
     wrapper = _QAOutputs(model, with_types).eval()
     say("tracing fp32")
-    traced = _trace(wrapper, sample_inputs(vocab, specials, 2, 16, seed=99))
+    traced = trace(wrapper, sample_inputs(vocab, specials, 2, 16, seed=99))
     fp32 = parity(wrapper, traced, inputs)
     say(f"fp32 parity: max |diff| {fp32['max_abs_diff']:.3g} over {fp32['pairs']} padded pairs "
         f"(shapes {shapes})")
@@ -316,37 +344,59 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
     if int8:
         say("quantizing int8 (dynamic; 8-bit activations, 7-bit per-channel weights)")
         qmodel = quantize_int8(model)
-        traced_int8 = _trace(_QAOutputs(qmodel, with_types).eval(),
+        traced_int8 = trace(_QAOutputs(qmodel, with_types).eval(),
                              sample_inputs(vocab, specials, 2, 16, seed=99))
         q = parity(wrapper, traced_int8, inputs)
         report["int8"] = q
         say(f"int8: best span equals fp32's on {q['span_agreement']:.1%} of {q['pairs']} pairs; "
             f"max |logit diff| {q['max_abs_diff']:.3g}")
 
+    meta = {
+        "kind": "reader",
+        "name": name,
+        "source": resolved,
+        "max_seq_len": max_seq_len,
+        "max_question_tokens": MAX_QUESTION_TOKENS,
+        "random_qa_head": random_head,
+        "parity": report,
+    }
+    meta = write_artifact(out, {"fp32": traced, "int8": traced_int8}, VARIANT_FILES,
+                          tokenizer, meta)
+    say(f"wrote {out} (version {meta['version']})")
+    return out
+
+
+def check_out(out: Path) -> Path:
+    """``--out`` may be new, empty, or an earlier artifact (replaced); nothing else."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / METADATA).is_file():
+        raise ExportError(f"--out {out} is a non-empty folder that is not a shardqa artifact")
+    return out
+
+
+def write_artifact(out: Path, modules: dict, files: dict[str, str], tokenizer,
+                   meta: dict) -> dict:
+    """Write the traced ``modules`` (variant -> module or None), the tokenizer and the
+    metadata into ``out`` at once (a temporary folder renamed into place), so a failed
+    export never leaves half an artifact. The version is the fp32 module's sha256 prefix."""
+    dtypes = {"fp32": "float32", "int8": "qint8"}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         variants = {}
-        for variant, module, dtype in (("fp32", traced, "float32"),
-                                       ("int8", traced_int8, "qint8")):
+        for variant, module in modules.items():
             if module is None:
                 continue
-            path = tmp / VARIANT_FILES[variant]
+            path = tmp / files[variant]
             torch.jit.save(module, str(path))
             variants[variant] = {"file": path.name, "sha256": sha256_file(path),
-                                 "size": path.stat().st_size, "dtype": dtype}
+                                 "size": path.stat().st_size, "dtype": dtypes[variant]}
         (tmp / TOKENIZER).write_text(tokenizer.to_str(), encoding="utf-8")
-        meta = {
-            "name": name,
-            "version": variants["fp32"]["sha256"][:12],
-            "source": resolved,
-            "max_seq_len": max_seq_len,
-            "max_question_tokens": MAX_QUESTION_TOKENS,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "random_qa_head": random_head,
-            "parity": report,
-            "variants": variants,
-        }
+        meta = {**meta, "version": variants["fp32"]["sha256"][:12],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "variants": variants}
         (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -354,8 +404,7 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    say(f"wrote {out} (version {meta['version']})")
-    return out
+    return meta
 
 
 def read_metadata(artifact: Path) -> dict:

@@ -1,4 +1,5 @@
-"""The model store: the reader model kept in Redis on every master, chunked, with its sha256.
+"""The model store: the models (the reader, the passage encoder) kept in Redis on every
+master, chunked, with their sha256.
 
 Each master holds its own copy under the hash tag of the lowest-index partition it owns, so
 the worker beside a master loads from its own master and a lost master costs only its copy.
@@ -6,6 +7,10 @@ A copy is a meta hash (with the tokenizer JSON) and string chunks of at most 64 
 strings stop at 512 MB). ``model_current`` is flipped with one SET only after every chunk
 has been written and read back, so a reader never sees a half-written model. Loading checks
 the sha256 before ``torch.jit.load`` ever sees the bytes (no pickle anywhere).
+
+Each kind of model (``reader``, ``encoder``: the artifact metadata's ``kind``) has its own
+current pointer and its own versions; pushing, pruning and syncing one never touches the
+other.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 
 from cluster import keys, partitions, routing
 from cluster.errors import ShardqaError
+from models.encoder import Encoder
 from models.export import TOKENIZER, ExportError, read_metadata, sha256_file
 from models.reader import Reader
 from models.tokenization import load_tokenizer
@@ -37,7 +43,8 @@ MAX_CHUNK = 64 << 20
 #: How many versions a master keeps: the current one and the one before it (a worker may
 #: still be loading it while the pointer flips).
 KEEP_VERSIONS = 2
-_INT_FIELDS = ("size", "chunks", "chunk_size", "max_seq_len", "max_question_tokens")
+_INT_FIELDS = ("size", "chunks", "chunk_size", "max_seq_len", "max_question_tokens", "dim")
+KINDS = ("reader", "encoder")
 _POINTER_FIELDS = ("name", "version", "variant", "sha256")
 
 
@@ -60,6 +67,12 @@ class LoadedModel:
         kwargs.setdefault("max_seq_len", int(self.meta["max_seq_len"]))
         kwargs.setdefault("max_question_tokens", int(self.meta["max_question_tokens"]))
         return Reader(self.module, self.tokenizer, **kwargs)
+
+    def encoder(self, **kwargs) -> Encoder:
+        """An Encoder with this model's dim and max_seq_len (kwargs override)."""
+        kwargs.setdefault("max_seq_len", int(self.meta["max_seq_len"]))
+        kwargs.setdefault("dim", int(self.meta["dim"]))
+        return Encoder(self.module, self.tokenizer, **kwargs)
 
 
 # --- where each master's copy lives ---------------------------------------------------------
@@ -110,8 +123,12 @@ def _decode(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _pointer(client, tag: str) -> dict | None:
-    raw = client.get(keys.model_current(tag))
+def _kind(meta: dict) -> str:
+    return meta.get("kind") or "reader"  # copies pushed before encoders have no kind
+
+
+def _pointer(client, tag: str, kind: str = "reader") -> dict | None:
+    raw = client.get(keys.model_current(tag, kind))
     if raw is None:
         return None
     try:
@@ -132,11 +149,11 @@ def _meta(client, tag: str, name: str, version: str) -> dict | None:
     return meta
 
 
-def current_meta(client, node: str) -> dict | None:
+def current_meta(client, node: str, kind: str = "reader") -> dict | None:
     """The current model pointer {name, version, variant, sha256} of ``node``'s copy (one GET);
-    None if that master holds no model."""
+    None if that master holds no model of that kind."""
     tag = tag_for(client, node)
-    return _pointer(client, tag) if tag is not None else None
+    return _pointer(client, tag, kind) if tag is not None else None
 
 
 def _chunks(client, tag: str, name: str, version: str, count: int) -> list[bytes | None]:
@@ -146,24 +163,25 @@ def _chunks(client, tag: str, name: str, version: str, count: int) -> list[bytes
     return pipe.execute()
 
 
-def read_blob(client, node: str, *, fallback: bool = True) -> tuple[dict, bytes]:
-    """(meta, model bytes) of the current model on ``node``, sha256-verified.
+def read_blob(client, node: str, *, fallback: bool = True, kind: str = "reader"
+              ) -> tuple[dict, bytes]:
+    """(meta, model bytes) of the current model of ``kind`` on ``node``, sha256-verified.
 
     Falls back to another master's copy (with a warning) only if ``node`` holds none.
     """
     tag = tag_for(client, node)
-    pointer = _pointer(client, tag) if tag is not None else None
+    pointer = _pointer(client, tag, kind) if tag is not None else None
     where = node
     if pointer is None and fallback:
         for other, other_tag in master_tags(client).items():
-            pointer = _pointer(client, other_tag)
+            pointer = _pointer(client, other_tag, kind)
             if pointer is not None:
-                log.warning("master %s holds no reader model; loading %s's copy "
-                            "(run 'shardqa model sync')", node, other)
+                log.warning("master %s holds no %s model; loading %s's copy "
+                            "(run 'shardqa model sync')", node, kind, other)
                 tag, where = other_tag, other
                 break
     if pointer is None:
-        raise NoModel("no reader model in the cluster: run 'shardqa model push ARTIFACT'")
+        raise NoModel(f"no {kind} model in the cluster: run 'shardqa model push ARTIFACT'")
     meta = _meta(client, tag, pointer["name"], pointer["version"])
     label = f"model {pointer['name']} {pointer['version']} on {where}"
     if meta is None:
@@ -194,17 +212,18 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def load(client, node: str, *, cache: bool = True) -> LoadedModel:
-    """The current model of ``node``'s copy, verified (sha256) and cached per version."""
+def load(client, node: str, *, cache: bool = True, kind: str = "reader") -> LoadedModel:
+    """The current model of ``kind`` of ``node``'s copy, verified (sha256) and cached per
+    version."""
     tag = tag_for(client, node)
-    pointer = _pointer(client, tag) if tag is not None else None
+    pointer = _pointer(client, tag, kind) if tag is not None else None
     key = tuple(pointer[k] for k in _POINTER_FIELDS) if pointer else None
     if cache and key is not None:
         with _cache_lock:
             if key in _cache:
                 _cache.move_to_end(key)
                 return _cache[key]
-    meta, blob = read_blob(client, node)
+    meta, blob = read_blob(client, node, kind=kind)
     module = torch.jit.load(io.BytesIO(blob), map_location="cpu")
     module.eval()
     tokenizer = load_tokenizer(meta.pop("tokenizer"))
@@ -212,7 +231,7 @@ def load(client, node: str, *, cache: bool = True) -> LoadedModel:
     if cache:
         with _cache_lock:
             _cache[tuple(meta[k] for k in _POINTER_FIELDS)] = loaded
-            while len(_cache) > KEEP_VERSIONS:
+            while len(_cache) > KEEP_VERSIONS * len(KINDS):
                 _cache.popitem(last=False)
     return loaded
 
@@ -222,7 +241,7 @@ def load(client, node: str, *, cache: bool = True) -> LoadedModel:
 def _copy_complete(client, tag: str, meta: dict) -> bool:
     """The copy under ``tag`` is current and intact: pointer on ``meta``, meta stored, and
     the chunks' sha256 is the artifact's (a same-length corruption is not complete)."""
-    pointer = _pointer(client, tag)
+    pointer = _pointer(client, tag, _kind(meta))
     if pointer is None or any(pointer[k] != meta[k] for k in _POINTER_FIELDS):
         return False
     stored = _meta(client, tag, meta["name"], meta["version"])
@@ -263,7 +282,8 @@ def _write_copy(client, tag: str, meta: dict, blob: bytes,
 
 
 def _flip(client, tag: str, meta: dict) -> None:
-    client.set(keys.model_current(tag), json.dumps({k: meta[k] for k in _POINTER_FIELDS}))
+    client.set(keys.model_current(tag, _kind(meta)),
+               json.dumps({k: meta[k] for k in _POINTER_FIELDS}))
 
 
 def place_copy(client, tag: str, meta: dict, blob: bytes,
@@ -280,15 +300,16 @@ def place_copy(client, tag: str, meta: dict, blob: bytes,
     return True
 
 
-def _versions(client, node: str, tag: str) -> list[dict]:
-    """Every model version stored under ``tag`` (meta hashes), newest push first."""
+def _versions(client, node: str, tag: str, kind: str | None = None) -> list[dict]:
+    """Every model version (of ``kind``, or all) stored under ``tag`` (meta hashes), newest
+    push first."""
     prefix = keys.model_prefix(tag)
     found = []
     for raw in _node_conn(client, node).scan_iter(match=f"{prefix}*:meta", count=1000):
         key = _decode(raw)
         name, _, version = key[len(prefix):-len(":meta")].rpartition(":")
         meta = _meta(client, tag, name, version)
-        if meta is not None:
+        if meta is not None and kind in (None, _kind(meta)):
             meta.pop("tokenizer", None)
             found.append(meta)
     found.sort(key=lambda m: float(m.get("pushed", 0)), reverse=True)
@@ -309,10 +330,10 @@ def _delete_version(client, tag: str, name: str, version: str) -> None:
         client.delete(key)
 
 
-def _prune(client, node: str, tag: str) -> list[str]:
-    """Keep the current version and the one pushed before it; delete older ones."""
-    pointer = _pointer(client, tag)
-    versions = _versions(client, node, tag)
+def _prune(client, node: str, tag: str, kind: str = "reader") -> list[str]:
+    """Keep the current version of ``kind`` and the one pushed before it; delete older ones."""
+    pointer = _pointer(client, tag, kind)
+    versions = _versions(client, node, tag, kind)
     keep = []
     if pointer is not None:
         keep.append((pointer["name"], pointer["version"]))
@@ -356,11 +377,15 @@ def push(client, artifact: Path, *, variant: str = "fp32", chunk_size: int = 64 
         raise CorruptModel(f"{path} does not match the sha256 in its metadata: the artifact "
                            "changed after export; export it again")
     blob = path.read_bytes()
+    kind = _kind(info)
+    if kind not in KINDS:
+        raise ShardqaError(f"{artifact} is a {kind!r} artifact; shardqa stores "
+                           f"{' and '.join(KINDS)} models")
     meta = {
-        "name": info["name"], "version": sha[:12], "variant": variant, "sha256": sha,
-        "size": len(blob), "chunks": max(1, -(-len(blob) // chunk_size)),
+        "kind": kind, "name": info["name"], "version": sha[:12], "variant": variant,
+        "sha256": sha, "size": len(blob), "chunks": max(1, -(-len(blob) // chunk_size)),
         "chunk_size": chunk_size, "max_seq_len": int(info["max_seq_len"]),
-        "max_question_tokens": int(info["max_question_tokens"]),
+        **_kind_fields(info),
         "dtype": variants[variant].get("dtype", ""), "source": info.get("source", ""),
         "created": info.get("created", ""), "pushed": f"{time.time():.6f}",
         "tokenizer": (artifact / TOKENIZER).read_text(encoding="utf-8"),
@@ -374,27 +399,51 @@ def push(client, artifact: Path, *, variant: str = "fp32", chunk_size: int = 64 
         _write_copy(client, tag, meta, blob, progress)
     for node, tag in todo.items():
         _flip(client, tag, meta)
-        _prune(client, node, tag)
+        _prune(client, node, tag, kind)
     result = {k: v for k, v in meta.items() if k != "tokenizer"}
     result["written"] = sorted(todo)
     result["masters"] = sorted(tags)
     return result
 
 
+def _kind_fields(info: dict) -> dict:
+    """What a model of each kind needs beyond its bytes to run (from the artifact metadata)."""
+    if _kind(info) == "encoder":
+        return {"dim": int(info["dim"]), "pooling": info.get("pooling", "mean"),
+                "normalize": str(bool(info.get("normalize", True))).lower()}
+    return {"max_question_tokens": int(info["max_question_tokens"])}
+
+
 def sync(client, progress: Callable[[int], None] | None = None) -> list[str]:
-    """Give every master the cluster's current model (the most recently pushed pointer);
-    returns the masters repaired."""
+    """Give every master the cluster's current model of each kind (the most recently pushed
+    pointer); returns the masters repaired."""
+    repaired: set[str] = set()
+    found = False
+    for kind in KINDS:
+        try:
+            repaired.update(sync_kind(client, kind, progress))
+            found = True
+        except NoModel:
+            continue
+    if not found:
+        raise NoModel("no reader model in the cluster: run 'shardqa model push ARTIFACT'")
+    return sorted(repaired)
+
+
+def sync_kind(client, kind: str = "reader", progress: Callable[[int], None] | None = None
+              ) -> list[str]:
+    """Give every master the cluster's current model of ``kind``; the masters repaired."""
     tags = master_tags(client)
     candidates = []
     for node, tag in tags.items():
-        pointer = _pointer(client, tag)
+        pointer = _pointer(client, tag, kind)
         if pointer is None:
             continue
         meta = _meta(client, tag, pointer["name"], pointer["version"])
         if meta is not None:
             candidates.append((float(meta.get("pushed", 0)), node, meta))
     if not candidates:
-        raise NoModel("no reader model in the cluster: run 'shardqa model push ARTIFACT'")
+        raise NoModel(f"no {kind} model in the cluster: run 'shardqa model push ARTIFACT'")
     candidates.sort(key=lambda c: c[0], reverse=True)
     want = candidates[0][2]
     source_meta = blob = None
@@ -402,7 +451,7 @@ def sync(client, progress: Callable[[int], None] | None = None) -> list[str]:
         if meta["sha256"] != want["sha256"]:
             continue
         try:
-            source_meta, blob = read_blob(client, node, fallback=False)
+            source_meta, blob = read_blob(client, node, fallback=False, kind=kind)
             break
         except CorruptModel as exc:
             log.warning("%s", exc)
@@ -413,7 +462,7 @@ def sync(client, progress: Callable[[int], None] | None = None) -> list[str]:
     repaired = []
     for node, tag in tags.items():
         if place_copy(client, tag, source_meta, blob, progress):
-            _prune(client, node, tag)
+            _prune(client, node, tag, kind)
             repaired.append(node)
     return sorted(repaired)
 
@@ -424,11 +473,12 @@ def list_models(client) -> list[dict]:
     (``corrupt_on``)."""
     rows: dict[tuple, dict] = {}
     for node, tag in sorted(master_tags(client).items()):
-        pointer = _pointer(client, tag)
+        pointers = {kind: _pointer(client, tag, kind) for kind in KINDS}
         for meta in _versions(client, node, tag):
             key = (meta["name"], meta["version"], meta.get("variant", ""))
+            pointer = pointers.get(_kind(meta))
             row = rows.setdefault(key, {
-                "name": meta["name"], "version": meta["version"],
+                "kind": _kind(meta), "name": meta["name"], "version": meta["version"],
                 "variant": meta.get("variant", ""), "size": meta["size"],
                 "chunks": meta["chunks"], "sha256": meta["sha256"],
                 "pushed": float(meta.get("pushed", 0)), "masters": [], "current_on": [],

@@ -77,7 +77,8 @@ def pushed_model(client) -> str:
     try:
         from models import store
 
-        rows = [r for r in store.list_models(client) if r.get("current_on")]
+        rows = [r for r in store.list_models(client)
+                if r.get("current_on") and r.get("kind", "reader") == "reader"]
     except Exception:  # noqa: BLE001 - the report still stands without the model's name
         return "pushed model"
     return ", ".join(f"{r['name']} {r['version']} {r['variant']}" for r in rows) or "none"

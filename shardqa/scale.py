@@ -58,12 +58,13 @@ def model_copy_hook(client) -> Callable[[Move], None]:
         current = store.master_tags(client).get(move.dest)
         if current is not None and pmap.by_tag(current).index < move.partition.index:
             return  # the destination keeps its copy where it is
-        try:
-            meta, blob = store.read_blob(client, move.source)
-        except store.NoModel:
-            return  # nothing pushed yet: nothing to carry
-        meta.pop("master", None)
-        store.place_copy(client, move.partition.tag, meta, blob)
+        for kind in store.KINDS:  # the reader and the passage encoder
+            try:
+                meta, blob = store.read_blob(client, move.source, kind=kind)
+            except store.NoModel:
+                continue  # nothing of this kind pushed yet: nothing to carry
+            meta.pop("master", None)
+            store.place_copy(client, move.partition.tag, meta, blob)
 
     return prepare
 

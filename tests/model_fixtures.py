@@ -1,10 +1,12 @@
-"""Session fixtures that build tiny reader models (random weights, real WordPiece tokenizer).
+"""Session fixtures that build tiny models (random weights, real WordPiece tokenizer).
 
 ``tiny_checkpoint``: a Hugging Face checkpoint folder (BertForQuestionAnswering, hidden 32,
 2 layers, 2 heads, fixed seed) with a fast tokenizer whose WordPiece vocabulary is trained
 with the ``tokenizers`` package on SQuAD contexts (data/squad/train.json).
 ``tiny_artifact``: its shardqa export, fp32 + int8. Both are deterministic, so the same
-session always pushes the same model version.
+session always pushes the same model version. ``tiny_encoder_checkpoint`` /
+``tiny_encoder_artifact``: the same for a sentence encoder (BertModel, hidden 32, with a
+sentence-transformers config: mean pooling, L2 norm, 128 tokens).
 """
 
 from __future__ import annotations
@@ -28,9 +30,36 @@ def training_text(limit: int = 300) -> list[str]:
 
 def build_tiny_checkpoint(folder: Path) -> Path:
     """Write the tiny BERT QA checkpoint to ``folder`` and return it."""
+    from transformers import BertForQuestionAnswering
+
+    return _build_tiny(folder, BertForQuestionAnswering)
+
+
+def build_tiny_encoder(folder: Path) -> Path:
+    """Write the tiny sentence encoder (BertModel + sentence-transformers config)."""
+    from transformers import BertModel
+
+    _build_tiny(folder, BertModel)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models."
+                "Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers."
+                "models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers."
+                "models.Normalize"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+    return folder
+
+
+def _build_tiny(folder: Path, model_class) -> Path:
     import torch
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizer
+    from transformers import BertConfig, BertTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     wp = BertWordPieceTokenizer(lowercase=True)
@@ -50,7 +79,7 @@ def build_tiny_checkpoint(folder: Path) -> Path:
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=512)
-    model = BertForQuestionAnswering(config).eval()
+    model = model_class(config).eval()
     model.save_pretrained(str(folder))
     return folder
 
@@ -69,3 +98,19 @@ def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-artifact") / "tiny"
     return export(tiny_checkpoint, "tiny", out, int8=True, max_seq_len=384)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random-weight sentence encoder folder (BertModel, sentence-transformers config)."""
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-enc") / "tiny-encoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_artifact(tiny_encoder_checkpoint, tmp_path_factory) -> Path:
+    """The shardqa export of ``tiny_encoder_checkpoint``: encoder.pt, encoder-int8.pt,
+    tokenizer.json, shardqa-model.json (kind "encoder", name "tiny-enc", dim 32)."""
+    from models.export_encoder import export_encoder
+
+    out = tmp_path_factory.mktemp("tiny-enc-artifact") / "tiny-enc"
+    return export_encoder(tiny_encoder_checkpoint, "tiny-enc", out, int8=True)

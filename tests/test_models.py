@@ -198,7 +198,7 @@ def test_export_refuses_bad_sources(tmp_path, tiny_checkpoint, monkeypatch):
 def test_export_refuses_when_parity_fails(tmp_path, tiny_checkpoint, monkeypatch):
     import models.export as export_module
 
-    real_trace = export_module._trace
+    real_trace = export_module.trace
 
     def skewed(wrapper, example):
         traced = real_trace(wrapper, example)
@@ -214,7 +214,7 @@ def test_export_refuses_when_parity_fails(tmp_path, tiny_checkpoint, monkeypatch
 
         return Off()
 
-    monkeypatch.setattr(export_module, "_trace", skewed)
+    monkeypatch.setattr(export_module, "trace", skewed)
     with pytest.raises(ExportError, match="disagrees"):
         export(tiny_checkpoint, "x", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -124,9 +124,10 @@ def test_reader_may_not_write(redis_cluster):
 
 
 def test_reader_may_vsim_where_the_server_has_vector_sets(redis_cluster):
-    from cluster.local import find_redis_server, server_version
+    from cluster.capabilities import binary_has_vector_sets
+    from cluster.local import find_redis_server
 
-    if not acl.knows_vector_sets(server_version(find_redis_server())):
+    if not binary_has_vector_sets(find_redis_server()):
         pytest.skip("this redis-server has no vector sets (Redis 8 has)")
     admin, reader = redis_cluster.client(), redis_cluster.client_as("reader")
     key = "sq:{p0.0}:vs"

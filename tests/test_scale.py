@@ -122,7 +122,7 @@ def served(client) -> dict[int, str]:
     return out
 
 
-def test_add_master_while_asking(tmp_path, tiny_artifact):
+def test_add_master_while_asking(tmp_path, tiny_artifact, tiny_encoder_artifact):
     from loaders.writer import ingest, wait_indexed
     from models import store
     from shardqa.scale import add_master
@@ -131,6 +131,7 @@ def test_add_master_while_asking(tmp_path, tiny_artifact):
     pool = WorkerPool(handle, tmp_path, **{"--log-level": "INFO"})
     try:
         client = start_pipeline(handle, pool, tiny_artifact)
+        store.push(client, tiny_encoder_artifact, variant="int8")  # passages get vectors
         pmap = partitions.load(client)
         moving = [m.partition.index for m in rebalance.plan(
             pmap, partitions.owners(client, pmap), [*handle.masters, "~new"])]
@@ -205,6 +206,10 @@ def test_add_master_while_asking(tmp_path, tiny_artifact):
                                                                   growth.master]})
         routing.refresh(client)  # store.tag_for reads the slot cache
         assert store.current_meta(client, growth.master) is not None
+        assert store.current_meta(client, growth.master, kind="encoder") is not None
+        for index in moving:  # the moved partitions' vectors are on the new master now
+            assert client.execute_command("VCARD", keys.vectors(pmap[index].tag)) > 0
+            assert partitions.owners(client, pmap)[index] == growth.master
         print(f"asked {len(log)}, {len(during)} while growing, retried {retried}")
         for q in questions:
             after = asker.ask(q, use_cache=False)
@@ -242,6 +247,9 @@ def test_add_master_with_replica_moves_keys_and_streams(tmp_path):
             client.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
             client.xadd(stream, {"q": "pending"})
             client.xreadgroup(keys.WORKER_GROUP, "worker-old", {stream: ">"})
+            for i in range(3):  # the partition's vector set (Redis 8) moves with it
+                client.execute_command("VADD", keys.vectors(p.tag), "VALUES", 2, 1, i,
+                                       f"{p.index}.{i}")
         proc = run_cli("cluster", "add-master", "--dir", handle.target.directory, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "no local workers are running" in proc.stdout
@@ -270,6 +278,9 @@ def test_add_master_with_replica_moves_keys_and_streams(tmp_path):
                        f"passage {i}".encode() for i in range(30))
             group = client.xinfo_groups(keys.request_stream(p.tag))[0]
             assert group["name"] == b"workers" and group["pending"] == 1
+            assert client.execute_command("VCARD", keys.vectors(p.tag)) == 3
+            assert client.execute_command("VSIM", keys.vectors(p.tag), "ELE",
+                                          f"{p.index}.0")[0] == f"{p.index}.0".encode()
         # a restart brings the grown cluster back whole
         handle.local.down()
         handle.local.up()

@@ -5,24 +5,28 @@ token, body limit and rate limit, and model integrity (sha256 before torch sees 
 from __future__ import annotations
 
 import json
+import shutil
 import stat
+import subprocess
 import time
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from api.app import create_app
-from cluster import acl, keys
+from cluster import acl, capabilities, keys
 from cluster.connection import Target, connect
 from cluster.errors import ClusterError
+from cluster.local import packaged_redis_server
 from gears import health
 from gears.asker import Asker
 from models import store
-from tests.conftest import run_cli
+from tests.conftest import free_port_base, run_cli
 from tests.corpus import QUESTIONS
 
 
@@ -149,6 +153,70 @@ def test_worker_user_cannot_list_key_names_or_forge_events(shared_pipeline, redi
     assert refused(lambda: node.publish("__keyevent@0__:xadd", "sq:{p0.0}:requests"))
     assert refused(lambda: node.publish("__keyevent@0__:keymiss", "sq:qa:forged"))
     node.publish(keys.generation_channel(), "0")  # what it needs: announce a new generation
+def test_vector_sets_worker_writes_api_only_searches(redis_cluster):
+    """Redis 8 (the embedded default): the worker may VADD/VREM/... a partition's vector set,
+    the api user may only VSIM it."""
+    admin = redis_cluster.client()
+    assert capabilities.vector_sets(admin)
+    tag = next(iter(store.master_tags(admin).values()))
+    key = keys.vectors(tag)
+    worker, api = redis_cluster.client_as("worker"), redis_cluster.client_as("api")
+    blob = np.array([1, 0, 0, 0], dtype=np.float32).tobytes()
+    try:
+        assert worker.execute_command("VADD", key, "FP32", blob, "x.0", "Q8") == 1
+        assert worker.execute_command("VADD", key, "FP32", blob, "x.1", "Q8") == 1
+        assert worker.execute_command("VCARD", key) == 2
+        assert worker.execute_command("VINFO", key)
+        assert len(worker.execute_command("VEMB", key, "x.0")) == 4
+        assert worker.execute_command("VSETATTR", key, "x.0", '{"doc": "x"}') == 1
+        assert worker.execute_command("VGETATTR", key, "x.0")
+        assert worker.execute_command("VREM", key, "x.1") == 1
+        found = api.execute_command("VSIM", key, "FP32", blob, "WITHSCORES", "COUNT", 3)
+        assert list(found) == [b"x.0"]
+        # what the README gives redis-cli (--user api): passages similar to a passage
+        assert api.execute_command("VSIM", key, "ELE", "x.0") == [b"x.0"]
+        assert refused(lambda: api.execute_command("VADD", key, "FP32", blob, "x.2"))
+        assert refused(lambda: api.execute_command("VREM", key, "x.0"))
+        assert refused(lambda: api.execute_command("VEMB", key, "x.0"))
+        assert refused(lambda: api.delete(key))
+        assert refused(lambda: worker.execute_command(
+            "VADD", keys.model_current(tag), "FP32", blob, "x.0"))  # only its own keys
+    finally:
+        admin.delete(key)
+
+
+@pytest.mark.parametrize("binary", ["packaged", "path"])
+def test_aclfile_loads_on_redis_8_and_older_servers(binary, tmp_path):
+    """The users' rules name vector-set commands only for a server that has them: an older
+    server refuses an aclfile naming commands it does not know, and would not start."""
+    server = packaged_redis_server() if binary == "packaged" else shutil.which("redis-server")
+    if not server:
+        pytest.skip(f"no {binary} redis-server on this machine")
+    passwords = acl.generate()
+    (tmp_path / "users.acl").write_text(
+        acl.aclfile(passwords, vector_sets=capabilities.binary_has_vector_sets(server)))
+    port = free_port_base(1)
+    proc = subprocess.Popen([server, "--port", str(port), "--save", "", "--dir", str(tmp_path),
+                             "--aclfile", str(tmp_path / "users.acl")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        conn = redis.Redis(port=port, username="api", password=passwords["api"],
+                           retry=Retry(NoBackoff(), 50), socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert conn.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "did not start"
+                time.sleep(0.05)
+        # the binary's version and the live probe (which the api user may run) agree
+        has = capabilities.binary_has_vector_sets(server)
+        assert capabilities.node_has_vector_sets(conn) == has
+        assert ("+vsim" in acl.aclfile(passwords, vector_sets=has)) == has
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 def test_connect_by_url_and_environment(shared_pipeline, redis_cluster, monkeypatch):

@@ -1,0 +1,56 @@
+"""Dense retrieval: the question's embedding against every partition's vector set (VSIM).
+
+One fan-out, one round trip per master (cluster.routing.per_master): each partition's vector set
+``keys.vectors(tag)`` returns its ``k`` nearest passages, and the best ``k`` overall are
+kept. The question is embedded by the caller (models.encoder), once. Scores are cosine
+similarities: VSIM reports ``(1 + cosine) / 2``, which is mapped back so that dense scores
+read like the embeddings they come from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cluster import keys, routing
+from cluster.partitions import PartitionMap
+from gears.ranking import Ranked
+
+
+def vector_blob(vector: np.ndarray) -> bytes:
+    """The FP32 blob VADD and VSIM take: little-endian float32."""
+    return np.ascontiguousarray(vector, dtype="<f4").reshape(-1).tobytes()
+
+
+def search(client, pmap: PartitionMap, vector: np.ndarray, k: int = 5,
+           ef: int | None = None) -> list[Ranked]:
+    """The ``k`` passages nearest to ``vector`` across the cluster, best first (ties by id).
+
+    ``ef``: the HNSW search breadth (VSIM's EF); None keeps the server's default. A
+    partition without a vector set contributes nothing; a server without vector sets
+    (Redis 7) raises its "unknown command" error (check cluster.capabilities first).
+    """
+    blob = vector_blob(vector)
+    extra = ["EF", int(ef)] if ef else []
+
+    def build(pipe, p):
+        pipe.execute_command("VSIM", keys.vectors(p.tag), "FP32", blob, "WITHSCORES",
+                             "COUNT", int(k), *extra)
+
+    found: list[Ranked] = []
+    for index, reply in routing.per_master(client, pmap.partitions, build).items():
+        if isinstance(reply, Exception):
+            raise reply
+        for pid, score in _pairs(reply):
+            found.append(Ranked(pid, index, 2.0 * score - 1.0))
+    found.sort(key=lambda r: (-r.score, r.pid))
+    return found[:k]
+
+
+def _pairs(reply) -> list[tuple[str, float]]:
+    """(passage id, VSIM score) from a WITHSCORES reply: redis-py gives a dict (RESP2 callback
+    or RESP3 map) or a flat [member, score, ...] list."""
+    if not reply:
+        return []
+    items = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2],
+                                                              strict=True)
+    return [(m.decode() if isinstance(m, bytes) else str(m), float(s)) for m, s in items]
