@@ -7,8 +7,8 @@ turned off, so nothing reaches a node without a password. Five users:
 * ``admin``: cluster and model management, ingestion, replication (``masteruser``);
 * ``worker``: the shard workers: every shardqa key (partition vector sets too) except the
   model copies (read-only) and the partition map (read-only), the keyspace-event channels;
-  no ACL, CONFIG, FLUSHALL, KEYS or FUNCTION; no SCAN/RANDOMKEY over all key names; PUBLISH only on the generation
-  channel (never a forged keyspace event);
+  no ACL, CONFIG, FLUSHALL, KEYS or FUNCTION; no SCAN/RANDOMKEY over all key names;
+  PUBLISH only on the generation channel (never a forged keyspace event);
 * ``api``: what ``Asker.ask`` and /health need and nothing else: read the answer cache and
   write it, call the rank/stats/ask functions, add read requests (XADD only: a request
   stream cannot be deleted, overwritten or expired by the API; a Redis 7 ACL selector),
