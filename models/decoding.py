@@ -48,3 +48,10 @@ def span_chars(offsets: np.ndarray, first_token: int, last_token: int) -> tuple[
     """Character range [start, end) covered by passage tokens first_token..last_token
     (inclusive), from the tokenizer's per-token (start, end) offsets."""
     return int(offsets[first_token, 0]), int(offsets[last_token, 1])
+
+
+def says_no_answer(span_score: float, null_score: float, threshold: float) -> bool:
+    """SQuAD 2.0's rule (the official script's ``na_prob_thresh`` on score differences):
+    "no answer" when the null score (start + end logit at [CLS]) beats the best span's score
+    by more than ``threshold``."""
+    return null_score - span_score > threshold

@@ -27,7 +27,7 @@ import torch
 
 from cluster.errors import ShardqaError
 from models.decoding import best_span
-from models.reader import special_ids
+from models.layout import pair_layout, special_ids
 from models.tokenization import load_tokenizer, plain
 
 METADATA = "shardqa-model.json"
@@ -120,7 +120,7 @@ def _load(source: str, local: bool):
     torch.manual_seed(0)  # a fresh (random) QA head is the same on every export
     try:
         model, info = AutoModelForQuestionAnswering.from_pretrained(
-            source, local_files_only=local, return_dict=False, output_loading_info=True,
+            source, local_files_only=local, output_loading_info=True,
             dtype=torch.float32,  # a checkpoint stored in fp16 is traced and quantized in fp32
         )
         hf_tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
@@ -134,7 +134,7 @@ def _load(source: str, local: bool):
         raise ExportError(f"{source} has no fast tokenizer (tokenizer.json); shardqa needs one")
     tokenizer = load_tokenizer(plain(backend).to_str())
     try:
-        special_ids(tokenizer)
+        pair_layout(tokenizer)
     except ShardqaError as exc:
         raise ExportError(f"{source}: {exc}") from exc
     model.eval()
@@ -292,10 +292,10 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
                           f"{max_seq_len}")
     if max_seq_len - MAX_QUESTION_TOKENS - 3 < 16:
         raise ExportError(f"--max-seq-len {max_seq_len} leaves too little room for passages")
-    with_types = "token_type_ids" in inspect.signature(model.forward).parameters
-    if with_types and int(getattr(config, "type_vocab_size", 2)) < 2:
-        raise ExportError("the model has a single token type; shardqa's [CLS] q [SEP] c [SEP] "
-                          "layout needs two")
+    # RoBERTa, XLM-R (one token type) and DeBERTa-v3 (none) are read with type 0 throughout,
+    # as they were trained: the wrapper does not pass the reader's token types on
+    with_types = ("token_type_ids" in inspect.signature(model.forward).parameters
+                  and int(getattr(config, "type_vocab_size", 2) or 0) >= 2)
     specials = special_ids(tokenizer)
     vocab = int(config.vocab_size)
     shapes = [(b, n or max_seq_len) for b, n in PARITY_SHAPES]

@@ -119,11 +119,30 @@ def tokenize_passages(tokenizer: tokenizers.Tokenizer, texts: list[str], window_
     plain(tokenizer)
     encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
     result = []
-    for enc in encodings:
+    for text, enc in zip(texts, encodings, strict=True):
         ids = np.asarray(enc.ids, dtype=np.int32)
         pairs = enc.offsets
         offsets = np.fromiter(chain.from_iterable(pairs), dtype=np.int32,
                               count=2 * len(pairs)).reshape(-1, 2)  # 1.7x asarray's speed
+        trim_leading_space(text, offsets)
         result.append(PassageTokens(ids=ids, offsets=offsets,
                                     windows=windows_for(len(ids), window_tokens, stride)))
     return result
+
+
+def trim_leading_space(text: str, offsets: np.ndarray) -> None:
+    """Move each token's start past the whitespace it carries, in place.
+
+    Byte-level BPE ("Ġword") and SentencePiece ("▁word") tokens count the space before the
+    word as theirs; an answer starting at such a token would start with a space.
+    """
+    if not len(offsets) or " " not in text and not any(c.isspace() for c in text):
+        return
+    space = np.fromiter((c.isspace() for c in text), dtype=bool, count=len(text))
+    for _ in range(8):  # a token rarely carries more than one leading space
+        start, end = offsets[:, 0], offsets[:, 1]
+        at = np.minimum(start, len(text) - 1)
+        move = (start < end) & space[at]
+        if not move.any():
+            return
+        offsets[move, 0] += 1
