@@ -93,6 +93,8 @@ class Answer:
     batch_sizes: list[int] = field(default_factory=list)
     #: candidate partitions left out because no live worker reads them (never cached)
     missing_partitions: list[int] = field(default_factory=list)
+    #: why ``answer`` is None when passages were read (the reader said "no answer")
+    reason: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -112,6 +114,7 @@ class Answer:
             "timings_ms": self.timings_ms,
             **({"missing_partitions": self.missing_partitions}
                if self.missing_partitions else {}),
+            **({"reason": self.reason} if self.reason else {}),
         }
 
 
@@ -358,8 +361,12 @@ class Asker:
 
     def _merge(self, answer: Answer, ranked: list[ranking.Ranked],
                replies: list[ReadReply]) -> None:
-        spans = [span for reply in replies for span in reply.spans]
+        read = [span for reply in replies for span in reply.spans]
         answer.batch_sizes = sorted(r.batch_requests for r in replies)
+        spans = [span for span in read if not span.null]
+        if read and not spans:
+            answer.reason = (f"the reader found no answer in the {len(read)} passage"
+                             f"{'s' if len(read) > 1 else ''} it read")
         if not spans:
             return
         bm25 = {r.pid: r.score for r in ranked}

@@ -57,6 +57,7 @@ class SpanReply:
     end: int
     text: str
     score: float
+    null: bool = False  # the reader's null threshold says the passage holds no answer
 
 
 @dataclass

@@ -285,7 +285,8 @@ class ShardWorker:
 
         meta = self._loaded.meta
         return window_token_budget(int(meta.get("max_seq_len", 384)),
-                                   int(meta.get("max_question_tokens", 64)))
+                                   int(meta.get("max_question_tokens", 64)),
+                                   self._reader.layout.special_tokens)
 
     def _claim_stale(self) -> None:
         for p in self.owned:
@@ -484,7 +485,7 @@ class ShardWorker:
         out = []
         for (r, present), spans in zip(jobs, results, strict=True):
             span_replies = [
-                SpanReply(pid, s.start, s.end, s.text, float(s.score))
+                SpanReply(pid, s.start, s.end, s.text, float(s.score), s.null)
                 for pid, s in zip(present, spans, strict=True) if s is not None
             ]
             out.append((r, reply(r, span_replies, pairs, read_ms)))

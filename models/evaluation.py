@@ -139,7 +139,8 @@ def evaluate_reader(examples: list[SquadExample], reader: Reader, *,
     """Each question read against its own paragraph only (tokenized once per paragraph)."""
     from models.tokenization import tokenize_passages, window_token_budget
 
-    window = window_token_budget(reader.max_seq_len, reader.max_question_tokens)
+    window = window_token_budget(reader.max_seq_len, reader.max_question_tokens,
+                                 reader.layout.special_tokens)
     if not 0 <= stride < window:
         raise EvaluationError(f"--stride must be in [0, {window}) for this model")
     contexts = list(dict.fromkeys(e.context for e in examples))

@@ -267,14 +267,20 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
-           max_seq_len: int = 384, log: Callable[[str], None] | None = None) -> Path:
-    """Trace SOURCE to TorchScript, check parity, write the artifact folder ``out``."""
+           max_seq_len: int = 384, null_threshold: float | None = None,
+           log: Callable[[str], None] | None = None) -> Path:
+    """Trace SOURCE to TorchScript, check parity, write the artifact folder ``out``.
+
+    ``null_threshold`` (SQuAD 2.0-style checkpoints): a passage says "no answer" when its
+    null score beats its best span by more than this; None: the reader always answers."""
     with _quiet_libraries():
-        return _export(source, name, out, int8=int8, max_seq_len=max_seq_len, log=log)
+        return _export(source, name, out, int8=int8, max_seq_len=max_seq_len,
+                       null_threshold=null_threshold, log=log)
 
 
 def _export(source: str | Path, name: str, out: Path, *, int8: bool,
-            max_seq_len: int, log: Callable[[str], None] | None) -> Path:
+            max_seq_len: int, null_threshold: float | None,
+            log: Callable[[str], None] | None) -> Path:
     say = log or (lambda _msg: None)
     check_name(name)
     out = Path(out)
@@ -344,6 +350,7 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
             "max_question_tokens": MAX_QUESTION_TOKENS,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "random_qa_head": random_head,
+            "null_threshold": null_threshold,
             "parity": report,
             "variants": variants,
         }
@@ -356,6 +363,15 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
         raise
     say(f"wrote {out} (version {meta['version']})")
     return out
+
+
+#: how the reader reads its logits, set at export (or fitted on dev); absent: not used
+READING_FIELDS = ("null_threshold",)
+
+
+def reading_settings(meta: dict) -> dict[str, float]:
+    """The reading settings an artifact's (or a stored copy's) meta sets, as floats."""
+    return {k: float(meta[k]) for k in READING_FIELDS if meta.get(k) not in (None, "")}
 
 
 def read_metadata(artifact: Path) -> dict:

@@ -61,9 +61,11 @@ class PassageTokens:
         return int(self.ids.shape[0])
 
 
-def window_token_budget(max_seq_len: int, max_question_tokens: int) -> int:
-    """Passage tokens per window: what is left after the question and [CLS] q [SEP] w [SEP]."""
-    budget = max_seq_len - max_question_tokens - 3
+def window_token_budget(max_seq_len: int, max_question_tokens: int,
+                        special_tokens: int = 3) -> int:
+    """Passage tokens per window: what is left after the question and the layout's special
+    tokens (3 for [CLS] q [SEP] w [SEP], 4 for RoBERTa's <s> q </s></s> w </s>)."""
+    budget = max_seq_len - max_question_tokens - special_tokens
     if budget < 1:
         raise ValueError(
             f"max_seq_len {max_seq_len} leaves no room for a passage after "
@@ -139,7 +141,7 @@ def trim_leading_space(text: str, offsets: np.ndarray) -> None:
     if not len(offsets) or " " not in text and not any(c.isspace() for c in text):
         return
     space = np.fromiter((c.isspace() for c in text), dtype=bool, count=len(text))
-    for _ in range(8):  # a token rarely carries more than one leading space
+    while True:  # ends: every pass moves starts towards their ends
         start, end = offsets[:, 0], offsets[:, 1]
         at = np.minimum(start, len(text) - 1)
         move = (start < end) & space[at]

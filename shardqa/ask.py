@@ -38,7 +38,8 @@ def ask_command(question, k, as_json, no_cache, timeout, target):
 
 def show(answer: Answer) -> None:
     if answer.answer is None or answer.passage is None:
-        console.print("[yellow]no answer:[/] no passage in the corpus matches this question")
+        reason = answer.extra.get("reason") or "no passage in the corpus matches this question"
+        console.print(f"[yellow]no answer:[/] {reason}")
     else:
         console.print(f"[bold green]{answer.answer}[/]  (score {answer.score:.2f})")
         console.print(f"[dim]from[/] {answer.passage.title or '?'} [dim]({answer.passage.id})[/]")
