@@ -29,7 +29,11 @@ def model_group() -> None:
               help="artifact folder [default: artifacts/NAME]")
 @click.option("--int8", is_flag=True, help="also write a dynamically quantized int8 variant")
 @click.option("--max-seq-len", default=384, show_default=True, type=click.IntRange(8, 8192))
-def export_command(source, name, out_dir, int8, max_seq_len):
+@click.option("--null-threshold", type=float, default=None,
+              help="SQuAD 2.0-style checkpoints: say 'no answer' when a passage's null score "
+                   "beats its best span by more than this (fit one with 'shardqa eval "
+                   "--fit-null-threshold') [default: always answer]")
+def export_command(source, name, out_dir, int8, max_seq_len, null_threshold):
     """Trace SOURCE (a Hugging Face extractive-QA checkpoint folder) to TorchScript."""
     from models.export import check_name, export
 
@@ -40,7 +44,8 @@ def export_command(source, name, out_dir, int8, max_seq_len):
             status.update(message)
             console.print(message)
 
-        path = export(source, name, out, int8=int8, max_seq_len=max_seq_len, log=say)
+        path = export(source, name, out, int8=int8, max_seq_len=max_seq_len,
+                      null_threshold=null_threshold, log=say)
     console.print(f"artifact: {path}")
 
 

@@ -46,7 +46,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ExportError(ShardqaError):
-    """The checkpoint cannot be exported (missing, not a QA checkpoint, or parity failed)."""
+    """The checkpoint cannot be exported (missing, not a QA checkpoint, an input layout the
+    reader cannot build, or parity failed): a refusal, exit code 2."""
+
+    exit_code = 2
 
 
 class _QAOutputs(torch.nn.Module):
