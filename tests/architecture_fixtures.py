@@ -76,7 +76,7 @@ ARCHITECTURES = {a.name: a for a in [
 ]}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained(family: str, specials: tuple[str, ...]) -> str:
     """The tokenizer JSON of one family, trained once per process, without a template."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
