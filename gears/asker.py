@@ -25,6 +25,7 @@ from cluster import keys, partitions
 from cluster.errors import ShardqaError
 from gears import health, ranking
 from gears.protocol import ReadReply, ReadRequest, now_ms
+from models.decoding import answer_confidence
 
 log = logging.getLogger("shardqa.ask")
 
@@ -95,6 +96,8 @@ class Answer:
     missing_partitions: list[int] = field(default_factory=list)
     #: why ``answer`` is None when passages were read (the reader said "no answer")
     reason: str | None = None
+    #: the answer's probability among the candidate spans of all passages read
+    confidence: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -115,6 +118,7 @@ class Answer:
             **({"missing_partitions": self.missing_partitions}
                if self.missing_partitions else {}),
             **({"reason": self.reason} if self.reason else {}),
+            **({"confidence": self.confidence} if self.confidence is not None else {}),
         }
 
 
@@ -378,6 +382,8 @@ class Asker:
         # deterministic whatever order the replies came in: score, then passage, then offset
         best = min(spans, key=lambda s: (-score(s), s.pid, s.start, s.end))
         answer.answer, answer.score = best.text, score(best)
+        answer.confidence = answer_confidence(best.score, best.temperature,
+                                              [s.log_z for s in read])
         answer.start, answer.end, answer.passage_id = best.start, best.end, best.pid
         tag = self.pmap.for_passage(best.pid).tag
         title, text = self.client.hmget(keys.passage(tag, best.pid), ["title", "text"])

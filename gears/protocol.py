@@ -58,6 +58,8 @@ class SpanReply:
     text: str
     score: float
     null: bool = False  # the reader's null threshold says the passage holds no answer
+    log_z: float | None = None  # log sum exp(score / temperature) over the passage's spans
+    temperature: float = 1.0
 
 
 @dataclass

@@ -485,7 +485,8 @@ class ShardWorker:
         out = []
         for (r, present), spans in zip(jobs, results, strict=True):
             span_replies = [
-                SpanReply(pid, s.start, s.end, s.text, float(s.score), s.null)
+                SpanReply(pid, s.start, s.end, s.text, float(s.score), s.null, s.log_z,
+                          s.temperature)
                 for pid, s in zip(present, spans, strict=True) if s is not None
             ]
             out.append((r, reply(r, span_replies, pairs, read_ms)))

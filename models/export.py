@@ -369,7 +369,7 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
 
 
 #: how the reader reads its logits, set at export (or fitted on dev); absent: not used
-READING_FIELDS = ("null_threshold",)
+READING_FIELDS = ("null_threshold", "temperature", "min_confidence")
 
 
 def reading_settings(meta: dict) -> dict[str, float]:

@@ -14,7 +14,7 @@ import tokenizers
 import torch
 
 from cluster.errors import ShardqaError
-from models.decoding import best_span, says_no_answer, span_chars
+from models.decoding import best_span, log_partition, says_no_answer, span_band, span_chars
 from models.layout import PairLayout, pair_layout, special_ids
 from models.tokenization import PassageTokens, plain
 
@@ -37,6 +37,18 @@ class Span:
     null_score: float | None = None
     #: the reader's null threshold says this passage holds no answer (the span is its best guess)
     null: bool = False
+    #: log sum exp(score / temperature) over every candidate span of the passage's windows
+    log_z: float | None = None
+    temperature: float = 1.0
+    #: the passage's highest candidate span scores (only when the reader keeps them: fitting)
+    candidates: tuple[float, ...] = ()
+
+    @property
+    def confidence(self) -> float | None:
+        """The span's probability among all candidate spans of its passage."""
+        if self.log_z is None:
+            return None
+        return float(np.exp(self.score / self.temperature - self.log_z))
 
 
 @dataclass
@@ -61,7 +73,9 @@ class Reader:
     def __init__(self, module: torch.jit.ScriptModule, tokenizer: tokenizers.Tokenizer, *,
                  max_seq_len: int = 384, max_question_tokens: int = 64,
                  max_answer_tokens: int = 30, max_batch_pairs: int = 32,
-                 threads: int | None = None, null_threshold: float | None = None):
+                 threads: int | None = None, null_threshold: float | None = None,
+                 temperature: float = 1.0, min_confidence: float | None = None,
+                 keep_candidates: int = 0):
         if max_seq_len < 8:
             raise ReaderInputError(f"max_seq_len must be at least 8, got {max_seq_len}")
         if not 1 <= max_question_tokens <= max_seq_len - 4:
@@ -80,6 +94,13 @@ class Reader:
         #: None: the reader always answers (SQuAD 1.1); else a passage whose null score
         #: beats its best span by more than this says "no answer" (SQuAD 2.0)
         self.null_threshold = null_threshold
+        if not temperature > 0:
+            raise ReaderInputError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        #: None: off; else a passage whose best span's confidence is lower says "no answer"
+        #: (how a SQuAD 1.1 reader abstains)
+        self.min_confidence = min_confidence
+        self.keep_candidates = int(keep_candidates)
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
 
@@ -144,6 +165,8 @@ class Reader:
         once."""
         results: list[list[Span | None]] = [[None] * len(passages) for _q, passages in jobs]
         nulls: dict[tuple[int, int], float] = {}
+        log_z: dict[tuple[int, int], float] = {}
+        kept: dict[tuple[int, int], np.ndarray] = {}
         pairs = self._pairs(jobs)
         at_null = self.layout.null_position
         for batch in self._batches(pairs):
@@ -157,6 +180,13 @@ class Reader:
                                   self.max_answer_tokens)
                 if found is None:
                     continue
+                band = span_band(start_logits[row], end_logits[row], c0, c0 + len(p.context),
+                                 self.max_answer_tokens)[1]
+                log_z[where] = np.logaddexp(log_z.get(where, -np.inf),
+                                            log_partition(band, self.temperature))
+                if self.keep_candidates:
+                    kept[where] = _top(np.concatenate([kept.get(where, np.zeros(0)),
+                                                       band.reshape(-1)]), self.keep_candidates)
                 i, j, score = found
                 text, tokens = jobs[p.job][1][p.passage]
                 lo, hi = span_chars(tokens.offsets, p.context_offset + i - c0,
@@ -164,14 +194,21 @@ class Reader:
                 span = Span(p.passage, p.window, lo, hi, text[lo:hi], score)
                 if _better(span, results[p.job][p.passage]):
                     results[p.job][p.passage] = span
-        return [[self._judge(span, nulls.get((j, span.passage))) if span else None
+        return [[self._judge(span, nulls.get((j, span.passage)), float(log_z[j, span.passage]),
+                             kept.get((j, span.passage))) if span else None
                  for span in spans] for j, spans in enumerate(results)]
 
-    def _judge(self, span: Span, null_score: float | None) -> Span:
-        """The span with its passage's null score, marked null if the threshold says so."""
+    def _judge(self, span: Span, null_score: float | None, log_z: float,
+               candidates: np.ndarray | None) -> Span:
+        """The span with its passage's null score and softmax denominator, marked null if
+        the threshold says so."""
         null = null_score is not None and self.null_threshold is not None and says_no_answer(
             span.score, null_score, self.null_threshold)
-        return replace(span, null_score=null_score, null=null)
+        span = replace(span, null_score=null_score, log_z=log_z, temperature=self.temperature,
+                       candidates=() if candidates is None else tuple(candidates.tolist()))
+        if self.min_confidence is not None and span.confidence < self.min_confidence:
+            null = True
+        return replace(span, null=null)
 
     def read(self, question: str, passages: list[tuple[str, PassageTokens]]) -> Span | None:
         """The best span over all passages (ties: the earliest passage, then window)."""
@@ -184,6 +221,12 @@ class Reader:
         pair = _Pair(0, 0, 0, filler[:1], filler, 0, self.layout.special_tokens)
         for _ in range(2):
             self._forward([pair, pair])
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """The n highest finite scores, highest first."""
+    finite = scores[np.isfinite(scores)]
+    return np.sort(finite)[::-1][:n]
 
 
 def _better(candidate: Span, incumbent: Span | None) -> bool:

@@ -41,7 +41,9 @@ def show(answer: Answer) -> None:
         reason = answer.extra.get("reason") or "no passage in the corpus matches this question"
         console.print(f"[yellow]no answer:[/] {reason}")
     else:
-        console.print(f"[bold green]{answer.answer}[/]  (score {answer.score:.2f})")
+        confidence = answer.extra.get("confidence")
+        sure = f", confidence {confidence:.0%}" if confidence is not None else ""
+        console.print(f"[bold green]{answer.answer}[/]  (score {answer.score:.2f}{sure})")
         console.print(f"[dim]from[/] {answer.passage.title or '?'} [dim]({answer.passage.id})[/]")
         text = answer.passage.text or ""
         lo, hi = answer.start, answer.end
