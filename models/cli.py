@@ -33,7 +33,14 @@ def model_group() -> None:
               help="SQuAD 2.0-style checkpoints: say 'no answer' when a passage's null score "
                    "beats its best span by more than this (fit one with 'shardqa eval "
                    "--fit-null-threshold') [default: always answer]")
-def export_command(source, name, out_dir, int8, max_seq_len, null_threshold):
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="temperature of the answers' confidence (fit one with 'shardqa eval "
+                   "--fit-temperature') [default: 1]")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="say 'no answer' when a passage's best span is less likely than this "
+                   "(for SQuAD 1.1 readers) [default: off]")
+def export_command(source, name, out_dir, int8, max_seq_len, null_threshold, temperature,
+                   min_confidence):
     """Trace SOURCE (a Hugging Face extractive-QA checkpoint folder) to TorchScript."""
     from models.export import check_name, export
 
@@ -45,7 +52,8 @@ def export_command(source, name, out_dir, int8, max_seq_len, null_threshold):
             console.print(message)
 
         path = export(source, name, out, int8=int8, max_seq_len=max_seq_len,
-                      null_threshold=null_threshold, log=say)
+                      null_threshold=null_threshold, temperature=temperature,
+                      min_confidence=min_confidence, log=say)
     console.print(f"artifact: {path}")
 
 

@@ -271,18 +271,23 @@ def _quiet_libraries() -> Iterator[None]:
 
 def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
            max_seq_len: int = 384, null_threshold: float | None = None,
+           temperature: float | None = None, min_confidence: float | None = None,
            log: Callable[[str], None] | None = None) -> Path:
     """Trace SOURCE to TorchScript, check parity, write the artifact folder ``out``.
 
     ``null_threshold`` (SQuAD 2.0-style checkpoints): a passage says "no answer" when its
-    null score beats its best span by more than this; None: the reader always answers."""
+    null score beats its best span by more than this; None: the reader always answers.
+    ``temperature``: of the confidence softmax (default 1); ``min_confidence``: a passage
+    whose best span is less likely says "no answer" (SQuAD 1.1 readers; default off)."""
+    reading = {"null_threshold": null_threshold, "temperature": temperature,
+               "min_confidence": min_confidence}
     with _quiet_libraries():
         return _export(source, name, out, int8=int8, max_seq_len=max_seq_len,
-                       null_threshold=null_threshold, log=log)
+                       reading={k: v for k, v in reading.items() if v is not None}, log=log)
 
 
 def _export(source: str | Path, name: str, out: Path, *, int8: bool,
-            max_seq_len: int, null_threshold: float | None,
+            max_seq_len: int, reading: dict[str, float],
             log: Callable[[str], None] | None) -> Path:
     say = log or (lambda _msg: None)
     check_name(name)
@@ -353,7 +358,7 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
             "max_question_tokens": MAX_QUESTION_TOKENS,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "random_qa_head": random_head,
-            "null_threshold": null_threshold,
+            **reading,
             "parity": report,
             "variants": variants,
         }
@@ -375,6 +380,21 @@ READING_FIELDS = ("null_threshold", "temperature", "min_confidence")
 def reading_settings(meta: dict) -> dict[str, float]:
     """The reading settings an artifact's (or a stored copy's) meta sets, as floats."""
     return {k: float(meta[k]) for k in READING_FIELDS if meta.get(k) not in (None, "")}
+
+
+def save_reading(artifact: Path, settings: dict[str, float]) -> dict:
+    """Write reading settings (fitted on dev) into an artifact's metadata; push it again
+    for the workers to use them (another version of the same file)."""
+    unknown = set(settings) - set(READING_FIELDS)
+    if unknown:
+        raise ExportError(f"not reading settings: {', '.join(sorted(unknown))}")
+    meta = read_metadata(artifact)
+    meta.update({k: float(v) for k, v in settings.items()})
+    path = Path(artifact) / METADATA
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return meta
 
 
 def read_metadata(artifact: Path) -> dict:
