@@ -7,7 +7,7 @@ so only the question is tokenized here, once per question.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tokenizers
@@ -33,15 +33,17 @@ class Span:
     end: int
     text: str
     score: float      # start logit + end logit
+    # the fields below are statistics of the passage's other spans: two reads of the same
+    # span are equal even if batching moved them in the last bits
     #: the passage's no-answer score (start + end logit at [CLS]; the lowest over its windows)
-    null_score: float | None = None
+    null_score: float | None = field(default=None, compare=False)
     #: the reader's null threshold says this passage holds no answer (the span is its best guess)
     null: bool = False
     #: log sum exp(score / temperature) over every candidate span of the passage's windows
-    log_z: float | None = None
+    log_z: float | None = field(default=None, compare=False)
     temperature: float = 1.0
     #: the passage's highest candidate span scores (only when the reader keeps them: fitting)
-    candidates: tuple[float, ...] = ()
+    candidates: tuple[float, ...] = field(default=(), compare=False)
 
     @property
     def confidence(self) -> float | None:
@@ -165,7 +167,7 @@ class Reader:
         once."""
         results: list[list[Span | None]] = [[None] * len(passages) for _q, passages in jobs]
         nulls: dict[tuple[int, int], float] = {}
-        log_z: dict[tuple[int, int], float] = {}
+        log_z: dict[tuple[int, int], dict[int, float]] = {}
         kept: dict[tuple[int, int], np.ndarray] = {}
         pairs = self._pairs(jobs)
         at_null = self.layout.null_position
@@ -182,8 +184,7 @@ class Reader:
                     continue
                 band = span_band(start_logits[row], end_logits[row], c0, c0 + len(p.context),
                                  self.max_answer_tokens)[1]
-                log_z[where] = np.logaddexp(log_z.get(where, -np.inf),
-                                            log_partition(band, self.temperature))
+                log_z.setdefault(where, {})[p.window] = log_partition(band, self.temperature)
                 if self.keep_candidates:
                     kept[where] = _top(np.concatenate([kept.get(where, np.zeros(0)),
                                                        band.reshape(-1)]), self.keep_candidates)
@@ -194,7 +195,7 @@ class Reader:
                 span = Span(p.passage, p.window, lo, hi, text[lo:hi], score)
                 if _better(span, results[p.job][p.passage]):
                     results[p.job][p.passage] = span
-        return [[self._judge(span, nulls.get((j, span.passage)), float(log_z[j, span.passage]),
+        return [[self._judge(span, nulls.get((j, span.passage)), _in_order(log_z[j, span.passage]),
                              kept.get((j, span.passage))) if span else None
                  for span in spans] for j, spans in enumerate(results)]
 
@@ -221,6 +222,11 @@ class Reader:
         pair = _Pair(0, 0, 0, filler[:1], filler, 0, self.layout.special_tokens)
         for _ in range(2):
             self._forward([pair, pair])
+
+
+def _in_order(parts: dict[int, float]) -> float:
+    """The windows' log partitions added in window order (so batching never changes it)."""
+    return float(np.logaddexp.reduce([parts[w] for w in sorted(parts)]))
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
