@@ -74,14 +74,16 @@ def evaluate_open(client, examples: list[SquadExample], *, k: int = DEFAULT_K, a
             got = asker.ask(example.question, k=k)
         except ShardqaError as exc:
             latency = (time.perf_counter() - t0) * 1000
-            return QuestionResult(example.id, "", 0.0, 0.0, latency, error=str(exc))
+            return QuestionResult(example.id, "", 0.0, 0.0, latency, error=str(exc),
+                                  has_answer=example.has_answer)
         latency = float((got.timings_ms or {}).get("total", (time.perf_counter() - t0) * 1000))
         text = got.answer or ""
         em, f1 = score_answer(text, example.answers)
         read = list(got.passages_read or [])
         rank = read.index(gold) + 1 if gold in read else None
         return QuestionResult(example.id, text, em, f1, latency, cached=bool(got.cached),
-                              gold_rank=rank)
+                              gold_rank=rank, has_answer=example.has_answer,
+                              confidence=got.confidence)
 
     return run_questions(examples, answer, progress, "asking")
 
@@ -169,7 +171,7 @@ def reader_report(file: str, examples: list[SquadExample], model_path: str | Non
 
 
 def open_report(file: str, examples: list[SquadExample], target, *, k: int, ingest: bool,
-                progress: bool) -> EvalReport:
+                progress: bool, plot: str | None = None) -> EvalReport:
     """Open mode: (ingest the file, then) ask every question of the running system."""
     from cluster.connection import connect
 
@@ -181,6 +183,10 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
         described = pushed_model(client)
     finally:
         client.close()
+    answered = [(r.confidence, r.exact_match) for r in results if r.prediction and r.confidence]
+    if plot and answered:
+        reliability_plot({"answers": tuple(zip(*answered, strict=True))}, Path(plot),
+                         f"reliability (open mode): {Path(file).name}")
     return summarize(results, file=file, mode="open", model=described, k=k)
 
 
@@ -216,7 +222,7 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="reader mode: say 'no answer' below this confidence [default: off]")
 @click.option("--reliability-plot", "plot", type=click.Path(dir_okay=False), default=None,
-              help="reader mode: write a reliability diagram (PNG) of the confidences")
+              help="write a reliability diagram (PNG) of the answers' confidences")
 @click.option("--save-fit", is_flag=True,
               help="write what was fitted into the --model artifact (push it again)")
 @target_options
@@ -244,17 +250,16 @@ def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, 
                                max_seq_len=max_seq_len, stride=stride, threads=threads,
                                progress=progress, fit=fit)
     else:
-        if fit_null_threshold or fit_temperature or min_confidence is not None or plot \
-                or save_fit:
-            raise EvaluationError("--fit-*, --min-confidence, --reliability-plot and "
-                                  "--save-fit are for --mode reader")
+        if fit_null_threshold or fit_temperature or min_confidence is not None or save_fit:
+            raise EvaluationError("--fit-*, --min-confidence and --save-fit are for --mode "
+                                  "reader (open mode reads with the pushed model's settings)")
         if model_path is not None:
             raise EvaluationError("--model is for --mode reader; open mode uses the model "
                                   "pushed to the cluster")
         report = open_report(file, examples, target, k=k, ingest=not no_ingest,
-                             progress=progress)
+                             progress=progress, plot=plot)
     console.print(render(report))
-    if plot and mode == "reader" and Path(plot).is_file():
+    if plot and Path(plot).is_file():
         console.print(f"reliability plot written to {plot}")
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False)
