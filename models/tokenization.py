@@ -138,13 +138,10 @@ def trim_leading_space(text: str, offsets: np.ndarray) -> None:
     Byte-level BPE ("Ġword") and SentencePiece ("▁word") tokens count the space before the
     word as theirs; an answer starting at such a token would start with a space.
     """
-    if not len(offsets) or " " not in text and not any(c.isspace() for c in text):
-        return
-    space = np.fromiter((c.isspace() for c in text), dtype=bool, count=len(text))
-    while True:  # ends: every pass moves starts towards their ends
-        start, end = offsets[:, 0], offsets[:, 1]
-        at = np.minimum(start, len(text) - 1)
-        move = (start < end) & space[at]
-        if not move.any():
+    while len(offsets):  # ends: every pass moves starts towards their ends
+        open_ = np.nonzero(offsets[:, 0] < offsets[:, 1])[0]
+        move = open_[[text[i].isspace() for i in offsets[open_, 0].tolist()]] \
+            if open_.size else open_
+        if not move.size:
             return
         offsets[move, 0] += 1

@@ -244,3 +244,14 @@ def test_pipeline_answers_as_the_standalone_model(name, zoo, pipeline_pool):
         assert (answer.passage_id, answer.start, answer.end) == (pid, start, end), question
         assert answer.answer == answer.passage_text[start:end]
         assert answer.score == pytest.approx(score, abs=1e-3)
+
+
+def test_trim_leading_space_moves_starts_past_any_whitespace():
+    text = "a  b\tc \u3000d"
+    offsets = np.asarray([[0, 1], [1, 4], [4, 6], [6, 9], [9, 9]], dtype=np.int32)
+    trim_leading_space(text, offsets)
+    assert offsets.tolist() == [[0, 1], [3, 4], [5, 6], [8, 9], [9, 9]]
+    assert [text[s:e] for s, e in offsets.tolist()] == ["a", "b", "c", "d", ""]
+    all_space = np.asarray([[0, 3]], dtype=np.int32)
+    trim_leading_space("   ", all_space)
+    assert all_space.tolist() == [[3, 3]]
