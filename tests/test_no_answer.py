@@ -174,7 +174,9 @@ def test_pipeline_says_no_answer_with_a_reason_and_caches_it(shared_pipeline, re
             assert body["answer"] is None and body["reason"] == answer.reason
             cached = asker.ask(question)
             assert cached.cached and cached.answer is None and cached.reason == answer.reason
-            assert ClientAnswer.from_body(body).reason == answer.reason  # the Python API
+            typed = ClientAnswer.from_body(body)  # the Python API
+            assert typed.reason == answer.reason and typed.answer is None
+            assert typed.to_dict() == body
         proc = run_cli("ask", QUESTIONS[1], "--dir", redis_cluster.target.directory)
         assert proc.returncode == 0, proc.stderr
         assert "no answer:" in proc.stdout and NO_ANSWER in proc.stdout
@@ -194,6 +196,9 @@ def test_pipeline_confidence_is_the_softmax_over_the_passages_read(shared_pipeli
         answer = asker.ask(question, use_cache=False)
         assert answer.answer is not None and 0 < answer.confidence <= 1
         assert answer.public()["confidence"] == answer.confidence
+        typed = ClientAnswer.from_body(answer.public())
+        assert typed.confidence == answer.confidence and typed.reason is None
+        assert typed.to_dict() == answer.public()
         ranked = ranking.above_floor(ranking.rank(client, pmap, question, 5), MIN_RANK_RATIO)
         texts = [client.hget(keys.passage(pmap.for_passage(r.pid).tag, r.pid), "text").decode()
                  for r in ranked]
