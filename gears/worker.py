@@ -275,7 +275,10 @@ class ShardWorker:
         reader = loaded.reader(threads=self.settings.threads,
                                max_batch_pairs=self.settings.max_batch_pairs)
         reader.warm_up()
+        replaced = self._model_version is not None
         self._loaded, self._reader, self._model_version = loaded, reader, version
+        if replaced:  # answers cached under the previous reader (or its settings) are stale
+            self.client.incr(keys.generation())
         tok_digest = zlib.crc32(loaded.tokenizer.to_str().encode())
         self._tok_sig_prefix = f"{tok_digest:08x}:{self._window_tokens()}:{self.settings.stride}"
         log.info("reader %s loaded (%s)", loaded.meta.get("name"), version)

@@ -162,6 +162,8 @@ def readers(tiny_checkpoint, tmp_path_factory):
 def test_pipeline_says_no_answer_with_a_reason_and_caches_it(shared_pipeline, readers,
                                                              tiny_artifact, redis_cluster):
     client = shared_pipeline
+    before = Asker(client, timeout_s=30).ask(QUESTIONS[2])
+    assert before.answer is not None and Asker(client).ask(QUESTIONS[2]).cached
     try:
         for which in ("null", "sure"):
             serve(client, readers[which])
@@ -174,6 +176,9 @@ def test_pipeline_says_no_answer_with_a_reason_and_caches_it(shared_pipeline, re
             assert body["answer"] is None and body["reason"] == answer.reason
             cached = asker.ask(question)
             assert cached.cached and cached.answer is None and cached.reason == answer.reason
+            # a new reader makes the answers cached under the previous one stale
+            stale = asker.ask(QUESTIONS[2])
+            assert not stale.cached and stale.answer is None and stale.reason
             typed = ClientAnswer.from_body(body)  # the Python API
             assert typed.reason == answer.reason and typed.answer is None
             assert typed.to_dict() == body
