@@ -63,7 +63,8 @@ def load_reader(artifact: Path, variant: str, threads: int, padded: bool = False
 
 
 def _window_tokens(reader: Reader) -> int:
-    return window_token_budget(reader.max_seq_len, reader.max_question_tokens)
+    return window_token_budget(reader.max_seq_len, reader.max_question_tokens,
+                               reader.layout.special_tokens)
 
 
 # --- quality: reader mode on gold paragraphs ------------------------------------------------
