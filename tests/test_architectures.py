@@ -255,3 +255,28 @@ def test_trim_leading_space_moves_starts_past_any_whitespace():
     all_space = np.asarray([[0, 3]], dtype=np.int32)
     trim_leading_space("   ", all_space)
     assert all_space.tolist() == [[3, 3]]
+
+
+def test_layout_from_every_kind_of_post_processor():
+    """Real checkpoints ship RobertaProcessing / BertProcessing as well as templates; one
+    without a post-processor gets the BERT layout from its special tokens' names."""
+    from tokenizers import Tokenizer, processors
+
+    from models.layout import pair_layout
+    from tests.architecture_fixtures import _trained
+
+    roberta = Tokenizer.from_str(_trained("bpe", ARCHITECTURES["roberta"].specials))
+    s, e, pad = (roberta.token_to_id(t) for t in ("<s>", "</s>", "<pad>"))
+    roberta.post_processor = processors.RobertaProcessing(("</s>", e), ("<s>", s),
+                                                          trim_offsets=True)
+    layout = pair_layout(roberta)
+    assert (layout.prefix, layout.middle, layout.suffix) == ((s,), (e, e), (e,))
+    assert layout.types == (0, 0, 0, 0, 0) and layout.pad_id == pad
+    bert = Tokenizer.from_str(_trained("wordpiece", ARCHITECTURES["bert"].specials))
+    c, sep = bert.token_to_id("[CLS]"), bert.token_to_id("[SEP]")
+    bert.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", c))
+    layout = pair_layout(bert)
+    assert (layout.prefix, layout.middle, layout.suffix, layout.types) == \
+        ((c,), (sep,), (sep,), (0, 0, 0, 1, 1))
+    bert.post_processor = None
+    assert pair_layout(bert) == layout
