@@ -49,7 +49,7 @@ class PaddedReader(Reader):
         extra = self.max_seq_len - ids.shape[1]
         if extra > 0:
             pad = torch.nn.functional.pad
-            ids = pad(ids, (0, extra), value=self.pad_id)
+            ids = pad(ids, (0, extra), value=self.layout.pad_id)
             mask, types = pad(mask, (0, extra)), pad(types, (0, extra))
         return ids, mask, types
 
