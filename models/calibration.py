@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cluster.errors import ShardqaError
 from models.decoding import log_partition
 
 #: temperatures tried when fitting (log-spaced); the best by negative log-likelihood wins
@@ -86,8 +87,11 @@ def reliability_plot(curves: dict[str, tuple[Sequence[float], Sequence[float]]],
                      path: Path, title: str) -> Path:
     """A reliability diagram (accuracy against confidence per bin), one line per curve
     (e.g. before / after the fitted temperature), written as a PNG."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ShardqaError("a reliability plot needs matplotlib: pip install "
+                           "'shardqa[bench]'", exit_code=2) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
