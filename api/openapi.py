@@ -80,6 +80,12 @@ def spec() -> dict:
                     "type": "array", "items": {"type": "integer"},
                     "description": "present when candidate partitions had no live worker: "
                                    "the answer comes from the others"},
+                "reason": {"type": "string",
+                           "description": "present when passages were read and the reader "
+                                          "said 'no answer' (answer is null)"},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1,
+                               "description": "the answer's probability among the candidate "
+                                              "spans of all passages read"},
                 "timings_ms": {"type": "object",
                                "additionalProperties": {"type": "number"}}}},
             "Feedback": {"type": "object", "required": ["question", "answer", "verdict"],

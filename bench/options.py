@@ -50,7 +50,7 @@ class PaddedReader(Reader):
         extra = self.max_seq_len - ids.shape[1]
         if extra > 0:
             pad = torch.nn.functional.pad
-            ids = pad(ids, (0, extra), value=self.pad_id)
+            ids = pad(ids, (0, extra), value=self.layout.pad_id)
             mask, types = pad(mask, (0, extra)), pad(types, (0, extra))
         return ids, mask, types
 
@@ -64,7 +64,8 @@ def load_reader(artifact: Path, variant: str, threads: int, padded: bool = False
 
 
 def _window_tokens(reader: Reader) -> int:
-    return window_token_budget(reader.max_seq_len, reader.max_question_tokens)
+    return window_token_budget(reader.max_seq_len, reader.max_question_tokens,
+                               reader.layout.special_tokens)
 
 
 # --- quality: reader mode on gold paragraphs ------------------------------------------------

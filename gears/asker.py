@@ -25,6 +25,7 @@ from cluster import keys, partitions, routing
 from cluster.errors import ShardqaError
 from gears import health, ranking
 from gears.protocol import ReadReply, ReadRequest, now_ms
+from models.decoding import answer_confidence
 
 log = logging.getLogger("shardqa.ask")
 
@@ -93,6 +94,10 @@ class Answer:
     batch_sizes: list[int] = field(default_factory=list)
     #: candidate partitions left out because no live worker reads them (never cached)
     missing_partitions: list[int] = field(default_factory=list)
+    #: why ``answer`` is None when passages were read (the reader said "no answer")
+    reason: str | None = None
+    #: the answer's probability among the candidate spans of all passages read
+    confidence: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -112,6 +117,8 @@ class Answer:
             "timings_ms": self.timings_ms,
             **({"missing_partitions": self.missing_partitions}
                if self.missing_partitions else {}),
+            **({"reason": self.reason} if self.reason else {}),
+            **({"confidence": self.confidence} if self.confidence is not None else {}),
         }
 
 
@@ -357,8 +364,12 @@ class Asker:
 
     def _merge(self, answer: Answer, ranked: list[ranking.Ranked],
                replies: list[ReadReply]) -> None:
-        spans = [span for reply in replies for span in reply.spans]
+        read = [span for reply in replies for span in reply.spans]
         answer.batch_sizes = sorted(r.batch_requests for r in replies)
+        spans = [span for span in read if not span.null]
+        if read and not spans:
+            answer.reason = (f"the reader found no answer in the {len(read)} passage"
+                             f"{'s' if len(read) > 1 else ''} it read")
         if not spans:
             return
         bm25 = {r.pid: r.score for r in ranked}
@@ -370,6 +381,8 @@ class Asker:
         # deterministic whatever order the replies came in: score, then passage, then offset
         best = min(spans, key=lambda s: (-score(s), s.pid, s.start, s.end))
         answer.answer, answer.score = best.text, score(best)
+        answer.confidence = answer_confidence(best.score, best.temperature,
+                                              [s.log_z for s in read])
         answer.start, answer.end, answer.passage_id = best.start, best.end, best.pid
         tag = self.pmap.for_passage(best.pid).tag
         title, text = self.client.hmget(keys.passage(tag, best.pid), ["title", "text"])

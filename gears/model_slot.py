@@ -15,6 +15,7 @@ import zlib
 
 import redis
 
+from cluster import keys
 from gears.settings import WorkerSettings
 
 log = logging.getLogger("shardqa.worker")
@@ -88,9 +89,12 @@ class ModelSlot:
         reader = loaded.reader(threads=self.settings.threads,
                                max_batch_pairs=self.settings.max_batch_pairs)
         reader.warm_up()
-        self.window_tokens, self.stride = window_shape(loaded.meta)
+        self.window_tokens, self.stride = window_shape(loaded.meta, reader.layout.special_tokens)
         digest = zlib.crc32(loaded.tokenizer.to_str().encode())
         self.signature = f"{digest:08x}:{self.window_tokens}:{self.stride}"
+        if self.version is not None and self.version != version:
+            # answers cached under the previous reader (or its settings) are stale
+            self.client.incr(keys.generation())
         self.loaded, self.reader, self.version = loaded, reader, version
         self.problem, self._pause = None, self.settings.model_retry_s
         log.info("reader %s loaded (%s)", loaded.meta.get("name"), version)

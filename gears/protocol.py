@@ -57,6 +57,9 @@ class SpanReply:
     end: int
     text: str
     score: float
+    null: bool = False  # the reader's null threshold says the passage holds no answer
+    log_z: float | None = None  # log sum exp(score / temperature) over the passage's spans
+    temperature: float = 1.0
 
 
 @dataclass

@@ -155,7 +155,8 @@ class ReadServer:
         self.counters.pairs += pairs
         out = []
         for (r, present), spans in zip(jobs, results, strict=True):
-            span_replies = [SpanReply(pid, s.start, s.end, s.text, float(s.score))
+            span_replies = [SpanReply(pid, s.start, s.end, s.text, float(s.score), s.null,
+                                      s.log_z, s.temperature)
                             for pid, s in zip(present, spans, strict=True) if s is not None]
             out.append((r, self._reply(r, span_replies, n, started, pairs, read_ms)))
         return out

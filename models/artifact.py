@@ -11,7 +11,14 @@ import tokenizers
 import torch
 
 from cluster.errors import ShardqaError
-from models.export import MAX_QUESTION_TOKENS, METADATA, TOKENIZER, VARIANT_FILES, read_metadata
+from models.export import (
+    MAX_QUESTION_TOKENS,
+    METADATA,
+    TOKENIZER,
+    VARIANT_FILES,
+    read_metadata,
+    reading_settings,
+)
 from models.reader import Reader
 from models.tokenization import load_tokenizer
 
@@ -69,7 +76,7 @@ def load_reader(path: str | Path, *, variant: str = "fp32", max_seq_len: int | N
         reader = reader_class(module, tokenizer, max_seq_len=seq,
                               max_question_tokens=int(meta.get("max_question_tokens",
                                                                MAX_QUESTION_TOKENS)),
-                              threads=threads)
+                              threads=threads, **reading_settings(meta))
         return reader, f"{meta.get('name')} {meta.get('version')} {variant} (seq {seq})"
     module, tokenizer = _read_checkpoint(folder, variant)
     seq = int(max_seq_len or CHECKPOINT_SEQ_LEN)

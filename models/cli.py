@@ -35,7 +35,18 @@ def model_group() -> None:
 @click.option("--encoder", "as_encoder", is_flag=True, help="same as --kind encoder")
 @click.option("--max-seq-len", default=None, type=click.IntRange(8, 8192),
               help="reader: 384; encoder: the model's sentence-transformers max_seq_length")
-def export_command(source, name, out_dir, int8, kind, as_encoder, max_seq_len):
+@click.option("--null-threshold", type=float, default=None,
+              help="SQuAD 2.0-style readers: say 'no answer' when a passage's null score "
+                   "beats its best span by more than this (fit one with 'shardqa eval "
+                   "--fit-null-threshold') [default: always answer]")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="readers: temperature of the answers' confidence (fit one with 'shardqa "
+                   "eval --fit-temperature') [default: 1]")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="readers: say 'no answer' when a passage's best span is less likely than "
+                   "this (for SQuAD 1.1 readers) [default: off]")
+def export_command(source, name, out_dir, int8, kind, as_encoder, max_seq_len, null_threshold,
+                   temperature, min_confidence):
     """Trace SOURCE (a Hugging Face extractive-QA checkpoint folder, or a sentence encoder)
     to TorchScript."""
     from models.export import check_name, checkpoint_kind, export
@@ -54,7 +65,8 @@ def export_command(source, name, out_dir, int8, kind, as_encoder, max_seq_len):
                                   log=say)
         else:
             path = export(source, name, out, int8=int8, max_seq_len=max_seq_len or 384,
-                          log=say)
+                          null_threshold=null_threshold, temperature=temperature,
+                          min_confidence=min_confidence, log=say)
     console.print(f"{kind} artifact: {path}")
 
 

@@ -52,6 +52,14 @@ class QuestionResult:
     cached: bool = False
     gold_rank: int | None = None  # 1-based rank of the gold paragraph among passages read
     error: str | None = None
+    has_answer: bool = True  # False for SQuAD 2.0's unanswerable questions
+    confidence: float | None = None
+    #: reader mode, for fitting: the best span even when abstaining, its score, the null
+    #: score, and the passage's highest candidate span scores
+    candidate: str = ""
+    span_score: float | None = None
+    null_score: float | None = None
+    candidates: tuple[float, ...] = ()
 
 
 @dataclass
@@ -67,6 +75,12 @@ class EvalReport:
     cache_hit_rate: float | None
     errors: int
     k: int | None = None
+    #: SQuAD 2.0 files: EM/F1/count over the answerable (HasAns) and unanswerable (NoAns)
+    by_kind: dict[str, dict[str, float]] | None = None
+    #: expected calibration error (percent) of the answers' confidences, and the settings
+    #: fitted on this file (null_threshold, temperature) with the ECE before fitting
+    calibration: dict[str, float] | None = None
+    fitted: dict[str, float] = field(default_factory=dict)
     predictions: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -108,8 +122,34 @@ def summarize(results: list[QuestionResult], *, file: str, mode: str, model: str
         cache_hit_rate=(sum(r.cached for r in results) / n if n else 0.0)
         if mode == "open" else None,
         errors=sum(1 for r in results if r.error), k=k,
+        by_kind=_by_kind(results), calibration=_calibration(results),
         predictions={r.id: r.prediction for r in results},
     )
+
+
+def _by_kind(results: list[QuestionResult]) -> dict[str, dict[str, float]] | None:
+    """HasAns / NoAns EM and F1 as the official SQuAD 2.0 script, if any is unanswerable."""
+    if all(r.has_answer for r in results):
+        return None
+    out = {}
+    for kind, wanted in (("HasAns", True), ("NoAns", False)):
+        part = [r for r in results if r.has_answer is wanted]
+        n = len(part)
+        out[kind] = {"exact_match": 100.0 * sum(r.exact_match for r in part) / n if n else 0.0,
+                     "f1": 100.0 * sum(r.f1 for r in part) / n if n else 0.0, "count": n}
+    return out
+
+
+def _calibration(results: list[QuestionResult]) -> dict[str, float] | None:
+    """ECE (percent) of the confidences of the questions answered, when they have some."""
+    from models.calibration import reliability
+
+    answered = [r for r in results if r.confidence is not None and r.prediction]
+    if not answered:
+        return None
+    ece, _rows = reliability([r.confidence for r in answered],
+                             [r.exact_match for r in answered])
+    return {"ece": 100.0 * ece, "answered": len(answered)}
 
 
 def _progress(enabled: bool, what: str) -> Progress:
@@ -139,7 +179,8 @@ def evaluate_reader(examples: list[SquadExample], reader: Reader, *,
     """Each question read against its own paragraph only (tokenized once per paragraph)."""
     from models.tokenization import tokenize_passages, window_token_budget
 
-    window = window_token_budget(reader.max_seq_len, reader.max_question_tokens)
+    window = window_token_budget(reader.max_seq_len, reader.max_question_tokens,
+                                 reader.layout.special_tokens)
     if not 0 <= stride < window:
         raise EvaluationError(f"--stride must be in [0, {window}) for this model")
     contexts = list(dict.fromkeys(e.context for e in examples))
@@ -150,8 +191,54 @@ def evaluate_reader(examples: list[SquadExample], reader: Reader, *,
         t0 = time.perf_counter()
         span = reader.read(example.question, [(example.context, tokens[example.context])])
         latency = (time.perf_counter() - t0) * 1000
-        text = span.text if span is not None else ""
+        if span is None:
+            em, f1 = score_answer("", example.answers)
+            return QuestionResult(example.id, "", em, f1, latency,
+                                  has_answer=example.has_answer)
+        text = "" if span.null else span.text
         em, f1 = score_answer(text, example.answers)
-        return QuestionResult(example.id, text, em, f1, latency)
+        return QuestionResult(example.id, text, em, f1, latency, has_answer=example.has_answer,
+                              confidence=span.confidence, candidate=span.text,
+                              span_score=span.score, null_score=span.null_score,
+                              candidates=span.candidates)
 
     return run_questions(examples, answer, progress, "reading")
+
+
+def fit_reading(results: list[QuestionResult], examples: list[SquadExample], *,
+                null_threshold: bool, temperature: bool, current_temperature: float = 1.0
+                ) -> dict[str, float]:
+    """Fit the null threshold and/or the temperature on these reader-mode results, and
+    re-decide every prediction (and confidence) with what was fitted."""
+    from models.calibration import confidences, fit_null_threshold, fit_temperature, reliability
+    from models.decoding import says_no_answer
+
+    golds = {e.id: e.answers for e in examples}
+    fitted: dict[str, float] = {}
+    if null_threshold:
+        usable = [r for r in results if r.null_score is not None and r.span_score is not None]
+        if not usable:
+            raise EvaluationError("no question was read: nothing to fit a null threshold on")
+        threshold, _f1 = fit_null_threshold(
+            [r.null_score - r.span_score for r in usable],
+            [score_answer(r.candidate, golds[r.id])[1] for r in usable],
+            [score_answer("", golds[r.id])[1] for r in usable])
+        fitted["null_threshold"] = threshold
+        for r in usable:
+            null = says_no_answer(r.span_score, r.null_score, threshold)
+            r.prediction = "" if null else r.candidate
+            r.exact_match, r.f1 = score_answer(r.prediction, golds[r.id])
+    if temperature:
+        usable = [r for r in results if r.candidates and r.has_answer]
+        if not usable:
+            raise EvaluationError("no answerable question was read: nothing to fit a "
+                                  "temperature on")
+        candidates = [r.candidates for r in usable]
+        correct = [score_answer(r.candidate, golds[r.id])[0] for r in usable]
+        before, _rows = reliability(confidences(candidates, current_temperature), correct)
+        fitted["temperature"] = fit_temperature(candidates, correct)
+        fitted["ece_before"] = 100.0 * before
+        for r in results:
+            if r.candidates:
+                r.confidence = float(confidences([r.candidates], fitted["temperature"])[0])
+    return fitted

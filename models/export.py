@@ -27,7 +27,7 @@ import torch
 
 from cluster.errors import ShardqaError
 from models.decoding import best_span
-from models.reader import special_ids
+from models.layout import pair_layout, special_ids
 from models.tokenization import load_tokenizer, plain
 
 METADATA = "shardqa-model.json"
@@ -46,7 +46,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ExportError(ShardqaError):
-    """The checkpoint cannot be exported (missing, not a QA checkpoint, or parity failed)."""
+    """The checkpoint cannot be exported (missing, not a QA checkpoint, an input layout the
+    reader cannot build, or parity failed): a refusal, exit code 2."""
+
+    exit_code = 2
 
 
 class _QAOutputs(torch.nn.Module):
@@ -120,7 +123,7 @@ def _load(source: str, local: bool):
     torch.manual_seed(0)  # a fresh (random) QA head is the same on every export
     try:
         model, info = AutoModelForQuestionAnswering.from_pretrained(
-            source, local_files_only=local, return_dict=False, output_loading_info=True,
+            source, local_files_only=local, output_loading_info=True,
             dtype=torch.float32,  # a checkpoint stored in fp16 is traced and quantized in fp32
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -150,7 +153,7 @@ def fast_tokenizer(source: str, local: bool):
         raise ExportError(f"{source} has no fast tokenizer (tokenizer.json); shardqa needs one")
     tokenizer = load_tokenizer(plain(backend).to_str())
     try:
-        special_ids(tokenizer)
+        pair_layout(tokenizer)
     except ShardqaError as exc:
         raise ExportError(f"{source}: {exc}") from exc
     return tokenizer
@@ -299,14 +302,25 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
-           max_seq_len: int = 384, log: Callable[[str], None] | None = None) -> Path:
-    """Trace SOURCE to TorchScript, check parity, write the artifact folder ``out``."""
+           max_seq_len: int = 384, null_threshold: float | None = None,
+           temperature: float | None = None, min_confidence: float | None = None,
+           log: Callable[[str], None] | None = None) -> Path:
+    """Trace SOURCE to TorchScript, check parity, write the artifact folder ``out``.
+
+    ``null_threshold`` (SQuAD 2.0-style checkpoints): a passage says "no answer" when its
+    null score beats its best span by more than this; None: the reader always answers.
+    ``temperature``: of the confidence softmax (default 1); ``min_confidence``: a passage
+    whose best span is less likely says "no answer" (SQuAD 1.1 readers; default off)."""
+    reading = {"null_threshold": null_threshold, "temperature": temperature,
+               "min_confidence": min_confidence}
     with _quiet_libraries():
-        return _export(source, name, out, int8=int8, max_seq_len=max_seq_len, log=log)
+        return _export(source, name, out, int8=int8, max_seq_len=max_seq_len,
+                       reading={k: v for k, v in reading.items() if v is not None}, log=log)
 
 
 def _export(source: str | Path, name: str, out: Path, *, int8: bool,
-            max_seq_len: int, log: Callable[[str], None] | None) -> Path:
+            max_seq_len: int, reading: dict[str, float],
+            log: Callable[[str], None] | None) -> Path:
     say = log or (lambda _msg: None)
     check_name(name)
     out = check_out(out)
@@ -320,10 +334,10 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
                           f"{max_seq_len}")
     if max_seq_len - MAX_QUESTION_TOKENS - 3 < 16:
         raise ExportError(f"--max-seq-len {max_seq_len} leaves too little room for passages")
-    with_types = "token_type_ids" in inspect.signature(model.forward).parameters
-    if with_types and int(getattr(config, "type_vocab_size", 2)) < 2:
-        raise ExportError("the model has a single token type; shardqa's [CLS] q [SEP] c [SEP] "
-                          "layout needs two")
+    # RoBERTa, XLM-R (one token type) and DeBERTa-v3 (none) are read with type 0 throughout,
+    # as they were trained: the wrapper does not pass the reader's token types on
+    with_types = ("token_type_ids" in inspect.signature(model.forward).parameters
+                  and int(getattr(config, "type_vocab_size", 2) or 0) >= 2)
     specials = special_ids(tokenizer)
     vocab = int(config.vocab_size)
     shapes = [(b, n or max_seq_len) for b, n in PARITY_SHAPES]
@@ -358,6 +372,7 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
         "max_seq_len": max_seq_len,
         "max_question_tokens": MAX_QUESTION_TOKENS,
         "random_qa_head": random_head,
+        **reading,
         "parity": report,
     }
     meta = write_artifact(out, {"fp32": traced, "int8": traced_int8}, VARIANT_FILES,
@@ -404,6 +419,30 @@ def write_artifact(out: Path, modules: dict, files: dict[str, str], tokenizer,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return meta
+
+
+#: how the reader reads its logits, set at export (or fitted on dev); absent: not used
+READING_FIELDS = ("null_threshold", "temperature", "min_confidence")
+
+
+def reading_settings(meta: dict) -> dict[str, float]:
+    """The reading settings an artifact's (or a stored copy's) meta sets, as floats."""
+    return {k: float(meta[k]) for k in READING_FIELDS if meta.get(k) not in (None, "")}
+
+
+def save_reading(artifact: Path, settings: dict[str, float]) -> dict:
+    """Write reading settings (fitted on dev) into an artifact's metadata; push it again
+    for the workers to use them (another version of the same file)."""
+    unknown = set(settings) - set(READING_FIELDS)
+    if unknown:
+        raise ExportError(f"not reading settings: {', '.join(sorted(unknown))}")
+    meta = read_metadata(artifact)
+    meta.update({k: float(v) for k, v in settings.items()})
+    path = Path(artifact) / METADATA
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     return meta
 
 

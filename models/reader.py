@@ -7,18 +7,18 @@ so only the question is tokenized here, once per question.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tokenizers
 import torch
 
 from cluster.errors import ShardqaError
-from models.decoding import best_span, span_chars
+from models.decoding import best_span, log_partition, says_no_answer, span_band, span_chars
+from models.layout import PairLayout, pair_layout, special_ids
 from models.tokenization import PassageTokens, plain
 
-#: Special tokens of the input layout, BERT names first, then RoBERTa-style fallbacks.
-_SPECIALS = {"cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"), "pad": ("[PAD]", "<pad>")}
+__all__ = ["Reader", "ReaderInputError", "Span", "best_of", "special_ids"]
 
 
 class ReaderInputError(ShardqaError):
@@ -33,20 +33,24 @@ class Span:
     end: int
     text: str
     score: float      # start logit + end logit
+    # the fields below are statistics of the passage's other spans: two reads of the same
+    # span are equal even if batching moved them in the last bits
+    #: the passage's no-answer score (start + end logit at [CLS]; the lowest over its windows)
+    null_score: float | None = field(default=None, compare=False)
+    #: the reader's null threshold says this passage holds no answer (the span is its best guess)
+    null: bool = False
+    #: log sum exp(score / temperature) over every candidate span of the passage's windows
+    log_z: float | None = field(default=None, compare=False)
+    temperature: float = 1.0
+    #: the passage's highest candidate span scores (only when the reader keeps them: fitting)
+    candidates: tuple[float, ...] = field(default=(), compare=False)
 
-
-def special_ids(tokenizer: tokenizers.Tokenizer) -> tuple[int, int, int]:
-    """(cls, sep, pad) ids from the tokenizer's vocabulary."""
-    found = []
-    for role, names in _SPECIALS.items():
-        ids = [tokenizer.token_to_id(n) for n in names]
-        ids = [i for i in ids if i is not None]
-        if not ids:
-            raise ReaderInputError(
-                f"the tokenizer has no {role} token (looked for {', '.join(names)})"
-            )
-        found.append(ids[0])
-    return found[0], found[1], found[2]
+    @property
+    def confidence(self) -> float | None:
+        """The span's probability among all candidate spans of its passage."""
+        if self.log_z is None:
+            return None
+        return float(np.exp(self.score / self.temperature - self.log_z))
 
 
 @dataclass
@@ -57,10 +61,11 @@ class _Pair:
     question: np.ndarray
     context: np.ndarray
     context_offset: int  # token index of the window's first token inside the passage
+    specials: int = 3    # special tokens of the layout around question and window
 
     @property
     def length(self) -> int:
-        return len(self.question) + len(self.context) + 3
+        return len(self.question) + len(self.context) + self.specials
 
 
 class Reader:
@@ -70,7 +75,9 @@ class Reader:
     def __init__(self, module: torch.jit.ScriptModule, tokenizer: tokenizers.Tokenizer, *,
                  max_seq_len: int = 384, max_question_tokens: int = 64,
                  max_answer_tokens: int = 30, max_batch_pairs: int = 32,
-                 threads: int | None = None):
+                 threads: int | None = None, null_threshold: float | None = None,
+                 temperature: float = 1.0, min_confidence: float | None = None,
+                 keep_candidates: int = 0):
         if max_seq_len < 8:
             raise ReaderInputError(f"max_seq_len must be at least 8, got {max_seq_len}")
         if not 1 <= max_question_tokens <= max_seq_len - 4:
@@ -85,7 +92,17 @@ class Reader:
         self.max_question_tokens = max_question_tokens
         self.max_answer_tokens = max_answer_tokens
         self.max_batch_pairs = max_batch_pairs
-        self.cls_id, self.sep_id, self.pad_id = special_ids(tokenizer)
+        self.layout: PairLayout = pair_layout(self.tokenizer)
+        #: None: the reader always answers (SQuAD 1.1); else a passage whose null score
+        #: beats its best span by more than this says "no answer" (SQuAD 2.0)
+        self.null_threshold = null_threshold
+        if not temperature > 0:
+            raise ReaderInputError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        #: None: off; else a passage whose best span's confidence is lower says "no answer"
+        #: (how a SQuAD 1.1 reader abstains)
+        self.min_confidence = min_confidence
+        self.keep_candidates = int(keep_candidates)
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
 
@@ -102,7 +119,7 @@ class Reader:
             if not passages:
                 continue
             q = self.question_ids(question)
-            room = self.max_seq_len - len(q) - 3
+            room = self.max_seq_len - len(q) - self.layout.special_tokens
             for p, (_text, tokens) in enumerate(passages):
                 if tokens is None:
                     continue
@@ -111,7 +128,8 @@ class Reader:
                     hi = min(hi, lo + room)  # a window cut for a shorter question budget
                     if hi <= lo:
                         continue
-                    pairs.append(_Pair(j, p, w, q, np.asarray(tokens.ids[lo:hi]), lo))
+                    pairs.append(_Pair(j, p, w, q, np.asarray(tokens.ids[lo:hi]), lo,
+                                       self.layout.special_tokens))
         return pairs
 
     def _batches(self, pairs: list[_Pair]):
@@ -121,20 +139,15 @@ class Reader:
             yield [pairs[i] for i in order[k:k + self.max_batch_pairs]]
 
     def encode_batch(self, batch: list[_Pair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[CLS] question [SEP] window [SEP], padded to the longest pair of this batch."""
+        """Question and window in the tokenizer's pair layout (``[CLS] q [SEP] w [SEP]`` for
+        BERT), padded to the longest pair of this batch."""
         width = max(p.length for p in batch)
-        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        ids = np.full((len(batch), width), self.layout.pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
         types = np.zeros((len(batch), width), dtype=np.int64)
         for row, p in enumerate(batch):
-            nq, nc = len(p.question), len(p.context)
-            ids[row, 0] = self.cls_id
-            ids[row, 1:1 + nq] = p.question
-            ids[row, 1 + nq] = self.sep_id
-            ids[row, 2 + nq:2 + nq + nc] = p.context
-            ids[row, 2 + nq + nc] = self.sep_id
-            mask[row, :p.length] = 1
-            types[row, 2 + nq:p.length] = 1
+            n = self.layout.fill(ids[row], types[row], p.question, p.context)
+            mask[row, :n] = 1
         return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types)
 
     def _forward(self, batch: list[_Pair]) -> tuple[np.ndarray, np.ndarray]:
@@ -153,15 +166,28 @@ class Reader:
         batch pads to its own longest pair (never to max_seq_len); each question is tokenized
         once."""
         results: list[list[Span | None]] = [[None] * len(passages) for _q, passages in jobs]
+        nulls: dict[tuple[int, int], float] = {}
+        log_z: dict[tuple[int, int], dict[int, float]] = {}
+        kept: dict[tuple[int, int], np.ndarray] = {}
         pairs = self._pairs(jobs)
+        at_null = self.layout.null_position
         for batch in self._batches(pairs):
             start_logits, end_logits = self._forward(batch)
             for row, p in enumerate(batch):
-                c0 = len(p.question) + 2
+                where = (p.job, p.passage)
+                null = float(start_logits[row, at_null]) + float(end_logits[row, at_null])
+                nulls[where] = min(null, nulls.get(where, null))
+                c0 = self.layout.context_start(len(p.question))
                 found = best_span(start_logits[row], end_logits[row], c0, c0 + len(p.context),
                                   self.max_answer_tokens)
                 if found is None:
                     continue
+                band = span_band(start_logits[row], end_logits[row], c0, c0 + len(p.context),
+                                 self.max_answer_tokens)[1]
+                log_z.setdefault(where, {})[p.window] = log_partition(band, self.temperature)
+                if self.keep_candidates:
+                    kept[where] = _top(np.concatenate([kept.get(where, np.zeros(0)),
+                                                       band.reshape(-1)]), self.keep_candidates)
                 i, j, score = found
                 text, tokens = jobs[p.job][1][p.passage]
                 lo, hi = span_chars(tokens.offsets, p.context_offset + i - c0,
@@ -169,7 +195,21 @@ class Reader:
                 span = Span(p.passage, p.window, lo, hi, text[lo:hi], score)
                 if _better(span, results[p.job][p.passage]):
                     results[p.job][p.passage] = span
-        return results
+        return [[self._judge(span, nulls.get((j, span.passage)), _in_order(log_z[j, span.passage]),
+                             kept.get((j, span.passage))) if span else None
+                 for span in spans] for j, spans in enumerate(results)]
+
+    def _judge(self, span: Span, null_score: float | None, log_z: float,
+               candidates: np.ndarray | None) -> Span:
+        """The span with its passage's null score and softmax denominator, marked null if
+        the threshold says so."""
+        null = null_score is not None and self.null_threshold is not None and says_no_answer(
+            span.score, null_score, self.null_threshold)
+        span = replace(span, null_score=null_score, log_z=log_z, temperature=self.temperature,
+                       candidates=() if candidates is None else tuple(candidates.tolist()))
+        if self.min_confidence is not None and span.confidence < self.min_confidence:
+            null = True
+        return replace(span, null=null)
 
     def read(self, question: str, passages: list[tuple[str, PassageTokens]]) -> Span | None:
         """The best span over all passages (ties: the earliest passage, then window)."""
@@ -178,10 +218,21 @@ class Reader:
     def warm_up(self) -> None:
         """One small forward (twice: TorchScript optimizes on its second call) so the first
         real request isn't slow."""
-        pair = _Pair(0, 0, 0, np.asarray([self.cls_id], dtype=np.int64),
-                     np.asarray([self.sep_id] * 4, dtype=np.int64), 0)
+        filler = np.asarray([self.layout.pad_id] * 4, dtype=np.int64)
+        pair = _Pair(0, 0, 0, filler[:1], filler, 0, self.layout.special_tokens)
         for _ in range(2):
             self._forward([pair, pair])
+
+
+def _in_order(parts: dict[int, float]) -> float:
+    """The windows' log partitions added in window order (so batching never changes it)."""
+    return float(np.logaddexp.reduce([parts[w] for w in sorted(parts)]))
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """The n highest finite scores, highest first."""
+    finite = scores[np.isfinite(scores)]
+    return np.sort(finite)[::-1][:n]
 
 
 def _better(candidate: Span, incumbent: Span | None) -> bool:

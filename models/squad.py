@@ -38,6 +38,11 @@ class SquadExample:
     answers: tuple[str, ...]
     answer_starts: tuple[int, ...]
 
+    @property
+    def has_answer(self) -> bool:
+        """False for SQuAD 2.0's unanswerable questions (is_impossible, no answers)."""
+        return bool(self.answers)
+
 
 @dataclass
 class TrainFeature:
@@ -63,7 +68,8 @@ class EvalFeature:
 
 
 def read_squad(path: str | Path) -> list[SquadExample]:
-    """Every question of a SQuAD v1.1 file, in file order."""
+    """Every question of a SQuAD v1.1 or v2.0 file, in file order (an unanswerable v2.0
+    question has no answers; its ``plausible_answers`` are not gold)."""
     path = Path(path)
     try:
         with path.open(encoding="utf-8") as f:
@@ -81,7 +87,7 @@ def read_squad(path: str | Path) -> list[SquadExample]:
             for p_index, paragraph in enumerate(article["paragraphs"]):
                 context = paragraph["context"]
                 for qa in paragraph["qas"]:
-                    answers = qa.get("answers") or []
+                    answers = [] if qa.get("is_impossible") else qa.get("answers") or []
                     examples.append(SquadExample(
                         id=str(qa["id"]), title=title, paragraph_index=p_index,
                         context=context, question=qa["question"],
@@ -196,9 +202,11 @@ def f1(prediction: str, gold: str) -> float:
 
 
 def score_answer(prediction: str, golds: tuple[str, ...] | list[str]) -> tuple[float, float]:
-    """(EM, F1) of one prediction, each the max over the gold answers (0 if none)."""
+    """(EM, F1) of one prediction, each the max over the gold answers. No gold answers is
+    SQuAD 2.0's "no answer": an empty prediction scores 1, anything else 0 (as the official
+    script)."""
     if not golds:
-        return 0.0, 0.0
+        return (1.0, 1.0) if not normalize_answer(prediction) else (0.0, 0.0)
     return (max(exact_match(prediction, g) for g in golds),
             max(f1(prediction, g) for g in golds))
 

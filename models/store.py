@@ -33,7 +33,7 @@ import torch
 from cluster import keys, partitions, routing
 from cluster.errors import ShardqaError
 from models.encoder import Encoder
-from models.export import TOKENIZER, ExportError, read_metadata, sha256_file
+from models.export import TOKENIZER, ExportError, read_metadata, reading_settings, sha256_file
 from models.reader import Reader
 from models.tokenization import load_tokenizer
 
@@ -66,6 +66,8 @@ class LoadedModel:
         """A Reader with this model's max_seq_len / max_question_tokens (kwargs override)."""
         kwargs.setdefault("max_seq_len", int(self.meta["max_seq_len"]))
         kwargs.setdefault("max_question_tokens", int(self.meta["max_question_tokens"]))
+        for key, value in reading_settings(self.meta).items():
+            kwargs.setdefault(key, value)
         return Reader(self.module, self.tokenizer, **kwargs)
 
     def encoder(self, **kwargs) -> Encoder:
@@ -73,6 +75,15 @@ class LoadedModel:
         kwargs.setdefault("max_seq_len", int(self.meta["max_seq_len"]))
         kwargs.setdefault("dim", int(self.meta["dim"]))
         return Encoder(self.module, self.tokenizer, **kwargs)
+
+
+def _version(sha: str, reading: dict[str, float]) -> str:
+    """The file's sha256 prefix; other reading settings for the same file are another
+    version (so a pushed threshold change reaches the workers)."""
+    if not reading:
+        return sha[:12]
+    digest = hashlib.sha256(json.dumps(reading, sort_keys=True).encode()).hexdigest()
+    return f"{sha[:12]}-{digest[:6]}"
 
 
 # --- where each master's copy lives ---------------------------------------------------------
@@ -381,14 +392,17 @@ def push(client, artifact: Path, *, variant: str = "fp32", chunk_size: int = 64 
     if kind not in KINDS:
         raise ShardqaError(f"{artifact} is a {kind!r} artifact; shardqa stores "
                            f"{' and '.join(KINDS)} models")
+    reading = reading_settings(info)
     meta = {
-        "kind": kind, "name": info["name"], "version": sha[:12], "variant": variant,
-        "sha256": sha, "size": len(blob), "chunks": max(1, -(-len(blob) // chunk_size)),
+        "kind": kind, "name": info["name"], "version": _version(sha, reading),
+        "variant": variant, "sha256": sha,
+        "size": len(blob), "chunks": max(1, -(-len(blob) // chunk_size)),
         "chunk_size": chunk_size, "max_seq_len": int(info["max_seq_len"]),
         **_kind_fields(info),
         "dtype": variants[variant].get("dtype", ""), "source": info.get("source", ""),
         "created": info.get("created", ""), "pushed": f"{time.time():.6f}",
         "tokenizer": (artifact / TOKENIZER).read_text(encoding="utf-8"),
+        **{k: repr(float(v)) for k, v in reading.items()},
     }
     load_tokenizer(meta["tokenizer"])  # refuse an unreadable tokenizer before writing anything
     tags = master_tags(client)

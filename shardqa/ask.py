@@ -38,9 +38,12 @@ def ask_command(question, k, as_json, no_cache, timeout, target):
 
 def show(answer: Answer) -> None:
     if answer.answer is None or answer.passage is None:
-        console.print("[yellow]no answer:[/] no passage in the corpus matches this question")
+        reason = answer.reason or "no passage in the corpus matches this question"
+        console.print(f"[yellow]no answer:[/] {reason}")
     else:
-        console.print(f"[bold green]{answer.answer}[/]  (score {answer.score:.2f})")
+        confidence = answer.confidence
+        sure = f", confidence {confidence:.0%}" if confidence is not None else ""
+        console.print(f"[bold green]{answer.answer}[/]  (score {answer.score:.2f}{sure})")
         console.print(f"[dim]from[/] {answer.passage.title or '?'} [dim]({answer.passage.id})[/]")
         text = answer.passage.text or ""
         lo, hi = answer.start, answer.end

@@ -25,7 +25,8 @@ from cluster.connection import connect as connect_cluster
 from cluster.errors import ShardqaError
 
 #: the fields of the API's answer body that Answer names; every other one goes to ``extra``
-_NAMED = ("question", "answer", "score", "passage", "start", "end", "cached", "timings_ms")
+_NAMED = ("question", "answer", "score", "passage", "start", "end", "cached", "timings_ms",
+          "reason", "confidence")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class Answer:
     cached: bool
     timings: Mapping[str, float]
     extra: Mapping[str, Any]
+    #: why ``answer`` is None although passages were read (the reader said "no answer")
+    reason: str | None = None
+    #: the answer's probability among the candidate spans of all passages read
+    confidence: float | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Answer:
@@ -64,6 +69,7 @@ class Answer:
             start=body.get("start"), end=body.get("end"), cached=bool(body.get("cached")),
             timings=MappingProxyType(dict(body.get("timings_ms") or {})),
             extra=MappingProxyType({k: v for k, v in body.items() if k not in _NAMED}),
+            reason=body.get("reason"), confidence=body.get("confidence"),
         )
 
     def to_dict(self) -> dict:
@@ -73,6 +79,8 @@ class Answer:
                 "passage": None if passage is None else {
                     "id": passage.id, "title": passage.title, "text": passage.text},
                 "start": self.start, "end": self.end, "cached": self.cached,
+                **({"reason": self.reason} if self.reason is not None else {}),
+                **({"confidence": self.confidence} if self.confidence is not None else {}),
                 **self.extra, "timings_ms": dict(self.timings)}
 
     def __getattr__(self, name: str) -> Any:

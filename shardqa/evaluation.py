@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -20,12 +21,14 @@ from rich.table import Table
 from cluster.errors import ShardqaError
 from cluster.options import target_options
 from gears.asker import DEFAULT_K, MAX_K
+from models.calibration import reliability_plot
 from models.evaluation import (
     DEFAULT_STRIDE,
     EvalReport,
     EvaluationError,
     QuestionResult,
     evaluate_reader,
+    fit_reading,
     run_questions,
     summarize,
 )
@@ -33,6 +36,17 @@ from models.squad import SquadExample, read_squad, score_answer
 from shardqa import datasets
 
 console = Console(highlight=False)
+
+
+@dataclass(frozen=True)
+class ReaderFit:
+    """What reader mode fits or changes on the file (all off by default)."""
+
+    null_threshold: bool = False
+    temperature: bool = False
+    min_confidence: float | None = None
+    plot: str | None = None  # reliability diagram PNG
+    save: bool = False       # write what was fitted into the artifact's metadata
 
 
 def ingest_file(client, path: str, progress: bool = True):
@@ -60,14 +74,16 @@ def evaluate_open(client, examples: list[SquadExample], *, k: int = DEFAULT_K, a
             got = asker.ask(example.question, k=k)
         except ShardqaError as exc:
             latency = (time.perf_counter() - t0) * 1000
-            return QuestionResult(example.id, "", 0.0, 0.0, latency, error=str(exc))
+            return QuestionResult(example.id, "", 0.0, 0.0, latency, error=str(exc),
+                                  has_answer=example.has_answer)
         latency = float((got.timings_ms or {}).get("total", (time.perf_counter() - t0) * 1000))
         text = got.answer or ""
         em, f1 = score_answer(text, example.answers)
         read = list(got.passages_read or [])
         rank = read.index(gold) + 1 if gold in read else None
         return QuestionResult(example.id, text, em, f1, latency, cached=bool(got.cached),
-                              gold_rank=rank)
+                              gold_rank=rank, has_answer=example.has_answer,
+                              confidence=got.confidence)
 
     return run_questions(examples, answer, progress, "asking")
 
@@ -98,6 +114,14 @@ def render(report: EvalReport) -> Table:
     table.add_row("cache hit rate",
                   "n/a (reader mode)" if report.cache_hit_rate is None
                   else f"{100 * report.cache_hit_rate:.1f}%")
+    for kind, row in (report.by_kind or {}).items():
+        table.add_row(f"{kind} EM / F1 ({row['count']:,})",
+                      f"{row['exact_match']:.2f} / {row['f1']:.2f}")
+    if report.calibration:
+        table.add_row("calibration error (ECE)", f"{report.calibration['ece']:.2f}")
+    for name, value in report.fitted.items():
+        table.add_row(f"fitted {name}" if name != "ece_before" else "ECE before fitting",
+                      f"{value:.4g}")
     if report.errors:
         table.add_row("errors", str(report.errors))
     return table
@@ -105,24 +129,50 @@ def render(report: EvalReport) -> Table:
 
 def reader_report(file: str, examples: list[SquadExample], model_path: str | None, *,
                   variant: str, max_seq_len: int | None, stride: int, threads: int | None,
-                  progress: bool) -> EvalReport:
+                  progress: bool, fit: ReaderFit | None = None) -> EvalReport:
     """Reader mode: the model at ``model_path`` (default: the bundled reader) on gold
-    paragraphs."""
+    paragraphs; with ``fit``, the null threshold / temperature fitted on them."""
     from models.artifact import load_reader
 
+    fit = fit or ReaderFit()
     if model_path is None:
         from models.default import default_artifact
 
         model_path = str(default_artifact())
     reader, described = load_reader(model_path, variant=variant, max_seq_len=max_seq_len,
                                     threads=threads)
+    if fit.min_confidence is not None:
+        reader.min_confidence = fit.min_confidence
+    if fit.null_threshold:
+        reader.null_threshold = None  # read every span; the fitted threshold decides after
+    if fit.temperature or fit.plot:
+        reader.keep_candidates = 64
     reader.warm_up()
     results = evaluate_reader(examples, reader, stride=stride, progress=progress)
-    return summarize(results, file=file, mode="reader", model=described)
+    before = [(r.confidence, r.exact_match) for r in results if r.prediction and r.confidence]
+    fitted = fit_reading(results, examples, null_threshold=fit.null_threshold,
+                         temperature=fit.temperature, current_temperature=reader.temperature)
+    report = summarize(results, file=file, mode="reader", model=described)
+    report.fitted = fitted
+    if fit.plot:
+        after = [(r.confidence, r.exact_match) for r in results if r.prediction and r.confidence]
+        curves = {f"temperature {reader.temperature:g}": tuple(zip(*before, strict=True))}
+        if "temperature" in fitted:
+            curves[f"fitted {fitted['temperature']:.3g}"] = tuple(zip(*after, strict=True))
+        if before:
+            reliability_plot(curves, Path(fit.plot), f"reliability: {Path(file).name}")
+    if fit.save and fitted:
+        from models.export import METADATA, save_reading
+
+        if not (Path(model_path) / METADATA).is_file():
+            raise EvaluationError("--save-fit needs --model to be an exported artifact")
+        save_reading(Path(model_path), {k: v for k, v in fitted.items()
+                                        if k in ("null_threshold", "temperature")})
+    return report
 
 
 def open_report(file: str, examples: list[SquadExample], target, *, k: int, ingest: bool,
-                progress: bool) -> EvalReport:
+                progress: bool, plot: str | None = None) -> EvalReport:
     """Open mode: (ingest the file, then) ask every question of the running system."""
     from cluster.connection import connect
 
@@ -134,6 +184,10 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
         described = pushed_model(client)
     finally:
         client.close()
+    answered = [(r.confidence, r.exact_match) for r in results if r.prediction and r.confidence]
+    if plot and answered:
+        reliability_plot({"answers": tuple(zip(*answered, strict=True))}, Path(plot),
+                         f"reliability (open mode): {Path(file).name}")
     return summarize(results, file=file, mode="open", model=described, k=k)
 
 
@@ -161,9 +215,21 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="also write the report (with every prediction) to this JSON file")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--fit-null-threshold", is_flag=True,
+              help="reader mode, SQuAD 2.0 files: choose the no-answer threshold scoring the "
+                   "best F1 here")
+@click.option("--fit-temperature", is_flag=True,
+              help="reader mode: fit the confidence temperature here (reports ECE before/after)")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="reader mode: say 'no answer' below this confidence [default: off]")
+@click.option("--reliability-plot", "plot", type=click.Path(dir_okay=False), default=None,
+              help="write a reliability diagram (PNG) of the answers' confidences")
+@click.option("--save-fit", is_flag=True,
+              help="write what was fitted into the --model artifact (push it again)")
 @target_options
 def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, no_ingest, k,
-                 limit, json_out, quiet, target):
+                 limit, json_out, quiet, fit_null_threshold, fit_temperature, min_confidence,
+                 plot, save_fit, target):
     """Score a SQuAD-format FILE: EM/F1, recall@1/@5/@k, latency p50/p95/p99, cache hits.
 
     FILE defaults to the repository's SQuAD dev subset (data/squad/dev.json).
@@ -180,16 +246,22 @@ def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, 
     if mode == "reader":
         if no_ingest:
             raise EvaluationError("--no-ingest is for --mode open")
+        fit = ReaderFit(fit_null_threshold, fit_temperature, min_confidence, plot, save_fit)
         report = reader_report(file, examples, model_path, variant=variant,
                                max_seq_len=max_seq_len, stride=stride, threads=threads,
-                               progress=progress)
+                               progress=progress, fit=fit)
     else:
+        if fit_null_threshold or fit_temperature or min_confidence is not None or save_fit:
+            raise EvaluationError("--fit-*, --min-confidence and --save-fit are for --mode "
+                                  "reader (open mode reads with the pushed model's settings)")
         if model_path is not None:
             raise EvaluationError("--model is for --mode reader; open mode uses the model "
                                   "pushed to the cluster")
         report = open_report(file, examples, target, k=k, ingest=not no_ingest,
-                             progress=progress)
+                             progress=progress, plot=plot)
     console.print(render(report))
+    if plot and Path(plot).is_file():
+        console.print(f"reliability plot written to {plot}")
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False)
                                   + "\n", encoding="utf-8")

@@ -166,6 +166,8 @@ def test_open_mode_finds_the_gold_paragraphs(pipeline, squad):
     assert first.errors == 0 and first.count == 6
     assert first.recall["5"] == 100.0 and 0.0 < first.recall["1"] <= 100.0
     assert first.cache_hit_rate == 0.0
+    # every answer carries the pipeline's confidence, so open mode reports calibration too
+    assert first.calibration is not None and 0.0 <= first.calibration["ece"] <= 100.0
     second = summarize(evaluate_open(client, examples, k=5, asker=asker, progress=False),
                        file=str(squad), mode="open", model="tiny", k=5)
     assert second.cache_hit_rate == 1.0

@@ -95,7 +95,9 @@ function showAnswer(body) {
   $("error").hidden = true;
   const passage = body.passage || {};
   if (body.answer === null || body.answer === undefined) {
-    $("answer").textContent = "No answer: no passage in the corpus matches this question.";
+    $("answer").textContent = body.reason
+      ? `No answer: ${body.reason}.`
+      : "No answer: no passage in the corpus matches this question.";
     $("passage").hidden = true;
   } else {
     $("answer").textContent = body.answer;
@@ -104,7 +106,9 @@ function showAnswer(body) {
     highlighted($("passage-text"), passage.text, body.start, body.end);
   }
   const meta = $("meta");
-  meta.replaceChildren(`Score ${formatScore(body.score)} · `,
+  const sure = typeof body.confidence === "number"
+    ? ` · confidence ${Math.round(100 * body.confidence)}%` : "";
+  meta.replaceChildren(`Score ${formatScore(body.score)}${sure} · `,
     el("span", body.cached ? "from the cache" : "computed now",
        body.cached ? "badge hit" : "badge"));
   showRetrieval(body.retrieval);
