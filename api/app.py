@@ -125,15 +125,25 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
     app = Flask("shardqa")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     metrics = Metrics()
-    # the cached path's metric children, looked up once
-    cache_hits, cache_misses = metrics.cache.labels("hit"), metrics.cache.labels("miss")
-    hit_latency, miss_latency = metrics.latency.labels("true"), metrics.latency.labels("false")
     limiter = RateLimiter(rate_limit)
     wrong_tokens = RateLimiter(WRONG_TOKENS_PER_MINUTE, window_s=60.0)
     uncached = threading.BoundedSemaphore(max_uncached)
     app.extensions.update(shardqa_metrics=metrics, shardqa_limiter=limiter,
                           shardqa_wrong_tokens=wrong_tokens, shardqa_uncached=uncached)
     question_log = QuestionLog(app, asker.client, metrics.registry, token=token)  # records/
+    _guard(app, token, limiter, wrong_tokens)
+    _count_requests(app, metrics)
+    _error_handlers(app)
+    _qa_routes(app, _Answerer(asker, metrics, question_log, uncached, max_uncached))
+    app.register_blueprint(page.page)
+    _health_route(app, asker)
+    _metrics_routes(app, metrics)
+    return app
+
+
+def _guard(app: Flask, token: str | None, limiter: RateLimiter,
+           wrong_tokens: RateLimiter) -> None:
+    """Bearer token and rate limit on every path but health, metrics, spec and the page."""
 
     @app.before_request
     def guard():
@@ -152,11 +162,17 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
             return error(429, f"rate limit of {limiter.per_second:g} requests/s exceeded")
         return None
 
+
+def _count_requests(app: Flask, metrics: Metrics) -> None:
     @app.after_request
     def count(response):
         metrics.requests.labels(request.url_rule.rule if request.url_rule else "other",
                                 str(response.status_code)).inc()
         return response
+
+
+def _error_handlers(app: Flask) -> None:
+    """Every error becomes a JSON body, never an HTML page or a traceback."""
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -176,12 +192,68 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
         log.exception("unexpected error")
         return error(500, "internal error")
 
+
+class _Answerer:
+    """Answers one question: the cache first, then at most ``max_uncached`` shard reads at
+    once; observes the latency metrics and logs the question."""
+
+    def __init__(self, asker: Asker, metrics: Metrics, question_log: QuestionLog,
+                 uncached: threading.BoundedSemaphore, max_uncached: int) -> None:
+        self.asker = asker
+        self.metrics = metrics
+        self.question_log = question_log
+        self.uncached = uncached
+        self.max_uncached = max_uncached
+        # the cached path's metric children, looked up once
+        self.cache_hits = metrics.cache.labels("hit")
+        self.cache_misses = metrics.cache.labels("miss")
+        self.hit_latency = metrics.latency.labels("true")
+        self.miss_latency = metrics.latency.labels("false")
+
+    def answer(self, question, k) -> Response:
+        t0 = time.perf_counter()
+        result = self.asker.cached(question, k) or self.read(question, k)
+        elapsed = time.perf_counter() - t0
+        self.question_log.answered(result)
+        if result.cached:
+            self.cache_hits.inc()
+            self.hit_latency.observe(elapsed)
+            return json_response(result.public())
+        self.cache_misses.inc()
+        self.miss_latency.observe(elapsed)
+        for stage in ("rank", "wait", "queue", "read"):
+            if stage in result.timings_ms:
+                self.metrics.stage.labels(stage).observe(result.timings_ms[stage] / 1000)
+        for size in result.batch_sizes:
+            self.metrics.batch.observe(size)
+        return json_response(result.public())
+
+    def read(self, question, k):
+        if not self.uncached.acquire(blocking=False):
+            raise ShardqaError(f"busy: {self.max_uncached} uncached questions are being read; "
+                               "retry in a moment", http_status=503)
+        try:
+            return self.asker.ask(question, k)
+        finally:
+            self.uncached.release()
+
+
+def _parse_k(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise QuestionError(f"k must be an integer from 1 to {MAX_K}") from None
+
+
+def _qa_routes(app: Flask, answerer: _Answerer) -> None:
+    """GET /qa?q=...&k=... and POST /qa with a JSON body."""
+
     @app.get("/qa")
     def qa_get():
         question = request.args.get("q")
         if question is None:
             raise QuestionError("missing query parameter q")
-        return answer(question, parse_k(request.args.get("k", "5")))
+        return answerer.answer(question, _parse_k(request.args.get("k", "5")))
 
     @app.post("/qa")
     def qa_post():
@@ -195,42 +267,10 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
             raise QuestionError("the body must be a JSON object with a 'question' field")
         if "question" not in body:
             raise QuestionError("missing field 'question'")
-        return answer(body["question"], body.get("k", 5))
+        return answerer.answer(body["question"], body.get("k", 5))
 
-    def parse_k(raw: str) -> int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise QuestionError(f"k must be an integer from 1 to {MAX_K}") from None
 
-    def answer(question, k):
-        t0 = time.perf_counter()
-        result = asker.cached(question, k) or read(question, k)
-        elapsed = time.perf_counter() - t0
-        question_log.answered(result)
-        if result.cached:
-            cache_hits.inc()
-            hit_latency.observe(elapsed)
-            return json_response(result.public())
-        cache_misses.inc()
-        miss_latency.observe(elapsed)
-        for stage in ("rank", "wait", "queue", "read"):
-            if stage in result.timings_ms:
-                metrics.stage.labels(stage).observe(result.timings_ms[stage] / 1000)
-        for size in result.batch_sizes:
-            metrics.batch.observe(size)
-        return json_response(result.public())
-
-    app.register_blueprint(page.page)
-    def read(question, k):
-        if not uncached.acquire(blocking=False):
-            raise ShardqaError(f"busy: {max_uncached} uncached questions are being read; "
-                               "retry in a moment", http_status=503)
-        try:
-            return asker.ask(question, k)
-        finally:
-            uncached.release()
-
+def _health_route(app: Flask, asker: Asker) -> None:
     @app.get("/health")
     def health_check():
         try:
@@ -249,6 +289,10 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
         }
         return jsonify(body), 200 if not problems else 503
 
+
+def _metrics_routes(app: Flask, metrics: Metrics) -> None:
+    """/metrics for Prometheus and /openapi.json."""
+
     @app.get("/metrics")
     def prometheus():
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
@@ -256,5 +300,3 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
     @app.get("/openapi.json")
     def openapi():
         return jsonify(spec())
-
-    return app
