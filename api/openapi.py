@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from gears.asker import DEFAULT_K, MAX_K, MAX_QUESTION_CHARS
 from records.events import MAX_FEEDBACK_CHARS, VERDICTS
 
@@ -13,93 +15,116 @@ def _errors(*codes: int) -> dict:
             for c in codes}
 
 
-def spec() -> dict:
-    answer_ok = {"description": "the answer", "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/Answer"}}}}
+_ANSWER_OK = {"description": "the answer", "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/Answer"}}}}
+
+
+def _json_body(schema: str) -> dict:
+    return {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _qa_path() -> dict:
     return {
+        "get": {
+            "summary": "Answer a question",
+            "parameters": [
+                {"name": "q", "in": "query", "required": True,
+                 "schema": {"type": "string", "minLength": 1,
+                            "maxLength": MAX_QUESTION_CHARS}},
+                {"name": "k", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K,
+                            "default": DEFAULT_K}},
+            ],
+            "responses": {"200": _ANSWER_OK, **_errors(400, 401, 429, 503)},
+        },
+        "post": {
+            "summary": "Answer a question (JSON body)",
+            "requestBody": _json_body("Question"),
+            "responses": {"200": _ANSWER_OK, **_errors(400, 401, 413, 415, 429, 503)},
+        },
+    }
+
+
+def _paths() -> dict:
+    return {
+        "/qa": _qa_path(),
+        "/feedback": {"post": {
+            "summary": "Record whether an answer was right (the database of record)",
+            "requestBody": _json_body("Feedback"),
+            "responses": {"202": {"description": "logged", "content": {
+                "application/json": {"schema": {"type": "object", "properties": {
+                    "status": {"type": "string"}, "id": {"type": "string"}}}}}},
+                **_errors(400, 401, 413, 415, 429)},
+        }},
+        "/health": {"get": {"summary": "Cluster and workers", "responses": {
+            "200": {"description": "healthy", "content": {"application/json": {
+                "schema": {"type": "object"}}}},
+            "503": {"description": "degraded or down", "content": {"application/json": {
+                "schema": {"type": "object"}}}}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "metrics", "content": {"text/plain": {
+                "schema": {"type": "string"}}}}}}},
+    }
+
+
+_ANSWER = {"type": "object", "properties": {
+    "question": {"type": "string"},
+    "answer": {"type": "string", "nullable": True},
+    "score": {"type": "number", "nullable": True},
+    "passage": {"type": "object", "nullable": True, "properties": {
+        "id": {"type": "string"}, "title": {"type": "string", "nullable": True},
+        "text": {"type": "string", "nullable": True}}},
+    "start": {"type": "integer", "nullable": True},
+    "end": {"type": "integer", "nullable": True},
+    "cached": {"type": "boolean"},
+    "k": {"type": "integer"},
+    "generation": {"type": "integer"},
+    "passages_read": {"type": "array", "items": {"type": "string"}},
+    "missing_partitions": {
+        "type": "array", "items": {"type": "integer"},
+        "description": "present when candidate partitions had no live worker: "
+                       "the answer comes from the others"},
+    "reason": {"type": "string",
+               "description": "present when passages were read and the reader "
+                              "said 'no answer' (answer is null)"},
+    "confidence": {"type": "number", "minimum": 0, "maximum": 1,
+                   "description": "the answer's probability among the candidate "
+                                  "spans of all passages read"},
+    "timings_ms": {"type": "object",
+                   "additionalProperties": {"type": "number"}}}}
+
+_FEEDBACK = {"type": "object", "required": ["question", "answer", "verdict"],
+             "additionalProperties": False, "properties": {
+    "question": {"type": "string", "minLength": 1,
+                 "maxLength": MAX_FEEDBACK_CHARS},
+    "answer": {"type": "string", "nullable": True,
+               "maxLength": MAX_FEEDBACK_CHARS},
+    "verdict": {"type": "string", "enum": list(VERDICTS)},
+    "correct_answer": {"type": "string", "minLength": 1,
+                       "maxLength": MAX_FEEDBACK_CHARS,
+                       "description": "with verdict 'wrong' only"}}}
+
+
+def _schemas() -> dict:
+    return {
+        "Question": {"type": "object", "required": ["question"], "properties": {
+            "question": {"type": "string", "minLength": 1, "maxLength": MAX_QUESTION_CHARS},
+            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}}},
+        "Answer": _ANSWER,
+        "Feedback": _FEEDBACK,
+        "Error": {"type": "object", "required": ["error"], "properties": {
+            "error": {"type": "object", "properties": {
+                "status": {"type": "integer"}, "message": {"type": "string"}}}}},
+    }
+
+
+def spec() -> dict:
+    """A fresh dict each call, so a caller that changes it changes no other's copy."""
+    return copy.deepcopy({
         "openapi": "3.0.3",
         "info": {"title": "shardqa", "version": "0.1.0",
                  "description": "Extractive question answering over a Redis Cluster"},
-        "paths": {
-            "/qa": {
-                "get": {
-                    "summary": "Answer a question",
-                    "parameters": [
-                        {"name": "q", "in": "query", "required": True,
-                         "schema": {"type": "string", "minLength": 1,
-                                    "maxLength": MAX_QUESTION_CHARS}},
-                        {"name": "k", "in": "query", "required": False,
-                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K,
-                                    "default": DEFAULT_K}},
-                    ],
-                    "responses": {"200": answer_ok, **_errors(400, 401, 429, 503)},
-                },
-                "post": {
-                    "summary": "Answer a question (JSON body)",
-                    "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Question"}}}},
-                    "responses": {"200": answer_ok, **_errors(400, 401, 413, 415, 429, 503)},
-                },
-            },
-            "/feedback": {"post": {
-                "summary": "Record whether an answer was right (the database of record)",
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Feedback"}}}},
-                "responses": {"202": {"description": "logged", "content": {
-                    "application/json": {"schema": {"type": "object", "properties": {
-                        "status": {"type": "string"}, "id": {"type": "string"}}}}}},
-                    **_errors(400, 401, 413, 415, 429)},
-            }},
-            "/health": {"get": {"summary": "Cluster and workers", "responses": {
-                "200": {"description": "healthy", "content": {"application/json": {
-                    "schema": {"type": "object"}}}},
-                "503": {"description": "degraded or down", "content": {"application/json": {
-                    "schema": {"type": "object"}}}}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-                "200": {"description": "metrics", "content": {"text/plain": {
-                    "schema": {"type": "string"}}}}}}},
-        },
-        "components": {"schemas": {
-            "Question": {"type": "object", "required": ["question"], "properties": {
-                "question": {"type": "string", "minLength": 1, "maxLength": MAX_QUESTION_CHARS},
-                "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}}},
-            "Answer": {"type": "object", "properties": {
-                "question": {"type": "string"},
-                "answer": {"type": "string", "nullable": True},
-                "score": {"type": "number", "nullable": True},
-                "passage": {"type": "object", "nullable": True, "properties": {
-                    "id": {"type": "string"}, "title": {"type": "string", "nullable": True},
-                    "text": {"type": "string", "nullable": True}}},
-                "start": {"type": "integer", "nullable": True},
-                "end": {"type": "integer", "nullable": True},
-                "cached": {"type": "boolean"},
-                "k": {"type": "integer"},
-                "generation": {"type": "integer"},
-                "passages_read": {"type": "array", "items": {"type": "string"}},
-                "missing_partitions": {
-                    "type": "array", "items": {"type": "integer"},
-                    "description": "present when candidate partitions had no live worker: "
-                                   "the answer comes from the others"},
-                "reason": {"type": "string",
-                           "description": "present when passages were read and the reader "
-                                          "said 'no answer' (answer is null)"},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1,
-                               "description": "the answer's probability among the candidate "
-                                              "spans of all passages read"},
-                "timings_ms": {"type": "object",
-                               "additionalProperties": {"type": "number"}}}},
-            "Feedback": {"type": "object", "required": ["question", "answer", "verdict"],
-                         "additionalProperties": False, "properties": {
-                "question": {"type": "string", "minLength": 1,
-                             "maxLength": MAX_FEEDBACK_CHARS},
-                "answer": {"type": "string", "nullable": True,
-                           "maxLength": MAX_FEEDBACK_CHARS},
-                "verdict": {"type": "string", "enum": list(VERDICTS)},
-                "correct_answer": {"type": "string", "minLength": 1,
-                                   "maxLength": MAX_FEEDBACK_CHARS,
-                                   "description": "with verdict 'wrong' only"}}},
-            "Error": {"type": "object", "required": ["error"], "properties": {
-                "error": {"type": "object", "properties": {
-                    "status": {"type": "integer"}, "message": {"type": "string"}}}}},
-        }},
-    }
+        "paths": _paths(),
+        "components": {"schemas": _schemas()},
+    })
