@@ -15,7 +15,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -188,13 +188,61 @@ def train(settings: TrainSettings, out: Path, resume: bool = False, threads: int
     Returns the metrics of the last epoch (loss, and dev EM/F1 when a dev file is given).
     """
     import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     if threads:
         torch.set_num_threads(threads)
+    start_epoch, tokenizer, model = _load(settings, out, resume)
+    run = _prepare(settings, tokenizer, model, log)
+    torch.manual_seed(settings.seed)
+    if start_epoch:
+        _resume(run, out, start_epoch, settings, log)
+    if start_epoch >= settings.epochs:
+        log(f"nothing to do: {start_epoch} epochs done")
+    run.step = start_epoch * run.steps_per_epoch
+    if run.step >= run.total_steps and start_epoch < settings.epochs:
+        log(f"nothing to do: step {run.step} >= --max-steps {run.total_steps}")
+    for epoch in range(start_epoch + 1, settings.epochs + 1):
+        if run.step >= run.total_steps:
+            break
+        record = _train_epoch(run, settings, epoch, progress)
+        if run.dev_examples:
+            record.update(_evaluate(run, settings, progress))
+        run.history.append(record)
+        log("epoch {epoch}: loss {train_loss:.4f}, {windows_per_s:.2f} windows/s, "
+            "{epoch_seconds:.0f} s".format(**record)
+            + (f"; dev EM {record['dev_exact_match']:.2f} F1 {record['dev_f1']:.2f}"
+               if run.dev_examples else ""))
+        _save_checkpoint(out / f"epoch-{epoch}", model, tokenizer, run.optimizer,
+                         run.scheduler, settings, run.step, run.total_steps, run.history)
+
+    final = run.history[-1] if run.history else {}
+    _save_model(out, model, tokenizer, settings, run.history)
+    return final
+
+
+@dataclass
+class _Run:
+    """What one training run carries from epoch to epoch."""
+
+    model: object
+    tokenizer: object
+    features: list[TrainFeature]
+    lengths: list[int]
+    dev_examples: list[SquadExample]
+    steps_per_epoch: int
+    total_steps: int
+    optimizer: object
+    scheduler: object
+    history: list[dict] = field(default_factory=list)
+    step: int = 0
+
+
+def _load(settings: TrainSettings, out: Path, resume: bool):
+    """(epoch to start after, tokenizer, model): the encoder, or the last epoch's checkpoint."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
     encoder = Path(settings.encoder)
     if not (encoder / "config.json").exists():
         raise TrainingError(f"{encoder}: not a model folder (no config.json)")
@@ -208,6 +256,12 @@ def train(settings: TrainSettings, out: Path, resume: bool = False, threads: int
     if not tokenizer.is_fast:
         raise TrainingError(f"{encoder}: needs a fast tokenizer (tokenizer.json)")
     model = AutoModelForQuestionAnswering.from_pretrained(str(source), local_files_only=True)
+    return start_epoch, tokenizer, model
+
+
+def _prepare(settings: TrainSettings, tokenizer, model, log) -> _Run:
+    """The training windows, the dev questions, the schedule's length and the optimizer."""
+    import torch
 
     train_examples = read_squad(settings.train)
     dev_examples = read_squad(settings.dev) if settings.dev else []
@@ -224,82 +278,75 @@ def train(settings: TrainSettings, out: Path, resume: bool = False, threads: int
         total_steps = min(total_steps, settings.max_steps)
     log(f"{len(features)} windows (mean {np.mean(lengths):.0f} tokens), {steps_per_epoch} "
         f"steps/epoch, {settings.epochs} epochs, {torch.get_num_threads()} threads")
-
     optimizer = _optimizer(model, settings)
-    scheduler = _scheduler(optimizer, total_steps, settings.warmup)
-    history: list[dict] = []
-    torch.manual_seed(settings.seed)
-    if start_epoch:
-        state = torch.load(out / f"epoch-{start_epoch}" / STATE_FILE, weights_only=False)
-        if state["settings"] != settings.must_match():
-            raise TrainingError(f"{out}: --resume with different settings than the checkpoint "
-                                f"({state['settings']})")
-        if state["total_steps"] != total_steps:
-            log(f"schedule length changed from {state['total_steps']} to {total_steps} steps")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])  # the step count; the lambda is ours
-        torch.set_rng_state(state["torch_rng"])
-        history = state["history"]
-        log(f"resumed after epoch {start_epoch} (step {state['step']})")
-    if start_epoch >= settings.epochs:
-        log(f"nothing to do: {start_epoch} epochs done")
+    return _Run(model, tokenizer, features, lengths, dev_examples, steps_per_epoch,
+                total_steps, optimizer, _scheduler(optimizer, total_steps, settings.warmup))
 
-    step = start_epoch * steps_per_epoch
-    if step >= total_steps and start_epoch < settings.epochs:
-        log(f"nothing to do: step {step} >= --max-steps {total_steps}")
-    for epoch in range(start_epoch + 1, settings.epochs + 1):
-        if step >= total_steps:
-            break
-        model.train()
-        batches = length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)
-        # the last epoch is cut short when --max-steps ends the schedule inside it
-        batches = batches[:total_steps - step]
-        bar = tqdm(batches, desc=f"epoch {epoch}/{settings.epochs}", unit="batch",
-                   disable=not progress, mininterval=_bar_interval(), file=sys.stderr)
-        t0 = time.monotonic()
-        seen = 0
-        loss_sum = 0.0
-        ema = None
-        for batch_ids in bar:
-            batch = collate([features[i] for i in batch_ids], tokenizer.pad_token_id)
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            value = float(loss.detach())
-            loss_sum += value * len(batch_ids)
-            ema = value if ema is None else 0.98 * ema + 0.02 * value
-            seen += len(batch_ids)
-            rate = seen / max(time.monotonic() - t0, 1e-9)
-            bar.set_postfix(loss=f"{ema:.3f}", ex_s=f"{rate:.2f}",
-                            lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-        bar.close()
-        elapsed = time.monotonic() - t0
-        record = {"epoch": epoch, "step": step, "batches": len(batches),
-                  "partial": len(batches) < steps_per_epoch,
-                  "train_loss": loss_sum / max(seen, 1),
-                  "windows_per_s": seen / max(elapsed, 1e-9), "epoch_seconds": elapsed}
-        if dev_examples:
-            t1 = time.monotonic()
-            predictions = predict(model, tokenizer, dev_examples, settings.max_seq_len,
-                                  settings.stride, progress=progress)
-            scores = squad_scores(predictions, dev_examples)
-            record.update(dev_exact_match=scores["exact_match"], dev_f1=scores["f1"],
-                          dev_seconds=time.monotonic() - t1)
-        history.append(record)
-        log("epoch {epoch}: loss {train_loss:.4f}, {windows_per_s:.2f} windows/s, "
-            "{epoch_seconds:.0f} s".format(**record)
-            + (f"; dev EM {record['dev_exact_match']:.2f} F1 {record['dev_f1']:.2f}"
-               if dev_examples else ""))
-        _save_checkpoint(out / f"epoch-{epoch}", model, tokenizer, optimizer, scheduler,
-                         settings, step, total_steps, history)
 
-    final = history[-1] if history else {}
-    _save_model(out, model, tokenizer, settings, history)
-    return final
+def _resume(run: _Run, out: Path, start_epoch: int, settings: TrainSettings, log) -> None:
+    """Optimizer, scheduler, RNG and history as the checkpoint of ``start_epoch`` left them."""
+    import torch
+
+    state = torch.load(out / f"epoch-{start_epoch}" / STATE_FILE, weights_only=False)
+    if state["settings"] != settings.must_match():
+        raise TrainingError(f"{out}: --resume with different settings than the checkpoint "
+                            f"({state['settings']})")
+    if state["total_steps"] != run.total_steps:
+        log(f"schedule length changed from {state['total_steps']} to {run.total_steps} steps")
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])  # the step count; the lambda is ours
+    torch.set_rng_state(state["torch_rng"])
+    run.history = state["history"]
+    log(f"resumed after epoch {start_epoch} (step {state['step']})")
+
+
+def _train_epoch(run: _Run, settings: TrainSettings, epoch: int, progress: bool) -> dict:
+    """One pass over length-grouped batches; its record (loss, speed)."""
+    import torch
+    from tqdm import tqdm
+
+    run.model.train()
+    batches = length_grouped_batches(run.lengths, settings.batch_size, settings.seed + epoch)
+    # the last epoch is cut short when --max-steps ends the schedule inside it
+    batches = batches[:run.total_steps - run.step]
+    bar = tqdm(batches, desc=f"epoch {epoch}/{settings.epochs}", unit="batch",
+               disable=not progress, mininterval=_bar_interval(), file=sys.stderr)
+    t0 = time.monotonic()
+    seen = 0
+    loss_sum = 0.0
+    ema = None
+    for batch_ids in bar:
+        batch = collate([run.features[i] for i in batch_ids], run.tokenizer.pad_token_id)
+        loss = run.model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        value = float(loss.detach())
+        loss_sum += value * len(batch_ids)
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
+        seen += len(batch_ids)
+        rate = seen / max(time.monotonic() - t0, 1e-9)
+        bar.set_postfix(loss=f"{ema:.3f}", ex_s=f"{rate:.2f}",
+                        lr=f"{run.scheduler.get_last_lr()[0]:.2e}", refresh=False)
+    bar.close()
+    elapsed = time.monotonic() - t0
+    return {"epoch": epoch, "step": run.step, "batches": len(batches),
+            "partial": len(batches) < run.steps_per_epoch,
+            "train_loss": loss_sum / max(seen, 1),
+            "windows_per_s": seen / max(elapsed, 1e-9), "epoch_seconds": elapsed}
+
+
+def _evaluate(run: _Run, settings: TrainSettings, progress: bool) -> dict:
+    """Dev exact match and F1 of the model as it is now."""
+    t1 = time.monotonic()
+    predictions = predict(run.model, run.tokenizer, run.dev_examples, settings.max_seq_len,
+                          settings.stride, progress=progress)
+    scores = squad_scores(predictions, run.dev_examples)
+    return {"dev_exact_match": scores["exact_match"], "dev_f1": scores["f1"],
+            "dev_seconds": time.monotonic() - t1}
 
 
 def _save_model(folder: Path, model, tokenizer, settings: TrainSettings,
