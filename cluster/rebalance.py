@@ -165,42 +165,20 @@ def move_slot(client, slot: int, source: Master, dest: Master, others: list[Mast
     dst = connect(client, dest.host, dest.port, socket_timeout=30)
     bystanders = [connect(client, m.host, m.port, socket_timeout=10) for m in others
                   if m.node_id not in (source.node_id, dest.node_id)]
-    creds = routing.credentials(client)
-    auth: list = []
-    if creds.get("password"):
-        auth = (["AUTH2", creds["username"], creds["password"]] if creds.get("username")
-                else ["AUTH", creds["password"]])
-
-    def migrate_all(pipe, names: list[bytes]) -> list[int]:
-        sizes = []
-        for i in range(0, len(names), batch):
-            chunk = names[i:i + batch]
-            pipe.execute_command("MIGRATE", dest.host, dest.port, "", 0, timeout_ms,
-                                 "REPLACE", *auth, "KEYS", *chunk)
-            sizes.append(len(chunk))
-        pipe.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)  # what is left
-        return sizes
-
+    migrate = _Migrate(slot, dest, _migrate_auth(client), batch, timeout_ms)
     moved = 0
+
+    def counted(size: int) -> None:
+        nonlocal moved
+        moved += size
+        if on_keys:
+            on_keys(size)
+
     try:
         for conn in (src, dst, *bystanders):
             conn.ping()  # connected and authenticated before anything is half-moved
         dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
-        count = int(src.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
-        names = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, max(count, 1))
-        pipe = src.pipeline(transaction=False)
-        pipe.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dest.node_id)
-        while True:
-            sizes = migrate_all(pipe, names)
-            replies = pipe.execute()
-            for size in sizes:
-                moved += size
-                if on_keys:
-                    on_keys(size)
-            names = replies[-1]  # keys created while the first batches were sent
-            if not names:
-                break
-            pipe = src.pipeline(transaction=False)
+        migrate.keys(src, counted)
         # every master at the same moment (the destination first in line): commands that
         # queued on the source behind MIGRATE meet ASK redirects only until then. A bystander
         # that fails learns the owner from gossip (the destination's higher config epoch).
@@ -215,6 +193,52 @@ def move_slot(client, slot: int, source: Master, dest: Master, others: list[Mast
             f"{exc}; the slot may be left open (run 'redis-cli --cluster fix "
             f"{source.name}', then 'shardqa cluster rebalance' again)") from exc
     return moved
+
+
+def _migrate_auth(client) -> list:
+    """MIGRATE's AUTH/AUTH2 arguments: the destination wants the same user as this client."""
+    creds = routing.credentials(client)
+    if not creds.get("password"):
+        return []
+    return (["AUTH2", creds["username"], creds["password"]] if creds.get("username")
+            else ["AUTH", creds["password"]])
+
+
+@dataclass(frozen=True)
+class _Migrate:
+    """MIGRATE of one slot's keys in batches, pipelined on the source."""
+
+    slot: int
+    dest: Master
+    auth: list
+    batch: int
+    timeout_ms: int
+
+    def keys(self, src: redis.Redis, counted: Callable[[int], None]) -> None:
+        """SETSLOT MIGRATING and every batch in one pipeline, again for keys made meanwhile."""
+        count = int(src.execute_command("CLUSTER", "COUNTKEYSINSLOT", self.slot))
+        names = src.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, max(count, 1))
+        pipe = src.pipeline(transaction=False)
+        pipe.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.dest.node_id)
+        while True:
+            sizes = self._queue(pipe, names)
+            replies = pipe.execute()
+            for size in sizes:
+                counted(size)
+            names = replies[-1]  # keys created while the first batches were sent
+            if not names:
+                return
+            pipe = src.pipeline(transaction=False)
+
+    def _queue(self, pipe, names: list[bytes]) -> list[int]:
+        sizes = []
+        for i in range(0, len(names), self.batch):
+            chunk = names[i:i + self.batch]
+            pipe.execute_command("MIGRATE", self.dest.host, self.dest.port, "", 0,
+                                 self.timeout_ms, "REPLACE", *self.auth, "KEYS", *chunk)
+            sizes.append(len(chunk))
+        pipe.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, self.batch)  # what is left
+        return sizes
 
 
 def _at_once(conns: list[redis.Redis], slot: int, dest: Master) -> list[Exception | None]:

@@ -327,19 +327,45 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
     resolved, local = resolve_source(source)
     say(f"loading {resolved}")
     model, tokenizer, random_head = _load(resolved, local)
-    config = model.config
+    _check_seq_len(model.config, max_seq_len)
+    # RoBERTa, XLM-R (one token type) and DeBERTa-v3 (none) are read with type 0 throughout,
+    # as they were trained: the wrapper does not pass the reader's token types on
+    with_types = ("token_type_ids" in inspect.signature(model.forward).parameters
+                  and int(getattr(model.config, "type_vocab_size", 2) or 0) >= 2)
+    traced, traced_int8, report = _trace_checked(model, tokenizer, with_types, max_seq_len,
+                                                 int8, say)
+    meta = {
+        "kind": "reader",
+        "name": name,
+        "source": resolved,
+        "max_seq_len": max_seq_len,
+        "max_question_tokens": MAX_QUESTION_TOKENS,
+        "random_qa_head": random_head,
+        **reading,
+        "parity": report,
+    }
+    meta = write_artifact(out, {"fp32": traced, "int8": traced_int8}, VARIANT_FILES,
+                          tokenizer, meta)
+    say(f"wrote {out} (version {meta['version']})")
+    return out
+
+
+def _check_seq_len(config, max_seq_len: int) -> None:
+    """The window must fit the model's positions and leave room for a passage."""
     limit = int(getattr(config, "max_position_embeddings", max_seq_len))
     if not 8 <= max_seq_len <= limit:
         raise ExportError(f"--max-seq-len must be in [8, {limit}] for this model, got "
                           f"{max_seq_len}")
     if max_seq_len - MAX_QUESTION_TOKENS - 3 < 16:
         raise ExportError(f"--max-seq-len {max_seq_len} leaves too little room for passages")
-    # RoBERTa, XLM-R (one token type) and DeBERTa-v3 (none) are read with type 0 throughout,
-    # as they were trained: the wrapper does not pass the reader's token types on
-    with_types = ("token_type_ids" in inspect.signature(model.forward).parameters
-                  and int(getattr(config, "type_vocab_size", 2) or 0) >= 2)
+
+
+def _trace_checked(model, tokenizer, with_types: bool, max_seq_len: int, int8: bool,
+                   say: Callable[[str], None]):
+    """(fp32 TorchScript, int8 TorchScript or None, parity report); refuses an fp32 trace
+    that disagrees with the eager model, so nothing is written then."""
     specials = special_ids(tokenizer)
-    vocab = int(config.vocab_size)
+    vocab = int(model.config.vocab_size)
     shapes = [(b, n or max_seq_len) for b, n in PARITY_SHAPES]
     inputs = [sample_inputs(vocab, specials, b, min(n, max_seq_len), seed=i)
               for i, (b, n) in enumerate(shapes)]
@@ -364,21 +390,7 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
         report["int8"] = q
         say(f"int8: best span equals fp32's on {q['span_agreement']:.1%} of {q['pairs']} pairs; "
             f"max |logit diff| {q['max_abs_diff']:.3g}")
-
-    meta = {
-        "kind": "reader",
-        "name": name,
-        "source": resolved,
-        "max_seq_len": max_seq_len,
-        "max_question_tokens": MAX_QUESTION_TOKENS,
-        "random_qa_head": random_head,
-        **reading,
-        "parity": report,
-    }
-    meta = write_artifact(out, {"fp32": traced, "int8": traced_int8}, VARIANT_FILES,
-                          tokenizer, meta)
-    say(f"wrote {out} (version {meta['version']})")
-    return out
+    return traced, traced_int8, report
 
 
 def check_out(out: Path) -> Path:
