@@ -245,63 +245,71 @@ class Bench:
                    f"({s.worker_threads} thread), the API")
         with Testbed(work / "main", masters=s.masters, threads=s.worker_threads) as bed:
             bed.start(artifact, variants[0])
-            client = bed.client
-            pmap = partitions.load(client)
+            pmap = partitions.load(bed.client)
             api = ApiClient(bed.api_url)
-
-            self.phase("ingest: dev paragraphs + Wikipedia distractors")
-            docs = corpus.dev_documents(s.dev) + corpus.distractors(s.distractor_docs)
-            r["ingest"] = {
-                **bed.timed_ingest(docs),
-                "note": "write: loader into Redis; indexed: until the workers tokenized and "
-                        "BM25-indexed every passage; bytes: text + tokens + index"}
-            done = r["ingest"]
-            self.say(f"  {done['passages']:,} passages, {done['indexed_passages_per_s']:,}"
-                     f" passages/s indexed, {done['redis_bytes_per_passage']:,} B each")
-
-            r["systems"] = {}
-            r["throughput"] = {}
-            for variant in variants if self.want("api") else variants[:1]:
-                if variant != variants[0]:
-                    bed.use_variant(artifact, variant)
-                name = f"shardqa {variant}"
-                if self.want("api"):
-                    self.phase(f"{name}: uncached latency through the API")
-                    r["systems"][name] = self.api_latency(bed, api, latency_qs)
-                    self.phase(f"{name}: throughput")
-                    r["throughput"][name] = self.throughput(bed, api, throughput_qs)
-                if variant == variants[0] and self.want("baselines"):
-                    self.phase(f"the-pattern style baseline (workers on {variant})")
-                    r["systems"][f"the-pattern style ({variant} workers)"] = self.baseline(
-                        lambda q, k: pattern_answer(client, pmap, q, k), latency_qs)
-            if self.want("baselines"):
-                self.phase("naive baseline: eager HF, padded pairs one by one")
-                naive = NaiveBaseline(self.meta["source"],
-                                      max_seq_len=int(self.meta["max_seq_len"]), threads=2)
-                r["systems"]["naive (eager HF)"] = self.baseline(
-                    lambda q, k: naive.answer(client, pmap, q, k), latency_qs)
-            r["vs_naive"] = vs_naive(r["systems"], self.s.ks)
+            self._ingest(bed)
+            self._systems(bed, api, pmap, artifact, variants, latency_qs, throughput_qs)
             if self.want("cached"):
                 self.phase("cached latency: Redis GET and HTTP API")
                 r["cached"] = self.cached(bed, api, latency_qs[: 10 if s.quick else 40])
             r["worker_batches"] = {m: b.get("batch_sizes") for m, b in
                                    bed.worker_counters().items()}
-            if not self.want("options"):
-                return
+            if self.want("options"):
+                self._options(bed, pmap, artifact, variants, latency_qs)
 
-            self.phase("reader options on ranked candidates (in process)")
-            opt_qs = latency_qs[: s.option_questions]
-            cands = options.candidates(client, pmap, opt_qs, 5)
-            with self.bar(len(opt_qs), "options") as bar:
-                rows = options.option_speed(artifact, opt_qs, cands, s.worker_threads,
-                                            "int8" in variants, progress=bar.update)
-            pairs = statistics.mean([sum(len(t.windows) for _s, _t, t in c) for c in cands
-                                     if c] or [0])
-            reader = options.load_reader(artifact, variants[0], s.worker_threads)
-            r["options"] = {"k": 5, "threads": s.worker_threads, "rows": rows,
-                            "question_tokenization": options.question_tokenization(
-                                reader, opt_qs, round(pairs, 2))}
-            torch.set_num_threads(2)
+    def _ingest(self, bed: Testbed) -> None:
+        self.phase("ingest: dev paragraphs + Wikipedia distractors")
+        docs = corpus.dev_documents(self.s.dev) + corpus.distractors(self.s.distractor_docs)
+        self.result["ingest"] = done = {
+            **bed.timed_ingest(docs),
+            "note": "write: loader into Redis; indexed: until the workers tokenized and "
+                    "BM25-indexed every passage; bytes: text + tokens + index"}
+        self.say(f"  {done['passages']:,} passages, {done['indexed_passages_per_s']:,}"
+                 f" passages/s indexed, {done['redis_bytes_per_passage']:,} B each")
+
+    def _systems(self, bed: Testbed, api: ApiClient, pmap, artifact: Path,
+                 variants: list[str], latency_qs, throughput_qs) -> None:
+        """Uncached latency and throughput of each variant through the API, and baselines."""
+        r, client = self.result, bed.client
+        r["systems"] = {}
+        r["throughput"] = {}
+        for variant in variants if self.want("api") else variants[:1]:
+            if variant != variants[0]:
+                bed.use_variant(artifact, variant)
+            name = f"shardqa {variant}"
+            if self.want("api"):
+                self.phase(f"{name}: uncached latency through the API")
+                r["systems"][name] = self.api_latency(bed, api, latency_qs)
+                self.phase(f"{name}: throughput")
+                r["throughput"][name] = self.throughput(bed, api, throughput_qs)
+            if variant == variants[0] and self.want("baselines"):
+                self.phase(f"the-pattern style baseline (workers on {variant})")
+                r["systems"][f"the-pattern style ({variant} workers)"] = self.baseline(
+                    lambda q, k: pattern_answer(client, pmap, q, k), latency_qs)
+        if self.want("baselines"):
+            self.phase("naive baseline: eager HF, padded pairs one by one")
+            naive = NaiveBaseline(self.meta["source"],
+                                  max_seq_len=int(self.meta["max_seq_len"]), threads=2)
+            r["systems"]["naive (eager HF)"] = self.baseline(
+                lambda q, k: naive.answer(client, pmap, q, k), latency_qs)
+        r["vs_naive"] = vs_naive(r["systems"], self.s.ks)
+
+    def _options(self, bed: Testbed, pmap, artifact: Path, variants: list[str],
+                 latency_qs) -> None:
+        s = self.s
+        self.phase("reader options on ranked candidates (in process)")
+        opt_qs = latency_qs[: s.option_questions]
+        cands = options.candidates(bed.client, pmap, opt_qs, 5)
+        with self.bar(len(opt_qs), "options") as bar:
+            rows = options.option_speed(artifact, opt_qs, cands, s.worker_threads,
+                                        "int8" in variants, progress=bar.update)
+        pairs = statistics.mean([sum(len(t.windows) for _s, _t, t in c) for c in cands
+                                 if c] or [0])
+        reader = options.load_reader(artifact, variants[0], s.worker_threads)
+        self.result["options"] = {"k": 5, "threads": s.worker_threads, "rows": rows,
+                                  "question_tokenization": options.question_tokenization(
+                                      reader, opt_qs, round(pairs, 2))}
+        torch.set_num_threads(2)
 
     def _split(self, questions) -> dict[int, list]:
         n = self.s.latency_questions
