@@ -83,12 +83,8 @@ def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait
         _ingest_sql(source, on_error, wait, timeout, batch_size, target)
         return
     units = input_units(list(paths), fmt)
-    client = connect(target)
+    client = _connect_partitioned(target)
     try:
-        try:
-            partitions.load(client)
-        except partitions.NoPartitionMap as exc:
-            raise ShardqaError(str(exc)) from None
         fields = {"id_field": id_field, "text_field": text_field, "title_field": title_field,
                   "max_document_bytes": max_document_bytes}
         reader = _abort_on_error if on_error == "abort" else _skip_errors
@@ -96,26 +92,36 @@ def ingest_command(paths, fmt, id_field, text_field, title_field, on_error, wait
                         progress=stderr.is_terminal)
         print_report(report)
         if wait and report.documents:
-            wait_indexed(client, timeout=timeout, progress=stderr.is_terminal)
-            console.print("indexed: the workers consumed every ingest entry")
+            _wait_indexed(client, timeout)
     finally:
         client.close()
     check_complete(report)
 
 
+def _connect_partitioned(target):
+    """A client to a cluster that has a partition map; else a one-line error."""
+    client = connect(target)
+    try:
+        partitions.load(client)
+    except partitions.NoPartitionMap as exc:
+        client.close()
+        raise ShardqaError(str(exc)) from None
+    return client
+
+
+def _wait_indexed(client, timeout: float) -> None:
+    wait_indexed(client, timeout=timeout, progress=stderr.is_terminal)
+    console.print("indexed: the workers consumed every ingest entry")
+
+
 def _ingest_sql(source, on_error: str, wait: bool, timeout: float, batch_size: int,
                 target) -> None:
     """``ingest --sql``: sync the corpus with a SQL source (loaders/sql.py), then wait."""
-    client = connect(target)
+    client = _connect_partitioned(target)
     try:
-        try:
-            partitions.load(client)
-        except partitions.NoPartitionMap as exc:
-            raise ShardqaError(str(exc)) from None
         run_sql_ingest(client, source, on_error=on_error, batch_size=batch_size)
         if wait:
-            wait_indexed(client, timeout=timeout, progress=stderr.is_terminal)
-            console.print("indexed: the workers consumed every ingest entry")
+            _wait_indexed(client, timeout)
     finally:
         client.close()
 
