@@ -89,8 +89,7 @@ def push_command(artifact, variant, chunk_mb, target):
 
     info = read_metadata(Path(artifact))
     size = info.get("variants", {}).get(variant, {}).get("size", 0)
-    client = connect(target)
-    try:
+    with connect(target) as client:
         masters = len(store.master_tags(client))
         with _progress_bar() as bar:
             task = bar.add_task(f"pushing {info.get('kind', 'reader')} {info.get('name')} "
@@ -98,8 +97,6 @@ def push_command(artifact, variant, chunk_mb, target):
             meta = store.push(client, Path(artifact), variant=variant,
                               chunk_size=int(chunk_mb * (1 << 20)),
                               progress=lambda n: bar.advance(task, n))
-    finally:
-        client.close()
     if meta["written"]:
         console.print(f"{meta['kind']} {meta['name']} {meta['version']} ({variant}, "
                       f"{meta['size']:,} bytes, "
@@ -116,12 +113,9 @@ def list_command(target):
     """Stored models: names, versions, sizes, and which masters hold them."""
     from models import store
 
-    client = connect(target)
-    try:
+    with connect(target) as client:
         rows = store.list_models(client)
         masters = sorted(store.master_tags(client))
-    finally:
-        client.close()
     if not rows:
         console.print("no reader model stored; run 'shardqa model push ARTIFACT'")
         return
@@ -157,13 +151,10 @@ def sync_command(target):
     """Copy the current model to masters that lack it or hold a copy failing its sha256."""
     from models import store
 
-    client = connect(target)
-    try:
+    with connect(target) as client:
         with _progress_bar() as bar:
             task = bar.add_task("syncing", total=None)
             repaired = store.sync(client, progress=lambda n: bar.advance(task, n))
-    finally:
-        client.close()
     if repaired:
         console.print(f"repaired {', '.join(repaired)}")
     else:
