@@ -21,6 +21,24 @@ from shardqa.datasets import SQUAD_TRAIN
 TINY_VOCAB = 3000
 
 
+def wordpiece_tokenizer(tokens: list[str]):
+    """A real fast BERT-layout WordPiece tokenizer (uncased) whose vocabulary is the five
+    special tokens, then ``tokens`` in order: for tests that need to know every id."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *tokens]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(names))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
 def training_text(limit: int = 300) -> list[str]:
     """The first ``limit`` SQuAD training contexts, in file order."""
     data = json.loads(SQUAD_TRAIN.read_text(encoding="utf-8"))

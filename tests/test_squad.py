@@ -6,8 +6,6 @@ import json
 import re
 
 import pytest
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
 from cluster.errors import ShardqaError
 from models.squad import (
@@ -22,22 +20,14 @@ from models.squad import (
     score_answer,
     squad_scores,
 )
+from tests.model_fixtures import wordpiece_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     """A real fast WordPiece tokenizer over a small vocabulary (uncased, BERT layout)."""
     words = re.findall(r"\w+", (CONTEXT + " who won what when").lower())
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "'", "?", "-"] + words
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab))}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]")
+    return wordpiece_tokenizer([".", ",", "'", "?", "-", *words])
 
 
 CONTEXT = ("Super Bowl 50 was played on February 7, 2016, at Levi's Stadium in Santa Clara, "

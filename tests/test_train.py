@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from cluster.errors import ShardqaError
 from models.train import TrainSettings, length_grouped_batches, train, train_command
+from tests.model_fixtures import wordpiece_tokenizer
 
 PARAGRAPHS = [
     ("Super Bowl 50 was played on February 7, 2016, at Levi's Stadium in Santa Clara. "
@@ -44,22 +45,12 @@ def squad_file(path: Path) -> Path:
 
 def tiny_encoder(folder: Path) -> Path:
     """A 2-layer BERT encoder folder (random weights) with a real fast WordPiece tokenizer."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel
 
     text = " ".join(c + " " + " ".join(q + " " + a for q, a in qas) for c, qas in PARAGRAPHS)
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", text.lower())))
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    fast = wordpiece_tokenizer(sorted(set(re.findall(r"\w+|[^\w\s]", text.lower()))))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=128)
     BertModel(config).save_pretrained(str(folder))
