@@ -115,6 +115,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300,
     return proc
 
 
+def run_up(base: int, api_port: int, *args: str, env: dict,
+           timeout: float = 240) -> subprocess.CompletedProcess:
+    """``shardqa up`` on these ports with ``args``; fails the test unless it started."""
+    up = run_cli("up", "--port-base", str(base), "--api-port", str(api_port), *args, env=env,
+                 timeout=timeout)
+    assert up.returncode == 0, up.stdout + up.stderr
+    return up
+
+
 class WorkerPool:
     """Real shard worker processes (``shardqa worker``), one per master by default."""
 

@@ -24,7 +24,7 @@ from records import schema
 from records.events import client_id, question_event
 from records.log import EventLog, log_state
 from tests import postgres as postgres_server
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_up
 from tests.corpus import QUESTIONS
 
 postgres = postgres_server.postgres  # the PostgreSQL server fixture
@@ -323,10 +323,8 @@ def test_shardqa_up_writes_the_log_behind(tmp_path, tiny_artifact, database):
     else:
         env["SHARDQA_DB_URL"] = database
     try:
-        up = run_cli("up", "--port-base", str(base), "--api-port", str(api_port),
-                     "--model", str(tiny_artifact), "--threads", "1", "--corpus", str(corpus),
-                     env=env, timeout=240)
-        assert up.returncode == 0, up.stdout + up.stderr
+        run_up(base, api_port, "--model", str(tiny_artifact), "--threads", "1",
+               "--corpus", str(corpus), env=env)
         state = LocalStack(cdir).state()
         assert process_alive(state["children"]["sync"]["pid"])
         api = f"http://127.0.0.1:{api_port}"

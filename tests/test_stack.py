@@ -22,7 +22,7 @@ from cluster.waiting import until
 from gears.asker import Asker, NoReply
 from models import store
 from shardqa.stack import LocalStack, wait_healthy, worker_name
-from tests.conftest import free_port_base, run_cli
+from tests.conftest import free_port_base, run_cli, run_up
 
 
 def write_corpus(path: Path) -> Path:
@@ -72,10 +72,8 @@ def test_up_ask_down(tmp_path, tiny_artifact):
     corpus = write_corpus(tmp_path / "corpus.jsonl")
     env = {"SHARDQA_DIR": str(cdir)}
     try:
-        up = run_cli("up", "--port-base", str(base), "--api-port", str(api_port),
-                     "--model", str(tiny_artifact), "--threads", "1", "--corpus", str(corpus),
-                     env=env, timeout=240)
-        assert up.returncode == 0, up.stdout + up.stderr
+        run_up(base, api_port, "--model", str(tiny_artifact), "--threads", "1",
+               "--corpus", str(corpus), env=env)
         state = LocalStack(cdir).state()
         pids = list(state["workers"].values()) + [state["api"]["pid"]]
         assert len(state["workers"]) == 3 and all(process_alive(p) for p in pids)
@@ -84,9 +82,7 @@ def test_up_ask_down(tmp_path, tiny_artifact):
         assert body["passage"]["title"] == "Eiffel Tower"
         assert body["passages_read"] == [passage_id("eiffel", 0)]
         assert body["answer"] and body["answer"] in body["passage"]["text"]
-        again = run_cli("up", "--port-base", str(base), "--api-port", str(api_port),
-                        "--model", str(tiny_artifact), env=env, timeout=120)
-        assert again.returncode == 0
+        run_up(base, api_port, "--model", str(tiny_artifact), env=env, timeout=120)
         assert LocalStack(cdir).state()["workers"] == state["workers"]  # nothing restarted
         supervisor = LocalStack(cdir).supervisor_pid()
         assert supervisor and process_alive(supervisor)
@@ -134,10 +130,8 @@ def test_up_with_its_defaults_answers_with_the_bundled_reader(tmp_path):
     base, api_port = free_port_base(3), free_port_base(1)
     pids: list[int] = []
     try:
-        up = run_cli("up", "--port-base", str(base), "--api-port", str(api_port),
-                     "--corpus", str(write_corpus(tmp_path / "corpus.jsonl")),
-                     env=env, timeout=600)
-        assert up.returncode == 0, up.stdout + up.stderr
+        run_up(base, api_port, "--corpus", str(write_corpus(tmp_path / "corpus.jsonl")),
+               env=env, timeout=600)
         state = LocalStack(tmp_path / "stack").state()
         pids = list(state["workers"].values()) + [state["api"]["pid"]]
         assert len(state["workers"]) == 3
