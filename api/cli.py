@@ -10,7 +10,7 @@ import click
 from api.settings import ServeSettings
 from cluster.connection import connect
 from cluster.errors import ShardqaError
-from cluster.options import target_options
+from cluster.options import start_logging, target_options
 from gears import asker
 from gears.ranking import POSTINGS_CAP
 
@@ -70,7 +70,7 @@ def serve_command(host, port, threads, max_uncached, request_timeout, connection
     if token_file:
         token = read_token(token_file)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_logging(logging.INFO)
     client = connect(target, max_connections=4 * threads)
     questions = asker.Asker(client, timeout_s=timeout, cache_ttl_s=cache_ttl,
                             retrieval_weight=retrieval_weight, min_rank_ratio=min_rank_ratio,

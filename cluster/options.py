@@ -8,6 +8,7 @@ shape of a new local cluster (``--port-base``, ``--masters``), with ClusterSpec'
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 
 import click
@@ -36,6 +37,17 @@ masters_option: Callable = click.option(
     "--masters", default=ClusterSpec.masters, show_default=True, type=click.IntRange(1, 64),
     help="masters of a new local cluster (one shard worker each)")
 """``--masters``: passes ``masters``."""
+
+
+log_level_option: Callable = click.option(
+    "--log-level", default="INFO", show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+"""``--log-level``: passes ``log_level`` (long-running processes: worker, sync)."""
+
+
+def start_logging(level: str | int) -> None:
+    """The log lines of a long-running process: time, logger, level, message."""
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 def target_options(func: Callable) -> Callable:

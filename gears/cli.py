@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import click
 from rich.console import Console
@@ -11,7 +10,7 @@ from rich.table import Table
 
 from cluster import keys
 from cluster.connection import connect
-from cluster.options import target_options
+from cluster.options import log_level_option, start_logging, target_options
 from gears.health import status
 from gears.settings import DEFAULTS, WorkerSettings
 
@@ -42,8 +41,7 @@ console = Console(highlight=False)
               type=click.IntRange(1, 1000), envvar="SHARDQA_MAX_DELIVERIES",
               help="an entry delivered this often without being acknowledged is moved to its "
                    "partition's dead-letter stream")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@log_level_option
 @target_options
 def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs, ingest_batch,
                    threads, max_deliveries, log_level, target):
@@ -51,7 +49,7 @@ def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs,
     from cluster.connection import Target
     from gears.worker import ShardWorker
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_logging(log_level)
     if cluster_url:
         url = cluster_url if "://" in cluster_url else f"redis://{cluster_url}"
         target = Target(url=url, directory=target.directory)

@@ -8,9 +8,9 @@ import signal
 import click
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from cluster.cli import target_options
 from cluster.connection import Target, connect
 from cluster.errors import ShardqaError
+from cluster.options import log_level_option, start_logging, target_options
 from records.schema import open_engine
 from records.settings import RecordSettings, database_url
 from records.sync import Syncer
@@ -40,13 +40,12 @@ class DatabaseUrlError(ShardqaError):
 @click.option("--consumer", default=None, help="consumer name [sync-HOSTNAME]")
 @click.option("--until-empty", is_flag=True,
               help="stop once the stream holds nothing unsynced (for cron and tests)")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@log_level_option
 @target_options
 def sync_command(db_url, batch_size, max_backoff, claim_idle_ms, consumer, until_empty,
                  log_level, target):
     """Move answered questions and feedback from the log stream into SQL (write-behind)."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_logging(log_level)
     settings = RecordSettings.from_env(batch_size=batch_size, max_backoff_s=max_backoff,
                                        claim_idle_ms=claim_idle_ms)
     client = connect(sync_target(target))  # first: the cluster folder exists, or we stop
