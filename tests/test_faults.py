@@ -27,6 +27,7 @@ from cluster import keys, partitions
 from cluster.cli import bring_up
 from cluster.connection import Target, connect
 from cluster.local import LocalCluster
+from cluster.waiting import until
 from gears import index
 from gears.asker import Asker, NoReply
 from loaders.documents import Document
@@ -110,17 +111,8 @@ def key(answer) -> tuple:
 
 
 def wait_until(predicate, timeout: float, message: str, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except OUTAGE:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(poll)
+    """``predicate()`` until true (an outage counts as "not yet"); else the test fails."""
+    return until(predicate, timeout, poll, what=message, retry_on=OUTAGE, error=AssertionError)
 
 
 def get_json(url: str, timeout: float = 20) -> tuple[int, dict]:
@@ -162,6 +154,78 @@ def replicated(tmp_path, tiny_artifact):
         handle.local.down(purge=True)
 
 
+class _AskLoop:
+    """Threads that ask every question over and over (uncached), recording each
+    (question, answer key) or (question, outage exception)."""
+
+    def __init__(self, asker: Asker, threads: int = 2) -> None:
+        self.asker = asker
+        self.seen: list[tuple[str, object]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            q = QUESTIONS[i % len(QUESTIONS)]
+            i += 1
+            try:
+                self.seen.append((q, key(self.asker.ask(q, use_cache=False))))
+            except OUTAGE as exc:
+                self.seen.append((q, exc))
+                time.sleep(0.05)
+
+
+def _kill_and_fail_over(handle, api_client, url: str, victim, replica_addr: str,
+                        loop: _AskLoop) -> None:
+    """SIGKILL the victim master while the loop asks; its replica is promoted and the API
+    answers every question again, then the loop answers some more."""
+    seen = loop.seen
+    wait_until(lambda: len(seen) >= 6, 30, "no questions answered before the kill")
+    os.kill(handle.local.pid_of(victim), signal.SIGKILL)
+
+    def promoted():
+        table = partitions.slot_table(api_client)
+        return any(v["primary"] == replica_addr for v in table.values())
+
+    wait_until(promoted, 15, "the replica was not promoted")
+
+    def api_answers_all():
+        return all(get_json(f"{url}/qa?q={urllib.parse.quote(q)}", timeout=10)[0] == 200
+                   for q in QUESTIONS)
+
+    wait_until(api_answers_all, 15, "the API did not recover within 15 s of the failover",
+               poll=0.5)
+    after_recovery = len(seen)
+    wait_until(lambda: len(seen) >= after_recovery + 6, 30, "asks stopped after failover")
+
+
+def _beats(api_client) -> list[dict]:
+    return [json.loads(v) for v in api_client.hgetall(keys.workers()).values()]
+
+
+def _rejoin(handle, pool, api_client, victim_addr: str, replica_addr: str) -> None:
+    """The killed node comes back as a replica of the promoted one; the worker stays there."""
+    bring_up(handle.local)
+
+    def rejoined():
+        table = partitions.slot_table(api_client)
+        return any(v["primary"] == replica_addr and victim_addr in v["replicas"]
+                   for v in table.values())
+
+    wait_until(rejoined, 30, "the old master did not rejoin as a replica")
+    pool.wait_ready()
+
+
 def test_master_killed_replica_takes_over(replicated, tmp_path):
     handle, pool, client = replicated
     extra = bulk_corpus(60)
@@ -172,84 +236,43 @@ def test_master_killed_replica_takes_over(replicated, tmp_path):
     asker = Asker(handle.client_as("api"), timeout_s=6)
     want = reference_answers(asker)
     assert all(a for a, *_ in want.values())
+    spec = handle.local.spec()
+    victim = next(n for n in spec.nodes if n.role == "master")
+    victim_addr = f"{spec.host}:{victim.port}"
+    replica_addr = next(f"{spec.host}:{n.port}" for n in spec.nodes
+                        if n.master_port == victim.port)
+    loop = _AskLoop(asker)
     api, url = start_api(handle.target.directory, tmp_path)
     try:
-        spec = handle.local.spec()
-        victim = next(n for n in spec.nodes if n.role == "master")
-        victim_addr = f"{spec.host}:{victim.port}"
-        replica_addr = next(f"{spec.host}:{n.port}" for n in spec.nodes
-                            if n.master_port == victim.port)
-        seen: list[tuple[str, object]] = []
-        stop = threading.Event()
-
-        def ask_loop():
-            i = 0
-            while not stop.is_set():
-                q = QUESTIONS[i % len(QUESTIONS)]
-                i += 1
-                try:
-                    seen.append((q, key(asker.ask(q, use_cache=False))))
-                except OUTAGE as exc:
-                    seen.append((q, exc))
-                    time.sleep(0.05)
-
-        threads = [threading.Thread(target=ask_loop) for _ in range(2)]
-        for t in threads:
-            t.start()
-        wait_until(lambda: len(seen) >= 6, 30, "no questions answered before the kill")
-        os.kill(handle.local.pid_of(victim), signal.SIGKILL)
-
-        def promoted():
-            table = partitions.slot_table(api_client)
-            return any(v["primary"] == replica_addr for v in table.values())
-
-        wait_until(promoted, 15, "the replica was not promoted")
-
-        def api_answers_all():
-            return all(get_json(f"{url}/qa?q={urllib.parse.quote(q)}", timeout=10)[0] == 200
-                       for q in QUESTIONS)
-
-        wait_until(api_answers_all, 15, "the API did not recover within 15 s of the failover",
-                   poll=0.5)
-        after_recovery = len(seen)
-        wait_until(lambda: len(seen) >= after_recovery + 6, 30, "asks stopped after failover")
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
+        loop.start()
+        _kill_and_fail_over(handle, api_client, url, victim, replica_addr, loop)
+        loop.join()
     finally:
-        stop.set()
+        loop.stop.set()
         api.terminate()
         api.wait(timeout=10)
 
+    seen = loop.seen
     answers = [(q, got) for q, got in seen if not isinstance(got, BaseException)]
     assert answers and all(got == want[q] for q, got in answers), "a wrong answer"
     # the recovered tail answers everything (the loop's last answers are all good)
     assert not isinstance(seen[-1][1], BaseException)
+
     # the worker beside the dead master followed its shard to the promoted replica
     def following() -> bool:  # heartbeats are written every second
-        beats = [json.loads(v) for v in api_client.hgetall(keys.workers()).values()]
         return any(b["master"] == victim_addr and b.get("serving") == replica_addr
-                   and b["partitions"] for b in beats)
+                   and b["partitions"] for b in _beats(api_client))
 
     wait_until(following, 15, "the worker beside the dead master did not follow its shard")
     # nothing ingested before the kill is lost, and the index on the new master is whole
     assert_index_consistent(api_client, stored)
     for q in QUESTIONS:
         assert key(asker.ask(q, use_cache=False)) == want[q]
-    # the killed node comes back as a replica of the promoted one; the worker stays there
-    bring_up(handle.local)
-
-    def rejoined():
-        table = partitions.slot_table(api_client)
-        return any(v["primary"] == replica_addr and victim_addr in v["replicas"]
-                   for v in table.values())
-
-    wait_until(rejoined, 30, "the old master did not rejoin as a replica")
-    pool.wait_ready()
+    _rejoin(handle, pool, api_client, victim_addr, replica_addr)
     for q in QUESTIONS:
         assert key(asker.ask(q, use_cache=False)) == want[q]
-    beats = [json.loads(v) for v in api_client.hgetall(keys.workers()).values()]
-    assert any(b["master"] == victim_addr and b.get("serving") == replica_addr for b in beats)
+    assert any(b["master"] == victim_addr and b.get("serving") == replica_addr
+               for b in _beats(api_client))
 
 
 def test_cli_up_with_replicas_is_secured_and_replicated(tmp_path):

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 
 from cluster import heartbeat, keys, partitions, rebalance, routing
 from cluster.partitions import Partition, PartitionMap, doc_key
+from cluster.waiting import until
 from gears.asker import Asker, NoReply
 from loaders.documents import Document
+from models import store
 from tests.conftest import WorkerPool, run_cli, start_cluster, start_pipeline
 from tests.corpus import QUESTIONS
 
@@ -122,9 +124,90 @@ def served(client) -> dict[int, str]:
     return out
 
 
+def _same_answer(a, b) -> bool:
+    return (a.answer, a.passage_id, a.start, a.end) == (b.answer, b.passage_id, b.start, b.end)
+
+
+class _KeepAsking:
+    """A thread that asks every question over and over (uncached), retrying once on a
+    redirect or a missing reply, and logs each as (start, end, question, error or None)."""
+
+    def __init__(self, client, questions: list[str], before: dict) -> None:
+        self.asker = Asker(client, timeout_s=10)
+        self.questions = questions
+        self.before = before
+        self.log: list[tuple[float, float, str, str | None]] = []
+        self.changed: list[str] = []
+        self.retried: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.wait_for(3)
+
+    def wait_for(self, answered: int) -> None:
+        while len(self.log) < answered:
+            time.sleep(0.05)
+            assert self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            q = self.questions[i % len(self.questions)]
+            i += 1
+            t0 = time.monotonic()
+            try:
+                try:
+                    answer = self.asker.ask(q, use_cache=False)
+                except (NoReply, *REDIRECTS) as exc:
+                    self.retried.append(f"{type(exc).__name__}: {exc}")  # a retry is fine
+                    answer = self.asker.ask(q, use_cache=False)
+                if not _same_answer(answer, self.before[q]):
+                    self.changed.append(q)
+                self.log.append((t0, time.monotonic(), q, None))
+            except Exception as exc:  # noqa: BLE001 - every failure is counted
+                self.log.append((t0, time.monotonic(), q, f"{type(exc).__name__}: {exc}"[:300]))
+
+
+def _wait_served_by_owners(client, pmap, timeout: float = 30) -> None:
+    """Until each partition is served beside its owner, or ``timeout`` (checked later)."""
+    deadline = time.monotonic() + timeout
+    while served(client) != partitions.owners(client, pmap) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _check_grown(client, pmap, handle, growth, moving: list[int]) -> None:
+    """Every partition served beside its owner, four per master, models and the moved
+    partitions' vectors on the new master."""
+    owner = partitions.owners(client, pmap)
+    assert served(client) == owner
+    assert Counter(owner.values()) == Counter({m: 4 for m in [*handle.masters,
+                                                              growth.master]})
+    routing.refresh(client)  # store.tag_for reads the slot cache
+    assert store.current_meta(client, growth.master) is not None
+    assert store.current_meta(client, growth.master, kind="encoder") is not None
+    for index in moving:  # the moved partitions' vectors are on the new master now
+        assert client.execute_command("VCARD", keys.vectors(pmap[index].tag)) > 0
+        assert partitions.owners(client, pmap)[index] == growth.master
+
+
+def _new_worker_answers(client, master: str) -> None:
+    """The worker beside the new master has read requests (heartbeats come every second)."""
+    def asked():
+        return [b for b in heartbeat.live_workers(client).values()
+                if b.master == master and b.counters["requests"] > 0]
+
+    until(asked, timeout=10, interval=0.2,
+          what=f"the worker beside {master} read no request", error=AssertionError)
+
+
 def test_add_master_while_asking(tmp_path, tiny_artifact, tiny_encoder_artifact):
     from loaders.writer import ingest, wait_indexed
-    from models import store
     from shardqa.scale import add_master
 
     handle = start_cluster(tmp_path, masters=3)
@@ -144,88 +227,31 @@ def test_add_master_while_asking(tmp_path, tiny_artifact, tiny_encoder_artifact)
         assert {pmap.for_passage(a.passage_id).index for a in before.values()
                 if a.passage_id} & set(moving), "no answer comes from a moving partition"
 
-        stop = threading.Event()
-        log: list[tuple[float, float, str, str | None]] = []  # start, end, question, error
-        changed: list[str] = []
-        retried: list[str] = []
-
-        def keep_asking() -> None:
-            mine = Asker(handle.client(), timeout_s=10)
-            i = 0
-            while not stop.is_set():
-                q = questions[i % len(questions)]
-                i += 1
-                t0 = time.monotonic()
-                try:
-                    try:
-                        answer = mine.ask(q, use_cache=False)
-                    except (NoReply, *REDIRECTS) as exc:
-                        retried.append(f"{type(exc).__name__}: {exc}")  # a retry is fine
-                        answer = mine.ask(q, use_cache=False)
-                    expected = before[q]
-                    if (answer.answer, answer.passage_id, answer.start, answer.end) != (
-                            expected.answer, expected.passage_id, expected.start, expected.end):
-                        changed.append(q)
-                    log.append((t0, time.monotonic(), q, None))
-                except Exception as exc:  # noqa: BLE001 - every failure is counted
-                    log.append((t0, time.monotonic(), q, f"{type(exc).__name__}: {exc}"[:300]))
-
-        asking = threading.Thread(target=keep_asking, daemon=True)
+        asking = _KeepAsking(handle.client(), questions, before)
         asking.start()
-        while len(log) < 3:
-            time.sleep(0.05)
-            assert asking.is_alive()
         grow_start = time.monotonic()
         growth = add_master(handle.local, start_worker=lambda m: pool.start(m).pid,
                             show_progress=False)
         grow_end = time.monotonic()
         assert sorted(m.partition.index for m in growth.moves) == sorted(moving)
         assert {m.dest for m in growth.moves} == {growth.master}
-        deadline = time.monotonic() + 30
-        while True:
-            owner = partitions.owners(client, pmap)
-            if served(client) == owner or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        answered = len(log)
-        while len(log) < answered + 2 * len(questions):
-            time.sleep(0.05)
-            assert asking.is_alive()
-        stop.set()
-        asking.join(timeout=60)
+        _wait_served_by_owners(client, pmap)
+        asking.wait_for(len(asking.log) + 2 * len(questions))
+        asking.stop()
 
-        failures = [(q, err) for _, _, q, err in log if err]
+        failures = [(q, err) for _, _, q, err in asking.log if err]
         assert failures == [], Counter(err for _, err in failures).most_common(5)
-        assert changed == []
-        during = [e for e in log if e[0] < grow_end and e[1] > grow_start]
+        assert asking.changed == []
+        during = [e for e in asking.log if e[0] < grow_end and e[1] > grow_start]
         assert during, "no question was asked while the cluster grew"
-        # every partition served by the worker beside the master that owns it now
-        owner = partitions.owners(client, pmap)
-        assert served(client) == owner
-        assert Counter(owner.values()) == Counter({m: 4 for m in [*handle.masters,
-                                                                  growth.master]})
-        routing.refresh(client)  # store.tag_for reads the slot cache
-        assert store.current_meta(client, growth.master) is not None
-        assert store.current_meta(client, growth.master, kind="encoder") is not None
-        for index in moving:  # the moved partitions' vectors are on the new master now
-            assert client.execute_command("VCARD", keys.vectors(pmap[index].tag)) > 0
-            assert partitions.owners(client, pmap)[index] == growth.master
-        print(f"asked {len(log)}, {len(during)} while growing, retried {retried}")
+        _check_grown(client, pmap, handle, growth, moving)
+        print(f"asked {len(asking.log)}, {len(during)} while growing, "
+              f"retried {asking.retried}")
         for q in questions:
             after = asker.ask(q, use_cache=False)
-            expected = before[q]
-            assert (after.answer, after.passage_id, after.start, after.end) == (
-                expected.answer, expected.passage_id, expected.start, expected.end)
-            assert after.score == pytest.approx(expected.score, abs=1e-4)
-        deadline = time.monotonic() + 10  # heartbeats are written every second
-        while True:
-            beats = heartbeat.live_workers(client).values()
-            new_beat = [b for b in beats if b.master == growth.master]
-            if (new_beat and new_beat[0].counters["requests"] > 0) or \
-                    time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert new_beat and new_beat[0].counters["requests"] > 0
+            assert _same_answer(after, before[q])
+            assert after.score == pytest.approx(before[q].score, abs=1e-4)
+        _new_worker_answers(client, growth.master)
         # balanced now: the CLI agrees there is nothing to move
         proc = run_cli("cluster", "rebalance", "--dir", handle.target.directory)
         assert proc.returncode == 0, proc.stderr
