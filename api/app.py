@@ -246,6 +246,7 @@ def create_app(asker: Asker, *, token: str | None = None, rate_limit: float = 0.
                         for w in report["workers"]
                         if w["age_s"] <= FORGET_WORKER_AFTER_STALE * heartbeat.stale_s()],
             "passages": sum(p["passages"] for p in report["partitions"]),
+            "retrieval": report["retrieval"],
         }
         return jsonify(body), 200 if not problems else 503
 

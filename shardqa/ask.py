@@ -52,5 +52,20 @@ def show(answer: Answer) -> None:
         snippet.append(text[lo:hi], style="bold reverse")
         snippet.append(text[hi:ctx_hi] + ("…" if ctx_hi < len(text) else ""))
         console.print(snippet)
+    line = retrieval_line(answer.extra.get("retrieval"))
+    if line:
+        console.print(f"[dim]{line}[/]")
     timing = ", ".join(f"{name} {ms:.1f} ms" for name, ms in answer.timings.items())
     console.print(f"[dim]{'cache hit' if answer.cached else 'cache miss'}; {timing}[/]")
+
+
+def retrieval_line(retrieval: dict | None) -> str:
+    """How the answer's passage was found: "hybrid retrieval: BM25 #2, dense #1"."""
+    if not retrieval:
+        return ""
+    ranks = ", ".join(f"{label} " + (f"#{retrieval[name]}" if retrieval.get(name) else
+                                      "not found")
+                      for name, label in (("bm25", "BM25"), ("dense", "dense"))
+                      if retrieval.get("mode") == "hybrid" or name == "bm25")
+    mode = "hybrid retrieval" if retrieval.get("mode") == "hybrid" else "BM25 only"
+    return f"{mode}: {ranks}"
