@@ -59,13 +59,20 @@ def show(answer: Answer) -> None:
     console.print(f"[dim]{'cache hit' if answer.cached else 'cache miss'}; {timing}[/]")
 
 
+
+def found_by(retrieval: dict | None) -> str:
+    """"BM25 #2, dense #1" (hybrid) or "BM25 #1" (BM25 alone) for the answer's passage;
+    "not found" where a retriever did not find it."""
+    if not retrieval:
+        return "-"
+    names = ("bm25", "dense") if retrieval.get("mode") == "hybrid" else ("bm25",)
+    return ", ".join(f"{'BM25' if n == 'bm25' else n} "
+                     + (f"#{retrieval[n]}" if retrieval.get(n) else "not found") for n in names)
+
+
 def retrieval_line(retrieval: dict | None) -> str:
     """How the answer's passage was found: "hybrid retrieval: BM25 #2, dense #1"."""
     if not retrieval:
         return ""
-    ranks = ", ".join(f"{label} " + (f"#{retrieval[name]}" if retrieval.get(name) else
-                                      "not found")
-                      for name, label in (("bm25", "BM25"), ("dense", "dense"))
-                      if retrieval.get("mode") == "hybrid" or name == "bm25")
     mode = "hybrid retrieval" if retrieval.get("mode") == "hybrid" else "BM25 only"
-    return f"{mode}: {ranks}"
+    return f"{mode}: {found_by(retrieval)}"

@@ -14,6 +14,8 @@ from loaders.passages import split_passages
 from loaders.writer import ingest, wait_indexed
 from models import store
 from models.encoder import passage_input
+from shardqa.ask import retrieval_line
+from tests.conftest import run_cli
 from tests.corpus import CORPUS, QUESTIONS
 
 QUESTION = "Who founded the observatory?"
@@ -64,6 +66,14 @@ def test_answers_are_hybrid_with_a_dense_rank_and_cached_alike(hybrid_pipeline):
     report = health.status(api)
     assert report["retrieval"]["mode"] == "hybrid" and report["retrieval"]["vector_sets"]
     assert report["retrieval"]["encoder"].startswith("tiny-enc ")
+    # the CLI shows it: the answer from the cache, with the same ranks
+    out = run_cli("ask", QUESTIONS[0], "--dir", hybrid_pipeline.target.directory)
+    assert out.returncode == 0, out.stderr
+    ranks = asker.ask(QUESTIONS[0]).retrieval
+    assert retrieval_line(ranks).startswith("hybrid retrieval: BM25 ")
+    assert retrieval_line(ranks) in " ".join(out.stdout.split())
+    status = run_cli("status", "--dir", hybrid_pipeline.target.directory)
+    assert "retrieval: hybrid (BM25 + dense, encoder tiny-enc" in " ".join(status.stdout.split())
 
 
 def test_dense_finds_the_nearest_passage_that_shares_no_word(hybrid_pipeline):
