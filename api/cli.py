@@ -41,13 +41,16 @@ DEFAULTS = ServeSettings()
 @click.option("--cache-ttl", default=asker.CACHE_TTL_S, show_default=True,
               type=click.IntRange(1), envvar="SHARDQA_CACHE_TTL",
               help="answer cache TTL in seconds")
-@click.option("--retrieval-weight", default=asker.RETRIEVAL_WEIGHT, show_default=True,
-              type=click.FloatRange(0), envvar="SHARDQA_RETRIEVAL_WEIGHT",
-              help="weight of the passage's relative retrieval score in the answer score")
-@click.option("--min-rank-ratio", default=asker.MIN_RANK_RATIO, show_default=True,
-              type=click.FloatRange(0, 1), envvar="SHARDQA_MIN_RANK_RATIO",
+@click.option("--retrieval-weight", default=None, type=click.FloatRange(0),
+              envvar="SHARDQA_RETRIEVAL_WEIGHT",
+              help="weight of the passage's relative retrieval score in the answer score "
+                   f"[default: {asker.HYBRID_RETRIEVAL_WEIGHT:g} hybrid, "
+                   f"{asker.RETRIEVAL_WEIGHT:g} BM25 alone]")
+@click.option("--min-rank-ratio", default=None, type=click.FloatRange(0, 1),
+              envvar="SHARDQA_MIN_RANK_RATIO",
               help="skip candidates ranked below this share of the best retrieval score; 0 "
-                   "reads all k")
+                   f"reads all k [default: {asker.HYBRID_MIN_RANK_RATIO:g} hybrid, "
+                   f"{asker.MIN_RANK_RATIO:g} BM25 alone]")
 @click.option("--retrieval", "retrieval_mode", default=DEFAULT_MODE, show_default=True,
               type=click.Choice(MODES), envvar="SHARDQA_RETRIEVAL",
               help="hybrid: BM25 and dense fused where the cluster has vector sets and an "

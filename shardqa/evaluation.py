@@ -20,7 +20,14 @@ from rich.table import Table
 
 from cluster.errors import ShardqaError
 from cluster.options import target_options
-from gears.asker import DEFAULT_K, MAX_K, MIN_RANK_RATIO, RETRIEVAL_WEIGHT
+from gears.asker import (
+    DEFAULT_K,
+    HYBRID_MIN_RANK_RATIO,
+    HYBRID_RETRIEVAL_WEIGHT,
+    MAX_K,
+    MIN_RANK_RATIO,
+    RETRIEVAL_WEIGHT,
+)
 from gears.retrieval import DEFAULT_MODE, MODES
 from models.calibration import reliability_plot
 from models.evaluation import (
@@ -224,12 +231,12 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
 @click.option("--retrieval", "retrieval_mode", default=DEFAULT_MODE, show_default=True,
               type=click.Choice(MODES),
               help="open mode: hybrid (BM25 and dense fused where the cluster can) or bm25")
-@click.option("--min-rank-ratio", default=MIN_RANK_RATIO, show_default=True,
-              type=click.FloatRange(0, 1),
-              help="open mode: skip candidates below this share of the best retrieval score")
-@click.option("--retrieval-weight", default=RETRIEVAL_WEIGHT, show_default=True,
-              type=click.FloatRange(0),
-              help="open mode: weight of the relative retrieval score in the answer score")
+@click.option("--min-rank-ratio", default=None, type=click.FloatRange(0, 1),
+              help="open mode: skip candidates below this share of the best retrieval score "
+                   f"[default: {HYBRID_MIN_RANK_RATIO:g} hybrid, {MIN_RANK_RATIO:g} BM25]")
+@click.option("--retrieval-weight", default=None, type=click.FloatRange(0),
+              help="open mode: weight of the relative retrieval score in the answer score "
+                   f"[default: {HYBRID_RETRIEVAL_WEIGHT:g} hybrid, {RETRIEVAL_WEIGHT:g} BM25]")
 @click.option("--no-cache", is_flag=True,
               help="open mode: answer every question afresh (the cache is still written)")
 @click.option("--limit", default=None, type=click.IntRange(1), help="first N questions only")
@@ -289,8 +296,13 @@ def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, 
         console.print(f"reliability plot written to {plot}")
     if json_out:
         body = report.to_json()
-        if mode == "open":
-            body["asking"] = asking
+        if mode == "open":  # the settings in effect (None: the mode's default)
+            hybrid = retrieval_mode == "hybrid"
+            body["asking"] = {**asking, "min_rank_ratio": HYBRID_MIN_RANK_RATIO if hybrid
+                              else MIN_RANK_RATIO} if min_rank_ratio is None else dict(asking)
+            if retrieval_weight is None:
+                body["asking"]["retrieval_weight"] = (HYBRID_RETRIEVAL_WEIGHT if hybrid
+                                                      else RETRIEVAL_WEIGHT)
         Path(json_out).write_text(json.dumps(body, indent=2, ensure_ascii=False)
                                   + "\n", encoding="utf-8")
         console.print(f"report written to {json_out}")
