@@ -286,6 +286,7 @@ def _health_route(app: Flask, asker: Asker) -> None:
                         for w in report["workers"]
                         if w["age_s"] <= FORGET_WORKER_AFTER_STALE * heartbeat.stale_s()],
             "passages": sum(p["passages"] for p in report["partitions"]),
+            "retrieval": report["retrieval"],
         }
         return jsonify(body), 200 if not problems else 503
 

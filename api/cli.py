@@ -13,6 +13,7 @@ from cluster.errors import ShardqaError
 from cluster.options import start_logging, target_options
 from gears import asker
 from gears.ranking import POSTINGS_CAP
+from gears.retrieval import DEFAULT_MODE, MODES
 
 DEFAULTS = ServeSettings()
 
@@ -40,13 +41,20 @@ DEFAULTS = ServeSettings()
 @click.option("--cache-ttl", default=asker.CACHE_TTL_S, show_default=True,
               type=click.IntRange(1), envvar="SHARDQA_CACHE_TTL",
               help="answer cache TTL in seconds")
-@click.option("--retrieval-weight", default=asker.RETRIEVAL_WEIGHT, show_default=True,
-              type=click.FloatRange(0), envvar="SHARDQA_RETRIEVAL_WEIGHT",
-              help="weight of the passage's relative retrieval score in the answer score")
-@click.option("--min-rank-ratio", default=asker.MIN_RANK_RATIO, show_default=True,
-              type=click.FloatRange(0, 1), envvar="SHARDQA_MIN_RANK_RATIO",
+@click.option("--retrieval-weight", default=None, type=click.FloatRange(0),
+              envvar="SHARDQA_RETRIEVAL_WEIGHT",
+              help="weight of the passage's relative retrieval score in the answer score "
+                   f"[default: {asker.HYBRID_RETRIEVAL_WEIGHT:g} hybrid, "
+                   f"{asker.RETRIEVAL_WEIGHT:g} BM25 alone]")
+@click.option("--min-rank-ratio", default=None, type=click.FloatRange(0, 1),
+              envvar="SHARDQA_MIN_RANK_RATIO",
               help="skip candidates ranked below this share of the best retrieval score; 0 "
-                   "reads all k")
+                   f"reads all k [default: {asker.HYBRID_MIN_RANK_RATIO:g} hybrid, "
+                   f"{asker.MIN_RANK_RATIO:g} BM25 alone]")
+@click.option("--retrieval", "retrieval_mode", default=DEFAULT_MODE, show_default=True,
+              type=click.Choice(MODES), envvar="SHARDQA_RETRIEVAL",
+              help="hybrid: BM25 and dense fused where the cluster has vector sets and an "
+                   "encoder (else BM25); bm25: never embed the question")
 @click.option("--rank-cap", default=POSTINGS_CAP, show_default=True, type=click.IntRange(0),
               envvar="SHARDQA_RANK_CAP",
               help="postings read per query term and partition, highest tf first; 0 reads all")
@@ -61,8 +69,8 @@ DEFAULTS = ServeSettings()
               help="requests/s per client address (0: off)")
 @target_options
 def serve_command(host, port, threads, max_uncached, request_timeout, connection_limit,
-                  timeout, cache_ttl, retrieval_weight, min_rank_ratio, rank_cap, token,
-                  token_file, rate_limit, target):
+                  timeout, cache_ttl, retrieval_weight, min_rank_ratio, retrieval_mode,
+                  rank_cap, token, token_file, rate_limit, target):
     """Serve the QA API (GET/POST /qa, /health, /metrics, /openapi.json) and the page at /."""
     from api.app import create_app
     from api.server import serve
@@ -74,7 +82,8 @@ def serve_command(host, port, threads, max_uncached, request_timeout, connection
     client = connect(target, max_connections=4 * threads)
     questions = asker.Asker(client, timeout_s=timeout, cache_ttl_s=cache_ttl,
                             retrieval_weight=retrieval_weight, min_rank_ratio=min_rank_ratio,
-                            rank_cap=rank_cap)
+                            rank_cap=rank_cap, retrieval_mode=retrieval_mode)
+    questions.encoder.current()  # load the question encoder now, not on the first question
     app = create_app(questions,
                      token=token, rate_limit=rate_limit,
                      max_uncached=max_uncached or DEFAULTS.max_uncached(threads))

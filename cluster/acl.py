@@ -13,7 +13,8 @@ turned off, so nothing reaches a node without a password. Five users:
   write it, call the rank/stats/ask functions, add read requests (XADD only: a request
   stream cannot be deleted, overwritten or expired by the API; a Redis 7 ACL selector),
   wait for and delete replies, read passage text, read the partition map, generation and
-  heartbeats, search the partition vector sets (``VSIM`` only); on the question log stream
+  heartbeats, read the model copies (the question encoder), search the partition vector
+  sets (``VSIM`` only); on the question log stream
   only XADD, XLEN and XINFO GROUPS (an ACL selector);
 * ``reader``: people and scripts at redis-cli: read answers (``GET sq:qa:...``, the answer
   cache), ``FCALL_RO`` the read-only functions (ask, rank, stats, shardqa_version), read
@@ -85,7 +86,8 @@ def rules(role: str, *, vector_sets: bool = False) -> list[str]:
                 + [f"(&{keys.generation_channel()} +publish)"])
     if role == "api":
         return ([f"~{_ANSWERS}", f"~{_REPLIES}"]
-                + [f"%R~{p}" for p in (*_INDEX, _PASSAGES, _META, _ASK, _INGEST, _REQUESTS)]
+                + [f"%R~{p}" for p in (*_INDEX, _PASSAGES, _META, _ASK, _INGEST, _REQUESTS,
+                                       _MODEL)]
                 + ["+get", "+set", "+fcall", "+fcall_ro", "+blpop", "+del", "+hmget",
                    "+hget", "+hlen", "+hvals", "+hgetall", "+zrange", "+zcard", "+zmscore",
                    "+xrange", "+xinfo|groups", "+expire", *_CONNECT]

@@ -84,9 +84,13 @@ def node_connection(client: RedisCluster, host: str, port: int, **kwargs) -> red
 
 
 def per_master(client: RedisCluster, partitions: Sequence[Partition],
-               build: Callable[[object, Partition], None]) -> dict[int, object]:
+               build: Callable[[object, Partition], None], *, many: bool = False
+               ) -> dict[int, object]:
     """``build(pipe, partition)`` queues one command per partition; they go out as one
     pipeline per master (one round trip each). Returns partition index -> reply.
+
+    ``many``: ``build`` may queue several commands (or none) per partition, and each reply is
+    the list of that partition's replies, in the order they were queued.
 
     MOVED refreshes the slot cache; ASK and TRYAGAIN (a slot being migrated right now) and a
     node going away are retried for up to ``RETRY_FOR_S``. A reply that is any other error
@@ -96,7 +100,7 @@ def per_master(client: RedisCluster, partitions: Sequence[Partition],
     pause = 0.005
     while True:
         try:
-            return _per_master_once(client, partitions, build)
+            return _per_master_once(client, partitions, build, many)
         except STALE_ROUTE:
             if time.monotonic() > deadline:
                 raise
@@ -105,7 +109,7 @@ def per_master(client: RedisCluster, partitions: Sequence[Partition],
             pause = min(pause * 2, 0.1)
 
 
-def _per_master_once(client, partitions, build) -> dict[int, object]:
+def _per_master_once(client, partitions, build, many: bool = False) -> dict[int, object]:
     by_node: dict[str, tuple[object, list[Partition]]] = {}
     for p in partitions:
         node = owner(client, p.slot)
@@ -113,13 +117,22 @@ def _per_master_once(client, partitions, build) -> dict[int, object]:
     replies: dict[int, object] = {}
     for node, parts in by_node.values():
         pipe = client.get_redis_connection(node).pipeline(transaction=False)
+        counts = []
         for p in parts:
+            before = len(pipe)
             build(pipe, p)
-        results = pipe.execute(raise_on_error=False)
-        for p, result in zip(parts, results, strict=True):
-            if isinstance(result, _REDIRECTS):
-                raise result
-            replies[p.index] = result
+            counts.append(len(pipe) - before)
+        results = pipe.execute(raise_on_error=False) if len(pipe) else []
+        redirect = next((r for r in results if isinstance(r, _REDIRECTS)), None)
+        if redirect is not None:
+            raise redirect
+        if not many:
+            replies.update(zip((p.index for p in parts), results, strict=True))
+            continue
+        at = 0
+        for p, count in zip(parts, counts, strict=True):
+            replies[p.index] = results[at:at + count]
+            at += count
     return replies
 
 

@@ -1,9 +1,11 @@
 """Ask: the client side of the shard protocol, used by the API, the CLI and the workers.
 
-cache -> rank -> route -> wait -> merge. A cache hit costs one GET (the corpus generation
-is remembered for ``generation_max_age_s``); a miss ranks every partition (two pipelined
-fan-outs, one round trip per master each), sends one read request per partition that holds
-one of the best k passages, waits on one reply list, keeps the best span and caches it.
+cache -> retrieve -> route -> wait -> merge. A cache hit costs one GET (the corpus
+generation is remembered for ``generation_max_age_s``) and embeds nothing; a miss ranks
+every partition (gears/retrieval.py: the question embedded once where the cluster has an
+encoder and vector sets, then two pipelined fan-outs, one round trip per master each: BM25
+stats, then BM25 rank and VSIM together, fused), sends one read request per partition that
+holds one of the best k passages, waits on one reply list, keeps the best span and caches it.
 
 Concurrent misses of the same question in one process are computed once (single flight):
 the others wait for that answer instead of sending the shards the same work again, so a
@@ -23,7 +25,7 @@ import redis
 
 from cluster import keys, partitions, routing
 from cluster.errors import ShardqaError
-from gears import health, ranking
+from gears import fusion, health, ranking, retrieval
 from gears.protocol import ReadReply, ReadRequest, now_ms
 from models.decoding import answer_confidence
 
@@ -98,6 +100,9 @@ class Answer:
     reason: str | None = None
     #: the answer's probability among the candidate spans of all passages read
     confidence: float | None = None
+    #: {"mode": "hybrid"|"bm25", "bm25": rank|None, "dense": rank|None} of the answer's
+    #: passage (1-based ranks in each retriever's candidate list)
+    retrieval: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -119,14 +124,16 @@ class Answer:
                if self.missing_partitions else {}),
             **({"reason": self.reason} if self.reason else {}),
             **({"confidence": self.confidence} if self.confidence is not None else {}),
+            **({"retrieval": self.retrieval} if self.retrieval is not None else {}),
         }
 
 
-#: how much the passage's BM25 score (relative to the best passage's) adds to the reader's
-#: span score; the reader alone is poorly calibrated across passages
+#: how much the passage's retrieval score (fused, or BM25 alone; relative to the best
+#: passage's) adds to the reader's span score; the reader alone is poorly calibrated across
+#: passages
 RETRIEVAL_WEIGHT = 4.0
 
-#: candidates ranking below this share of the best BM25 score are not read: a passage far
+#: candidates ranking below this share of the best retrieval score are not read: a passage far
 #: below the best rarely holds the answer, and reading it costs a full reader pass and
 #: gives the uncalibrated reader a distractor to prefer. Chosen with RETRIEVAL_WEIGHT on dev
 #: in open mode (every question's top 5 read once, each setting replayed; fp32 F1):
@@ -135,10 +142,21 @@ RETRIEVAL_WEIGHT = 4.0
 #: that plateau. 0 reads all k.
 MIN_RANK_RATIO = 0.85
 
+#: the same two settings for the fused score of hybrid retrieval (another scale: min-max
+#: normalized, at most 1), chosen on the demo stack (the natural dev set and the first 250
+#: SQuAD dev questions, k=5, fp32 reader; F1 / right passage read %, natural then SQuAD):
+#: ratio 0.85 / weight 8: 56.1 / 80.4, 56.9 / 81.2 reading 1.8 and 1.5 passages; 0.7 / 4 and
+#: 0.7 / 8: 55.3 and 56.1 / 83.9, 60.0 / 89.2 reading 2.8 and 2.3; 0.5 / 4, 8, 16: 54.8, 56.1,
+#: 56.0 / 87.5, 59.4, 59.9, 58.5 / 92.8 reading 3.7 and 3.8. 0.5 / 8 is the one setting that
+#: reads the right passage for >= 85 % of both sets.
+HYBRID_MIN_RANK_RATIO = 0.5
+HYBRID_RETRIEVAL_WEIGHT = 8.0
 
-def answer_score(span_score: float, bm25: float, top_bm25: float, weight: float) -> float:
-    """Reader span score (start + end logit) plus ``weight`` x the passage's relative BM25."""
-    return span_score + (weight * bm25 / top_bm25 if top_bm25 > 0 else 0.0)
+
+def answer_score(span_score: float, retrieved: float, top: float, weight: float) -> float:
+    """Reader span score (start + end logit) plus ``weight`` x the passage's relative
+    retrieval score."""
+    return span_score + (weight * retrieved / top if top > 0 else 0.0)
 
 
 class Asker:
@@ -146,11 +164,23 @@ class Asker:
 
     def __init__(self, client, *, timeout_s: float = ASK_TIMEOUT_S,
                  cache_ttl_s: int = CACHE_TTL_S, generation_max_age_s: float = 0.25,
-                 retrieval_weight: float = RETRIEVAL_WEIGHT,
-                 min_rank_ratio: float = MIN_RANK_RATIO,
-                 rank_cap: int = ranking.POSTINGS_CAP):
+                 retrieval_weight: float | None = None,
+                 min_rank_ratio: float | None = None,
+                 rank_cap: int = ranking.POSTINGS_CAP,
+                 retrieval_mode: str = retrieval.DEFAULT_MODE,
+                 dense_weight: float = fusion.DENSE_WEIGHT,
+                 candidates: int = fusion.CANDIDATES):
+        """``retrieval_mode``: "hybrid" fuses BM25 and dense where the cluster can (else
+        BM25 alone), "bm25" never embeds. ``retrieval_weight`` and ``min_rank_ratio``: None
+        takes the default of the mode a question is ranked in (BM25's or hybrid's)."""
+        if retrieval_mode not in retrieval.MODES:
+            raise ValueError(f"retrieval mode must be one of {retrieval.MODES}")
         self.client = client
         self.rank_cap = rank_cap
+        self.retrieval_mode = retrieval_mode
+        self.dense_weight = dense_weight
+        self.candidates = candidates
+        self.encoder = retrieval.QuestionEncoder(client)
         self.retrieval_weight = retrieval_weight
         self.min_rank_ratio = min_rank_ratio
         self.timeout_s = timeout_s
@@ -243,17 +273,30 @@ class Asker:
         except redis.RedisError:
             return self.client.get(key)
 
+    def retrieve(self, q: str, k: int) -> retrieval.Candidates:
+        """The best ``k`` candidates, hybrid where the cluster can, else BM25 alone."""
+        encoder = self.encoder.current() if self.retrieval_mode == "hybrid" else None
+        if encoder is not None:
+            try:
+                return retrieval.hybrid(self.client, self.pmap, q, k, encoder,
+                                        cap=self.rank_cap, candidates=self.candidates,
+                                        dense_weight=self.dense_weight)
+            except redis.ResponseError as exc:  # e.g. an aclfile from before VSIM was allowed
+                log.warning("dense search failed (%s); this question is ranked by BM25", exc)
+        return retrieval.bm25_only(self.client, self.pmap, q, k, cap=self.rank_cap)
+
     def _compute(self, q: str, k: int, gen: int, cache_key: str, t0: float) -> Answer:
         t_rank = time.perf_counter()
-        ranked = ranking.above_floor(
-            ranking.rank(self.client, self.pmap, q, k, cap=self.rank_cap), self.min_rank_ratio)
+        found = self.retrieve(q, k)
+        ratio, weight = self.settings(found.mode)
+        ranked = ranking.above_floor(found.passages, ratio)
         rank_ms = _ms(t_rank)
         ranked, missing = self._live(ranked)
         answer = Answer(q, None, None, None, None, None, None, None, generation=gen, k=k,
                         passages_read=[r.pid for r in ranked], missing_partitions=missing)
         if ranked:
             replies, wait_ms = self._read(q, ranked)
-            self._merge(answer, ranked, replies)
+            self._merge(answer, ranked, replies, weight)
             answer.timings_ms = {
                 "rank": rank_ms, "wait": wait_ms,
                 "queue": max((r.queue_ms for r in replies), default=0.0),
@@ -261,12 +304,13 @@ class Asker:
             }
         else:
             answer.timings_ms = {"rank": rank_ms}
+        answer.retrieval = found.ranks(answer.passage_id)
         if not missing:  # a partial answer is not kept: the next ask may see everything
             self.client.set(cache_key, answer.to_json(), ex=self.cache_ttl_s)
         answer.timings_ms["total"] = _ms(t0)
         return answer
 
-    def _live(self, ranked: list[ranking.Ranked]) -> tuple[list[ranking.Ranked], list[int]]:
+    def _live(self, ranked: list[fusion.Fused]) -> tuple[list[fusion.Fused], list[int]]:
         """Candidates in partitions a live worker reads, and the partitions left out.
 
         A request to a partition nobody reads would hold an API thread for the whole
@@ -286,7 +330,7 @@ class Asker:
 
     # --- routing -------------------------------------------------------------------------
 
-    def _read(self, question: str, ranked: list[ranking.Ranked]) -> tuple[list[ReadReply], float]:
+    def _read(self, question: str, ranked: list[fusion.Fused]) -> tuple[list[ReadReply], float]:
         """One read request per partition, then wait for every reply up to the timeout.
 
         Retry rule: half way through, a silent partition's request is sent again only if it
@@ -362,8 +406,18 @@ class Asker:
             reply = ReadReply.from_json(got[1])
             replies.setdefault(reply.partition, reply)
 
-    def _merge(self, answer: Answer, ranked: list[ranking.Ranked],
-               replies: list[ReadReply]) -> None:
+    def settings(self, mode: str) -> tuple[float, float]:
+        """(min_rank_ratio, retrieval_weight) for a question ranked in ``mode``."""
+        hybrid = mode == "hybrid"
+        ratio = self.min_rank_ratio
+        weight = self.retrieval_weight
+        return (ratio if ratio is not None else
+                HYBRID_MIN_RANK_RATIO if hybrid else MIN_RANK_RATIO,
+                weight if weight is not None else
+                HYBRID_RETRIEVAL_WEIGHT if hybrid else RETRIEVAL_WEIGHT)
+
+    def _merge(self, answer: Answer, ranked: list[fusion.Fused],
+               replies: list[ReadReply], weight: float) -> None:
         read = [span for reply in replies for span in reply.spans]
         answer.batch_sizes = sorted(r.batch_requests for r in replies)
         spans = [span for span in read if not span.null]
@@ -372,11 +426,11 @@ class Asker:
                              f"{'s' if len(read) > 1 else ''} it read")
         if not spans:
             return
-        bm25 = {r.pid: r.score for r in ranked}
-        top = max(bm25.values())
+        retrieved = {r.pid: r.score for r in ranked}
+        top = max(retrieved.values())
 
         def score(s) -> float:
-            return answer_score(s.score, bm25.get(s.pid, 0.0), top, self.retrieval_weight)
+            return answer_score(s.score, retrieved.get(s.pid, 0.0), top, weight)
 
         # deterministic whatever order the replies came in: score, then passage, then offset
         best = min(spans, key=lambda s: (-score(s), s.pid, s.start, s.end))

@@ -94,6 +94,16 @@ def status_command(as_json, target):
         console.print(st)
     for node, mem in report["memory"].items():
         console.print(f"{node}: {mem}")
+    console.print(retrieval_line(report["retrieval"]))
+
+
+def retrieval_line(r: dict) -> str:
+    """``shardqa status``'s one line on how questions are ranked."""
+    if r["mode"] == "hybrid":
+        return f"retrieval: hybrid (BM25 + dense, encoder {r['encoder']})"
+    why = ("the cluster has no vector sets (Redis < 8 or Valkey)" if not r["vector_sets"]
+           else "no passage encoder pushed ('shardqa model push ENCODER')")
+    return f"retrieval: BM25 only: {why}"
 
 
 def supervised(client) -> dict[str, dict]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from cluster import keys, routing
 from cluster.partitions import PartitionMap
-from gears.ranking import Ranked
+from gears.ranking import Ranked, best
 
 
 def vector_blob(vector: np.ndarray) -> bytes:
@@ -29,21 +29,28 @@ def search(client, pmap: PartitionMap, vector: np.ndarray, k: int = 5,
     partition without a vector set contributes nothing; a server without vector sets
     (Redis 7) raises its "unknown command" error (check cluster.capabilities first).
     """
-    blob = vector_blob(vector)
-    extra = ["EF", int(ef)] if ef else []
+    query = VectorQuery(vector_blob(vector), k, ef)
+    replies = routing.per_master(client, pmap.partitions, query.queue)
+    return best([r for index, reply in replies.items() for r in parse(index, reply)], k)
 
-    def build(pipe, p):
-        pipe.execute_command("VSIM", keys.vectors(p.tag), "FP32", blob, "WITHSCORES",
-                             "COUNT", int(k), *extra)
 
-    found: list[Ranked] = []
-    for index, reply in routing.per_master(client, pmap.partitions, build).items():
-        if isinstance(reply, Exception):
-            raise reply
-        for pid, score in _pairs(reply):
-            found.append(Ranked(pid, index, 2.0 * score - 1.0))
-    found.sort(key=lambda r: (-r.score, r.pid))
-    return found[:k]
+class VectorQuery:
+    """One VSIM call per partition (alone, or in the BM25 rank's round trip)."""
+
+    def __init__(self, blob: bytes, k: int, ef: int | None = None):
+        self.blob, self.k = blob, int(k)
+        self.extra = ["EF", int(ef)] if ef else []
+
+    def queue(self, pipe, p) -> None:
+        pipe.execute_command("VSIM", keys.vectors(p.tag), "FP32", self.blob, "WITHSCORES",
+                             "COUNT", self.k, *self.extra)
+
+
+def parse(index: int, reply) -> list[Ranked]:
+    """A partition's VSIM reply as Ranked with cosine scores (an error reply raises)."""
+    if isinstance(reply, Exception):
+        raise reply
+    return [Ranked(pid, index, 2.0 * score - 1.0) for pid, score in _pairs(reply)]
 
 
 def _pairs(reply) -> list[tuple[str, float]]:

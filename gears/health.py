@@ -5,9 +5,10 @@ Used by ``shardqa status`` and by the API's /health.
 
 from __future__ import annotations
 
+import json
 import time
 
-from cluster import heartbeat, keys, partitions
+from cluster import capabilities, heartbeat, keys, partitions
 
 
 def status(client) -> dict:
@@ -42,7 +43,27 @@ def status(client) -> dict:
         info = client.get_redis_connection(node).info("memory")
         memory[node.name] = info.get("used_memory_human")
     return {"generation": int(client.get(keys.generation()) or 0), "partitions": rows,
-            "workers": workers, "memory": memory}
+            "workers": workers, "memory": memory, "retrieval": retrieval(client, pmap)}
+
+
+def retrieval(client, pmap: partitions.PartitionMap) -> dict:
+    """How questions are ranked: "hybrid" (BM25 and dense fused) where every master has
+    vector sets and a passage encoder is pushed, else "bm25" (gears/retrieval.py)."""
+    vector_sets = capabilities.vector_sets(client)
+    pipe = client.pipeline(transaction=False)
+    for p in pmap:
+        pipe.get(keys.model_current(p.tag, "encoder"))
+    encoder = None
+    for raw in pipe.execute(raise_on_error=False):
+        try:
+            pointer = json.loads(raw) if isinstance(raw, bytes | str) else None
+        except ValueError:
+            pointer = None
+        if isinstance(pointer, dict) and pointer.get("version"):
+            encoder = " ".join(str(pointer.get(f, "?")) for f in ("name", "version", "variant"))
+            break
+    return {"mode": "hybrid" if vector_sets and encoder else "bm25",
+            "vector_sets": vector_sets, "encoder": encoder}
 
 
 def served_partitions(client, now: float | None = None) -> set[int]:

@@ -58,37 +58,64 @@ def global_stats(client, pmap: PartitionMap, terms: list[str]) -> GlobalStats:
     return GlobalStats(passages, (total / passages) if passages else 1.0, df)
 
 
-def rank(client, pmap: PartitionMap, question: str, k: int = 5,
-         stats: GlobalStats | None = None, cap: int | None = None) -> list[Ranked]:
-    """The best ``k`` passages across the cluster, best first (ties by passage id)."""
+@dataclass(frozen=True)
+class RankQuery:
+    """One question's BM25 ``rank`` call with its global weights, ready to queue on every
+    partition (alone, or in the same per-master round trip as the dense search)."""
+
+    terms: list[str]
+    weights: list[str]
+    avgdl: float
+    k: int
+    cap: int
+
+    def queue(self, pipe, p) -> None:
+        pipe.fcall_ro("rank", 1 + len(self.terms), keys.index_lengths(p.tag),
+                      *[keys.index_term(p.tag, t) for t in self.terms],
+                      self.k, K1, B, repr(self.avgdl), self.cap, *self.weights)
+
+
+def prepare(client, pmap: PartitionMap, question: str, k: int = 5,
+            stats: GlobalStats | None = None, cap: int | None = None) -> RankQuery | None:
+    """The rank call of ``question`` (one stats fan-out); None if none of its terms is in
+    the corpus (BM25 finds nothing)."""
     terms = analyzer.query_terms(question)
     if not terms:
-        return []
+        return None
     stats = stats or global_stats(client, pmap, terms)
     terms = [t for t in terms if stats.df.get(t)]
     if not terms or not stats.passages:
+        return None
+    return RankQuery(terms, [repr(stats.idf(t)) for t in terms], stats.avgdl, k,
+                     POSTINGS_CAP if cap is None else cap)
+
+
+def parse(index: int, reply) -> list[Ranked]:
+    """A partition's ``rank`` reply [pid, score, ...] as Ranked (an error reply raises)."""
+    if isinstance(reply, Exception):
+        raise reply
+    return [Ranked(reply[i].decode() if isinstance(reply[i], bytes) else reply[i], index,
+                   float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+def best(found: list[Ranked], k: int) -> list[Ranked]:
+    """The best ``k`` of candidates from every partition, best first (ties by passage id)."""
+    return sorted(found, key=lambda r: (-r.score, r.pid))[:k]
+
+
+def rank(client, pmap: PartitionMap, question: str, k: int = 5,
+         stats: GlobalStats | None = None, cap: int | None = None) -> list[Ranked]:
+    """The best ``k`` passages across the cluster, best first (ties by passage id)."""
+    query = prepare(client, pmap, question, k, stats, cap)
+    if query is None:
         return []
-    weights = [repr(stats.idf(t)) for t in terms]
-
-    def build(pipe, p):
-        pipe.fcall_ro("rank", 1 + len(terms), keys.index_lengths(p.tag),
-                      *[keys.index_term(p.tag, t) for t in terms],
-                      k, K1, B, repr(stats.avgdl), POSTINGS_CAP if cap is None else cap,
-                      *weights)
-
-    found: list[Ranked] = []
-    for index, reply in routing.per_master(client, pmap.partitions, build).items():
-        if isinstance(reply, Exception):
-            raise reply
-        for i in range(0, len(reply), 2):
-            pid = reply[i].decode() if isinstance(reply[i], bytes) else reply[i]
-            found.append(Ranked(pid, index, float(reply[i + 1])))
-    found.sort(key=lambda r: (-r.score, r.pid))
-    return found[:k]
+    replies = routing.per_master(client, pmap.partitions, query.queue)
+    return best([r for index, reply in replies.items() for r in parse(index, reply)], k)
 
 
-def above_floor(ranked: list[Ranked], ratio: float) -> list[Ranked]:
-    """The candidates scoring at least ``ratio`` x the best one (best first, as given).
+def above_floor(ranked: list, ratio: float) -> list:
+    """The candidates (Ranked, or fused ones) scoring at least ``ratio`` x the best one
+    (best first, as given).
 
     Reading a passage that ranks far below the best costs a full reader pass and rarely
     gives the answer; bench/ measures the speed and F1 of the ratio.

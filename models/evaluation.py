@@ -51,6 +51,8 @@ class QuestionResult:
     latency_ms: float
     cached: bool = False
     gold_rank: int | None = None  # 1-based rank of the gold paragraph among passages read
+    read: int | None = None  # open mode: how many passages were read
+    retrieval: str | None = None  # open mode: "hybrid" or "bm25"
     error: str | None = None
     has_answer: bool = True  # False for SQuAD 2.0's unanswerable questions
     confidence: float | None = None
@@ -82,6 +84,9 @@ class EvalReport:
     calibration: dict[str, float] | None = None
     fitted: dict[str, float] = field(default_factory=dict)
     predictions: dict[str, str] = field(default_factory=dict)
+    #: open mode: mean passages read per question, and questions per retrieval mode
+    passages_read: float | None = None
+    retrieval: dict[str, int] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -124,7 +129,18 @@ def summarize(results: list[QuestionResult], *, file: str, mode: str, model: str
         errors=sum(1 for r in results if r.error), k=k,
         by_kind=_by_kind(results), calibration=_calibration(results),
         predictions={r.id: r.prediction for r in results},
+        passages_read=(sum(r.read or 0 for r in results) / n if n else 0.0)
+        if mode == "open" else None,
+        retrieval=_modes(results) if mode == "open" else None,
     )
+
+
+def _modes(results: list[QuestionResult]) -> dict[str, int]:
+    modes: dict[str, int] = {}
+    for r in results:
+        if r.retrieval:
+            modes[r.retrieval] = modes.get(r.retrieval, 0) + 1
+    return modes
 
 
 def _by_kind(results: list[QuestionResult]) -> dict[str, dict[str, float]] | None:

@@ -6,6 +6,12 @@ use, so ``import shardqa`` stays light (no Redis client, no torch).
 
 from __future__ import annotations
 
+import os
+
+# torch's C++ warnings (e.g. "quantize_per_tensor ... deprecated" on an int8 model's first
+# run) are not shardqa's output; c10 reads this once, when torch is first imported
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
 __all__ = ["Answer", "Client", "Passage", "connect"]
 
 

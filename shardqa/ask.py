@@ -52,5 +52,27 @@ def show(answer: Answer) -> None:
         snippet.append(text[lo:hi], style="bold reverse")
         snippet.append(text[hi:ctx_hi] + ("…" if ctx_hi < len(text) else ""))
         console.print(snippet)
+    line = retrieval_line(answer.extra.get("retrieval"))
+    if line:
+        console.print(f"[dim]{line}[/]")
     timing = ", ".join(f"{name} {ms:.1f} ms" for name, ms in answer.timings.items())
     console.print(f"[dim]{'cache hit' if answer.cached else 'cache miss'}; {timing}[/]")
+
+
+
+def found_by(retrieval: dict | None) -> str:
+    """"BM25 #2, dense #1" (hybrid) or "BM25 #1" (BM25 alone) for the answer's passage;
+    "not found" where a retriever did not find it."""
+    if not retrieval:
+        return "-"
+    names = ("bm25", "dense") if retrieval.get("mode") == "hybrid" else ("bm25",)
+    return ", ".join(f"{'BM25' if n == 'bm25' else n} "
+                     + (f"#{retrieval[n]}" if retrieval.get(n) else "not found") for n in names)
+
+
+def retrieval_line(retrieval: dict | None) -> str:
+    """How the answer's passage was found: "hybrid retrieval: BM25 #2, dense #1"."""
+    if not retrieval:
+        return ""
+    mode = "hybrid retrieval" if retrieval.get("mode") == "hybrid" else "BM25 only"
+    return f"{mode}: {found_by(retrieval)}"

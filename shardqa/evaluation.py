@@ -20,7 +20,15 @@ from rich.table import Table
 
 from cluster.errors import ShardqaError
 from cluster.options import target_options
-from gears.asker import DEFAULT_K, MAX_K
+from gears.asker import (
+    DEFAULT_K,
+    HYBRID_MIN_RANK_RATIO,
+    HYBRID_RETRIEVAL_WEIGHT,
+    MAX_K,
+    MIN_RANK_RATIO,
+    RETRIEVAL_WEIGHT,
+)
+from gears.retrieval import DEFAULT_MODE, MODES
 from models.calibration import reliability_plot
 from models.evaluation import (
     DEFAULT_STRIDE,
@@ -60,7 +68,7 @@ def ingest_file(client, path: str, progress: bool = True):
 
 
 def evaluate_open(client, examples: list[SquadExample], *, k: int = DEFAULT_K, asker=None,
-                  progress: bool = True) -> list[QuestionResult]:
+                  progress: bool = True, use_cache: bool = True) -> list[QuestionResult]:
     """Ask every question through the pipeline; the gold passage is paragraph i of article T."""
     from cluster.partitions import passage_id
     from gears.asker import Asker
@@ -71,7 +79,7 @@ def evaluate_open(client, examples: list[SquadExample], *, k: int = DEFAULT_K, a
         gold = passage_id(example.title, example.paragraph_index)
         t0 = time.perf_counter()
         try:
-            got = asker.ask(example.question, k=k)
+            got = asker.ask(example.question, k=k, use_cache=use_cache)
         except ShardqaError as exc:
             latency = (time.perf_counter() - t0) * 1000
             return QuestionResult(example.id, "", 0.0, 0.0, latency, error=str(exc),
@@ -83,7 +91,8 @@ def evaluate_open(client, examples: list[SquadExample], *, k: int = DEFAULT_K, a
         rank = read.index(gold) + 1 if gold in read else None
         return QuestionResult(example.id, text, em, f1, latency, cached=bool(got.cached),
                               gold_rank=rank, has_answer=example.has_answer,
-                              confidence=got.confidence)
+                              confidence=got.confidence, read=len(read),
+                              retrieval=(got.retrieval or {}).get("mode"))
 
     return run_questions(examples, answer, progress, "asking")
 
@@ -122,6 +131,10 @@ def render(report: EvalReport) -> Table:
     for name, value in report.fitted.items():
         table.add_row(f"fitted {name}" if name != "ece_before" else "ECE before fitting",
                       f"{value:.4g}")
+    if report.passages_read is not None:
+        table.add_row("passages read per question", f"{report.passages_read:.2f}")
+    if report.retrieval:
+        table.add_row("retrieval", ", ".join(f"{m} {n:,}" for m, n in report.retrieval.items()))
     if report.errors:
         table.add_row("errors", str(report.errors))
     return table
@@ -172,15 +185,19 @@ def reader_report(file: str, examples: list[SquadExample], model_path: str | Non
 
 
 def open_report(file: str, examples: list[SquadExample], target, *, k: int, ingest: bool,
-                progress: bool, plot: str | None = None) -> EvalReport:
-    """Open mode: (ingest the file, then) ask every question of the running system."""
+                progress: bool, plot: str | None = None, asking: dict | None = None,
+                use_cache: bool = True) -> EvalReport:
+    """Open mode: (ingest the file, then) ask every question of the running system.
+    ``asking``: Asker settings (retrieval_mode, min_rank_ratio, retrieval_weight)."""
     from cluster.connection import connect
+    from gears.asker import Asker
 
     client = connect(target)
     try:
         if ingest:
             ingest_file(client, file, progress=progress)
-        results = evaluate_open(client, examples, k=k, progress=progress)
+        results = evaluate_open(client, examples, k=k, progress=progress,
+                                asker=Asker(client, **(asking or {})), use_cache=use_cache)
         described = pushed_model(client)
     finally:
         client.close()
@@ -211,6 +228,17 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
               help="open mode: only ask, against whatever corpus is loaded")
 @click.option("--k", default=DEFAULT_K, show_default=True, type=click.IntRange(1, MAX_K),
               help="open mode: passages read per question")
+@click.option("--retrieval", "retrieval_mode", default=DEFAULT_MODE, show_default=True,
+              type=click.Choice(MODES),
+              help="open mode: hybrid (BM25 and dense fused where the cluster can) or bm25")
+@click.option("--min-rank-ratio", default=None, type=click.FloatRange(0, 1),
+              help="open mode: skip candidates below this share of the best retrieval score "
+                   f"[default: {HYBRID_MIN_RANK_RATIO:g} hybrid, {MIN_RANK_RATIO:g} BM25]")
+@click.option("--retrieval-weight", default=None, type=click.FloatRange(0),
+              help="open mode: weight of the relative retrieval score in the answer score "
+                   f"[default: {HYBRID_RETRIEVAL_WEIGHT:g} hybrid, {RETRIEVAL_WEIGHT:g} BM25]")
+@click.option("--no-cache", is_flag=True,
+              help="open mode: answer every question afresh (the cache is still written)")
 @click.option("--limit", default=None, type=click.IntRange(1), help="first N questions only")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="also write the report (with every prediction) to this JSON file")
@@ -228,8 +256,9 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
               help="write what was fitted into the --model artifact (push it again)")
 @target_options
 def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, no_ingest, k,
-                 limit, json_out, quiet, fit_null_threshold, fit_temperature, min_confidence,
-                 plot, save_fit, target):
+                 retrieval_mode, min_rank_ratio, retrieval_weight, no_cache, limit, json_out,
+                 quiet, fit_null_threshold, fit_temperature, min_confidence, plot, save_fit,
+                 target):
     """Score a SQuAD-format FILE: EM/F1, recall@1/@5/@k, latency p50/p95/p99, cache hits.
 
     FILE defaults to the repository's SQuAD dev subset (data/squad/dev.json).
@@ -257,12 +286,23 @@ def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, 
         if model_path is not None:
             raise EvaluationError("--model is for --mode reader; open mode uses the model "
                                   "pushed to the cluster")
+        asking = {"retrieval_mode": retrieval_mode, "min_rank_ratio": min_rank_ratio,
+                  "retrieval_weight": retrieval_weight}
         report = open_report(file, examples, target, k=k, ingest=not no_ingest,
-                             progress=progress, plot=plot)
+                             progress=progress, plot=plot, asking=asking,
+                             use_cache=not no_cache)
     console.print(render(report))
     if plot and Path(plot).is_file():
         console.print(f"reliability plot written to {plot}")
     if json_out:
-        Path(json_out).write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False)
+        body = report.to_json()
+        if mode == "open":  # the settings in effect (None: the mode's default)
+            hybrid = retrieval_mode == "hybrid"
+            body["asking"] = {**asking, "min_rank_ratio": HYBRID_MIN_RANK_RATIO if hybrid
+                              else MIN_RANK_RATIO} if min_rank_ratio is None else dict(asking)
+            if retrieval_weight is None:
+                body["asking"]["retrieval_weight"] = (HYBRID_RETRIEVAL_WEIGHT if hybrid
+                                                      else RETRIEVAL_WEIGHT)
+        Path(json_out).write_text(json.dumps(body, indent=2, ensure_ascii=False)
                                   + "\n", encoding="utf-8")
         console.print(f"report written to {json_out}")

@@ -137,14 +137,15 @@ class LocalStack:
         return self.wait_started([name])["children"][name]["pid"]
 
     def up(self, *, masters: int, port_base: int, api_port: int | None, api_host: str,
-           threads: int | None, model: str | None, timeout: float = 120) -> dict:
+           threads: int | None, model: str | None, encoder: str | None = None,
+           timeout: float = 120) -> dict:
         running = self.cluster.exists() and len(self.cluster.running_nodes()) == len(
             self.cluster.spec().nodes)
         if not running:
             bring_up(self.cluster, masters=masters, port_base=port_base)
         target = Target(directory=str(self.dir))
         client = connect(target)
-        ensure_model(client, model)
+        ensure_model(client, model, encoder)
         owners = sorted(set(partitions.owners(client, partitions.load(client)).values()))
         if threads is None:
             threads = default_threads(len(owners))
@@ -242,18 +243,43 @@ def _forget_supervised(directory: Path) -> None:
         pass
 
 
-def ensure_model(client, model: str | None) -> None:
-    """Push ``model`` (an exported artifact), or the default reader if none is in the cluster."""
+def ensure_model(client, model: str | None, encoder: str | None = None) -> None:
+    """Push ``model`` (an exported reader artifact), or the default reader if no reader is in
+    the cluster; push ``encoder`` (an exported encoder artifact, int8), or the default
+    passage encoder if none is in the cluster, so answers are hybrid ("none": push none)."""
     from models import store
 
-    if model is None:
-        if store.list_models(client):
-            return
+    kinds = {row.get("kind") or "reader" for row in store.list_models(client)}
+    if model is None and "reader" not in kinds:
         from models.default import default_artifact
 
         model = str(default_artifact())
-    console.print(f"pushing reader model {model}")
-    store.push(client, Path(model))
+    if model is not None:
+        console.print(f"pushing reader model {model}")
+        store.push(client, Path(model))
+    if encoder == NO_ENCODER or (encoder is None and "encoder" in kinds):
+        return
+    push_encoder(client, encoder)
+
+
+#: ``--encoder none``: push no passage encoder (questions are ranked by BM25 alone)
+NO_ENCODER = "none"
+
+
+def push_encoder(client, encoder: str | None) -> None:
+    """Push ``encoder`` or the default passage encoder, int8 (about twice as fast as fp32,
+    cosine to fp32 >= 0.99: bench/results/retrieval-fusion-2026-12-02.json)."""
+    from cluster.errors import ShardqaError
+    from models import store
+    from models.default import default_encoder_artifact
+
+    try:
+        artifact = Path(encoder) if encoder else default_encoder_artifact()
+    except ShardqaError as exc:  # the encoder package is missing: BM25 alone, said once
+        console.print(f"[yellow]no passage encoder ({exc}); questions are ranked by BM25[/]")
+        return
+    console.print(f"pushing passage encoder {artifact} (int8)")
+    store.push(client, artifact, variant="int8")
 
 
 def wait_healthy(client, masters: list[str], api: dict | None, timeout: float,
@@ -295,6 +321,9 @@ def _http_ok(url: str) -> bool:
               help="ingest these files/folders once everything is up")
 @click.option("--model", default=None, type=click.Path(exists=True, file_okay=False),
               help="exported reader artifact to push [default: the bundled reader]")
+@click.option("--encoder", default=None, metavar="DIRECTORY|none",
+              help="exported passage encoder to push (int8) [default: the default encoder, "
+                   "unless one is pushed]; none: push none (questions ranked by BM25 alone)")
 @masters_option
 @click.option("--api-port", default=ServeSettings.port, show_default=True,
               type=click.IntRange(0, 65535),
@@ -305,11 +334,15 @@ def _http_ok(url: str) -> bool:
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="torch threads per worker [default: cores / masters]")
 @dir_option
-def up_command(corpus, model, masters, api_port, api_host, port_base, threads, cluster_dir):
+def up_command(corpus, model, encoder, masters, api_port, api_host, port_base, threads,
+               cluster_dir):
     """Start everything locally in the background: cluster, workers, API."""
+    if encoder not in (None, NO_ENCODER) and not Path(encoder).is_dir():
+        raise click.BadParameter(f"{encoder!r} is not a folder (nor 'none')",
+                                 param_hint="--encoder")
     stack = LocalStack(cluster_dir)
     state = stack.up(masters=masters, port_base=port_base, api_port=api_port or None,
-                     api_host=api_host, threads=threads, model=model)
+                     api_host=api_host, threads=threads, model=model, encoder=encoder)
     console.print(f"workers: {', '.join(state['workers'])}")
     if state.get("api"):
         console.print(f"API: {state['api']['url']}  (try: curl '{state['api']['url']}"

@@ -103,6 +103,8 @@ def test_bad_requests_get_json_errors(api, method, path, body, headers, status):
 def test_health_metrics_openapi(api):
     status, health, _ = http("GET", api + "/health")
     assert status == 200 and health["status"] == "ok" and len(health["workers"]) == 3
+    # the API's pipeline has no encoder pushed: BM25 alone, said so
+    assert health["retrieval"] == {"mode": "bm25", "vector_sets": True, "encoder": None}
     status, spec, _ = http("GET", api + "/openapi.json")
     assert status == 200 and "/qa" in spec["paths"]
     http("GET", api + "/qa?q=" + urllib.parse.quote(QUESTIONS[1]))

@@ -192,6 +192,14 @@ def test_page_renders_retrieval_and_further_answers(api, browser):
                          "passage": {"id": "p.0", "title": "Paris", "text": "Capital: Paris."}}]}
     browser.execute_script("showAnswer(arguments[0])", body)
     assert browser.find_element(By.ID, "retrieval").text == "Retrieval: bm25 #1, dense #2"
+    browser.execute_script("showAnswer(arguments[0])", {
+        **body, "retrieval": {"mode": "hybrid", "bm25": None, "dense": 3}})
+    assert (browser.find_element(By.ID, "retrieval").text
+            == "Retrieval (hybrid): bm25: not found, dense #3")
+    browser.execute_script("showAnswer(arguments[0])", {
+        **body, "retrieval": {"mode": "bm25", "bm25": 2, "dense": None}})
+    assert browser.find_element(By.ID, "retrieval").text == "Retrieval (BM25 only): bm25 #2"
+    browser.execute_script("showAnswer(arguments[0])", body)
     items = browser.find_elements(By.CSS_SELECTOR, "#answers li")
     assert len(items) == 1 and items[0].find_element(By.TAG_NAME, "mark").text == "Paris"
     # text, never markup: the passage's "<b>" is shown, not parsed

@@ -56,10 +56,24 @@ def test_answers_equal_direct_reader_and_cache(shared_pipeline, tiny_artifact):
             answer_score(span.score, ranked[[r.pid for r in ranked].index(pid)].score,
                          ranked[0].score, RETRIEVAL_WEIGHT), abs=1e-3)
         assert not answer.cached
+        # no encoder pushed: BM25 alone, its rank of the answer's passage
+        assert answer.retrieval == {"mode": "bm25", "dense": None,
+                                    "bm25": [r.pid for r in ranked].index(pid) + 1}
         again = asker.ask(question)
         assert again.cached and again.answer == answer.answer
+        assert again.retrieval == answer.retrieval
         # the cache key is case- and whitespace-insensitive
         assert asker.ask("  " + question.upper() + " ").cached
+
+
+def test_without_an_encoder_status_says_bm25_and_why(shared_pipeline):
+    from gears import health
+
+    asker = Asker(shared_pipeline, timeout_s=20)
+    assert asker.ask(QUESTIONS[0], use_cache=False).retrieval["mode"] == "bm25"
+    assert asker.encoder.why == "no passage encoder pushed"
+    assert health.status(shared_pipeline)["retrieval"] == {
+        "mode": "bm25", "vector_sets": True, "encoder": None}
 
 
 def test_keymiss_fills_answer_key_on_owning_master(shared_pipeline):

@@ -123,8 +123,9 @@ def test_up_ask_down(tmp_path, tiny_artifact):
 
 @pytest.mark.slow
 def test_up_with_its_defaults_answers_with_the_bundled_reader(tmp_path):
-    """``shardqa up`` as the README runs it: no --model (the bundled reader, exported on first
-    use), default masters and threads; only the ports are free ones, beside other clusters."""
+    """``shardqa up`` as the README runs it: no --model (the bundled reader and the default
+    passage encoder, exported on first use), default masters and threads; only the ports are
+    free ones, beside other clusters."""
     env = {"SHARDQA_DIR": str(tmp_path / "stack"),
            "SHARDQA_ARTIFACTS": str(tmp_path / "artifacts")}  # a fresh export, not a cache
     base, api_port = free_port_base(3), free_port_base(1)
@@ -140,12 +141,14 @@ def test_up_with_its_defaults_answers_with_the_bundled_reader(tmp_path):
                                    ("What is the only natural satellite of Earth?", "Moon")]:
             body = ask_api(api_port, question)
             assert expected in body["answer"], (question, body)
+            # the default passage encoder was pushed too: hybrid, dense found the passage
+            assert body["retrieval"]["mode"] == "hybrid" and body["retrieval"]["dense"]
         client = connect(Target(directory=str(tmp_path / "stack")))
         try:
             current = [r["name"] for r in store.list_models(client) if r.get("current_on")]
         finally:
             client.close()
-        assert current and set(current) == {"minilm-squad"}
+        assert set(current) == {"minilm-squad", "minilm-l6-encoder"}
     finally:
         down = run_cli("down", "--purge", env=env)
     assert down.returncode == 0, down.stderr

@@ -51,16 +51,19 @@ function showTimings(timings) {
   }
 }
 
-// Hybrid retrieval: {"bm25": rank, "dense": rank}, when the server sends it.
+// Retrieval: {"mode": "hybrid"|"bm25", "bm25": rank, "dense": rank}, when the server sends it.
 function showRetrieval(retrieval) {
   const line = $("retrieval");
   if (!retrieval || typeof retrieval !== "object") {
     line.hidden = true;
     return;
   }
-  const parts = Object.entries(retrieval).map(([name, rank]) =>
-    rank === null || rank === undefined ? `${name}: not found` : `${name} #${rank}`);
-  line.textContent = `Retrieval: ${parts.join(", ")}`;
+  const { mode, ...ranks } = retrieval;
+  const parts = Object.entries(ranks)
+    .filter(([name, rank]) => mode !== "bm25" || name !== "dense" || rank != null)
+    .map(([name, rank]) => (rank === null || rank === undefined ? `${name}: not found` : `${name} #${rank}`));
+  const how = mode === "hybrid" ? " (hybrid)" : mode === "bm25" ? " (BM25 only)" : "";
+  line.textContent = `Retrieval${how}: ${parts.join(", ")}`;
   line.hidden = false;
 }
 

@@ -1,0 +1,122 @@
+"""Issue 13: asking with hybrid retrieval on the real Redis 8 cluster with real workers: the
+question embedded in the asker by the pushed (tiny) encoder, BM25 and VSIM fused, the answer
+saying which retriever found its passage; BM25 alone without an encoder or when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gears import analyzer, health
+from gears.asker import Asker
+from loaders.documents import Document
+from loaders.passages import split_passages
+from loaders.writer import ingest, wait_indexed
+from models import store
+from models.encoder import passage_input
+from shardqa.ask import retrieval_line
+from tests.conftest import run_cli
+from tests.corpus import CORPUS, QUESTIONS
+
+QUESTION = "Who founded the observatory?"
+#: passages sharing no word with QUESTION: BM25 cannot find them, only their embeddings can
+WORDLESS = [Document(f"wordless-{i}", text, title=title) for i, (title, text) in enumerate([
+    ("Amber glaciers", "Quiet amber glaciers drift slowly under pale winter skies."),
+    ("Copper kettles", "Copper kettles whistle loudly inside crowded market kitchens."),
+    ("Velvet moths", "Velvet moths circle lanterns during warm summer evenings."),
+    ("Granite bridges", "Granite bridges span narrow rivers between mountain villages."),
+    ("Silver herons", "Silver herons wade patiently through shallow marsh water."),
+])]
+
+
+@pytest.fixture(scope="module")
+def hybrid_pipeline(redis_cluster, tiny_artifact, tiny_encoder_artifact, tmp_path_factory):
+    """Tiny reader and tiny encoder pushed, the test corpus and WORDLESS ingested."""
+    from tests.conftest import WorkerPool
+
+    redis_cluster.flush()
+    client = redis_cluster.client()
+    store.push(client, tiny_artifact)
+    store.push(client, tiny_encoder_artifact, variant="int8")
+    pool = WorkerPool(redis_cluster, tmp_path_factory.mktemp("hybrid-workers"))
+    try:
+        pool.start_all()
+        pool.wait_ready()
+        ingest(client, [*CORPUS, *WORDLESS], progress=False)
+        wait_indexed(client, timeout=120, progress=False)
+        yield redis_cluster
+    finally:
+        pool.stop_all()
+
+
+def test_answers_are_hybrid_with_a_dense_rank_and_cached_alike(hybrid_pipeline):
+    api = hybrid_pipeline.client_as("api")
+    asker = Asker(api, timeout_s=20)
+    for question in QUESTIONS:
+        answer = asker.ask(question)
+        assert answer.passage_id is not None and not answer.cached
+        found = answer.retrieval
+        assert found["mode"] == "hybrid"
+        # the corpus is smaller than the candidate depth: VSIM returns every passage
+        assert isinstance(found["dense"], int) and found["dense"] >= 1
+        assert found["bm25"] is None or found["bm25"] >= 1
+        again = asker.ask(question)
+        assert again.cached and again.retrieval == found
+        assert again.public()["retrieval"] == found
+    report = health.status(api)
+    assert report["retrieval"]["mode"] == "hybrid" and report["retrieval"]["vector_sets"]
+    assert report["retrieval"]["encoder"].startswith("tiny-enc ")
+    # the CLI shows it: the answer from the cache, with the same ranks
+    out = run_cli("ask", QUESTIONS[0], "--dir", hybrid_pipeline.target.directory)
+    assert out.returncode == 0, out.stderr
+    ranks = asker.ask(QUESTIONS[0]).retrieval
+    assert retrieval_line(ranks).startswith("hybrid retrieval: BM25 ")
+    assert retrieval_line(ranks) in " ".join(out.stdout.split())
+    status = run_cli("status", "--dir", hybrid_pipeline.target.directory)
+    assert "retrieval: hybrid (BM25 + dense, encoder tiny-enc" in " ".join(status.stdout.split())
+
+
+def test_dense_finds_the_nearest_passage_that_shares_no_word(hybrid_pipeline):
+    client = hybrid_pipeline.client()
+    wordless = {p.pid: p for d in WORDLESS for p in split_passages(d)}
+    terms = set(analyzer.query_terms(QUESTION))
+    for p in wordless.values():
+        assert not terms & set(analyzer.query_terms(f"{p.title} {p.text}"))
+    encoder = store.load(client, client.get_primaries()[0].name, kind="encoder").encoder()
+    q = encoder.embed([QUESTION])[0]
+    vectors = encoder.embed([passage_input(p.title, p.text) for p in wordless.values()])
+    nearest = list(wordless)[int(np.argmax(vectors @ q))]
+
+    asker = Asker(hybrid_pipeline.client_as("api"), timeout_s=20, min_rank_ratio=0)
+    found = asker.retrieve(QUESTION, 50)
+    assert found.mode == "hybrid"
+    ranks = {f.pid: f.ranks for f in found.passages}
+    assert "bm25" not in ranks[nearest] and ranks[nearest]["dense"] >= 1
+    # dense orders the wordless passages as their embeddings do
+    dense_order = [pid for pid in sorted(ranks, key=lambda p: ranks[p].get("dense", 10**6))
+                   if pid in wordless]
+    cosines = sorted(vectors @ q, reverse=True)
+    # Q8 quantization in the vector set may swap a near tie of the tiny random encoder
+    assert dense_order[0] == nearest or (cosines[0] - cosines[1] < 0.02
+                                         and nearest in dense_order[:2])
+    plain = Asker(hybrid_pipeline.client_as("api"), retrieval_mode="bm25").retrieve(QUESTION, 50)
+    assert plain.mode == "bm25" and nearest not in {f.pid for f in plain.passages}
+    assert all(set(f.ranks) == {"bm25"} for f in plain.passages)
+    answer = asker.ask(QUESTION, k=50, use_cache=False)
+    assert nearest in answer.passages_read
+
+
+def test_bm25_mode_never_embeds_and_a_cache_hit_embeds_nothing(hybrid_pipeline):
+    api = hybrid_pipeline.client_as("api")
+    asker = Asker(api, timeout_s=20, retrieval_mode="bm25")
+    answer = asker.ask(QUESTIONS[0], use_cache=False)
+    assert answer.retrieval["mode"] == "bm25" and answer.retrieval["dense"] is None
+    assert asker.encoder._encoder is None  # never loaded
+    Asker(api, timeout_s=20).ask(QUESTIONS[1])  # cached by a hybrid asker
+    fresh = Asker(api, timeout_s=20)
+    hit = fresh.ask(QUESTIONS[1])
+    assert hit.cached and hit.retrieval["mode"] == "hybrid"
+    assert fresh.encoder._encoder is None  # the hit neither loaded the encoder nor embedded
+    with pytest.raises(ValueError):
+        Asker(api, retrieval_mode="colbert")
+
