@@ -132,7 +132,9 @@ def test_page_asks_and_highlights_the_answer(api, browser, tmp_path):
     assert f"Score {body['score']:.2f}" in meta and "computed now" in meta
     stages = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#timings dt")]
     assert "rank" in stages and "total" in stages
-    assert not browser.find_element(By.ID, "retrieval").is_displayed()
+    retrieval = browser.find_element(By.ID, "retrieval")  # no encoder here: BM25 alone
+    assert retrieval.is_displayed() and body["retrieval"]["mode"] == "bm25"
+    assert retrieval.text.startswith("Retrieval (BM25 only): bm25 #")
     ask(browser, QUESTIONS[0], k="3")  # again: from the answer cache
     shown(browser, "result")
     assert "from the cache" in browser.find_element(By.ID, "meta").text
