@@ -44,8 +44,14 @@ def refresh(client: RedisCluster) -> None:
 
 
 def owner(client: RedisCluster, slot: int):
-    """The ClusterNode that owns ``slot`` in the client's slot cache (no round trip)."""
-    return client.nodes_manager.get_node_from_slot(slot)
+    """The node that owns ``slot`` in the client's slot map.
+
+    While another thread rebuilds the map (a rebalance under way), redis-py may hand back no
+    node at all: that is a stale route like MOVED, so say so and let the caller retry."""
+    node = client.nodes_manager.get_node_from_slot(slot)
+    if node is None:
+        raise redis.exceptions.TryAgainError(f"no owner of slot {slot} in the slot map yet")
+    return node
 
 
 def owner_name(client: RedisCluster, slot: int) -> str | None:
