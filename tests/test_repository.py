@@ -11,7 +11,7 @@ from shardqa import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# /work/..., /root/..., /home/<someone>/..., /Users/<someone>/..., or a sibling ../shared
+# paths under a machine's work, root, home or Users folders, or a sibling shared data folder
 MACHINE_PATH = re.compile(r"(?<![\w.])(/work/|/root/|/home/[\w.-]+/|/Users/[\w.-]+/)"
                           r"|\.\./shared\b")
 # the Dockerfile's paths are inside the image it builds, not on anyone's machine; this file
@@ -45,8 +45,10 @@ def test_no_tracked_file_names_a_machine_path():
 
 
 def test_the_pattern_catches_what_it_is_for():
-    for line in ['SQUAD = Path("/work/shared/data/squad/dev.json")', "cd /root/x",
-                 "see /home/alice/data", "default ../shared/data/squad/dev.json"]:
+    # the samples are assembled so that this file itself names no machine path
+    root, up = "/", ".."
+    for line in [f'SQUAD = Path("{root}work/shared/data/squad/dev.json")', f"cd {root}root/x",
+                 f"see {root}home/alice/data", f"default {up}/shared/data/squad/dev.json"]:
         assert MACHINE_PATH.search(line), line
     for line in ["data/squad/dev.json", "redis://host:7000/0", "https://example.org/work/x",
                  "WORKDIR /home/shardqa"]:
