@@ -221,7 +221,7 @@ class _Answerer:
             return json_response(result.public())
         self.cache_misses.inc()
         self.miss_latency.observe(elapsed)
-        for stage in ("rank", "wait", "queue", "read"):
+        for stage in ("embed", "rank", "wait", "queue", "read"):
             if stage in result.timings_ms:
                 self.metrics.stage.labels(stage).observe(result.timings_ms[stage] / 1000)
         for size in result.batch_sizes:

@@ -13,7 +13,7 @@ from cluster.errors import ShardqaError
 from cluster.options import start_logging, target_options
 from gears import asker
 from gears.ranking import POSTINGS_CAP
-from gears.retrieval import DEFAULT_MODE, MODES
+from gears.retrieval import DEFAULT_MODE, MODES, QUESTION_THREADS
 
 DEFAULTS = ServeSettings()
 
@@ -82,7 +82,8 @@ def serve_command(host, port, threads, max_uncached, request_timeout, connection
     client = connect(target, max_connections=4 * threads)
     questions = asker.Asker(client, timeout_s=timeout, cache_ttl_s=cache_ttl,
                             retrieval_weight=retrieval_weight, min_rank_ratio=min_rank_ratio,
-                            rank_cap=rank_cap, retrieval_mode=retrieval_mode)
+                            rank_cap=rank_cap, retrieval_mode=retrieval_mode,
+                            encoder_threads=QUESTION_THREADS)
     questions.encoder.current()  # load the question encoder now, not on the first question
     app = create_app(questions,
                      token=token, rate_limit=rate_limit,

@@ -13,7 +13,8 @@ computed once and cached as .npy (``--cache``). Fusions of the two candidate lis
 (``--depth`` each): RRF with several k and weights, weighted normalized-score fusion with
 several weights (gears.fusion).
 
-    python -m bench.retrieval_fusion [--variant int8|fp32] [--cache /tmp/shardqa-fusion]
+    python -m bench.retrieval_fusion [--variant int8|fp32] [--max-seq-len N]
+        [--cache /tmp/shardqa-fusion]
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def question_sets(dev: Path = corpus.DEV, natural: Path = NATURAL) -> dict[str, 
     return sets
 
 
-def load_encoder(artifact: Path, variant: str, threads: int | None = None) -> Encoder:
+def load_encoder(artifact: Path, variant: str, threads: int | None = None,
+                 max_seq_len: int | None = None, max_batch: int = 64) -> Encoder:
+    """The artifact's encoder, cut at ``max_seq_len`` tokens (None: the artifact's own)."""
     import torch
 
     from models.export import read_metadata
@@ -77,7 +80,8 @@ def load_encoder(artifact: Path, variant: str, threads: int | None = None) -> En
     module = torch.jit.load(str(artifact / info["variants"][variant]["file"]),
                             map_location="cpu").eval()
     return Encoder(module, load_tokenizer((artifact / "tokenizer.json").read_text()),
-                   dim=int(info["dim"]), max_seq_len=int(info["max_seq_len"]), max_batch=64,
+                   dim=int(info["dim"]), max_seq_len=max_seq_len or int(info["max_seq_len"]),
+                   max_batch=max_batch,
                    threads=threads)
 
 
@@ -106,14 +110,15 @@ def embed_corpus(encoder: Encoder, passages: list[Passage], cache: Path, label: 
 
 
 def throughput(artifact: Path, passages: list[Passage], questions: list[str], n: int = 300,
-               rounds: int = 2) -> dict:
+               rounds: int = 2, max_seq_len: int | None = None) -> dict:
     """Passages/s of each variant on the same ``n`` passages (variants alternate for
     ``rounds`` rounds and the best round counts: other load on the cores hits both alike),
     int8's cosine to fp32 on them, and the p50 ms of embedding one question."""
     rng = np.random.default_rng(0)
     sample = [passages[i] for i in rng.choice(len(passages), size=n, replace=False)]
     texts = [passage_input(p.title, p.text) for p in sample]
-    encoders = {variant: load_encoder(artifact, variant) for variant in ("fp32", "int8")}
+    encoders = {variant: load_encoder(artifact, variant, max_seq_len=max_seq_len)
+                for variant in ("fp32", "int8")}
     best: dict[str, float] = {}
     vectors = {}
     for _ in range(rounds):
@@ -348,6 +353,8 @@ def render(table: dict[str, dict[str, dict]]) -> Table:
               help="folder for the corpus embeddings (.npy) and the bench cluster")
 @click.option("--depth", type=click.IntRange(20, 1000), default=DEPTH, show_default=True,
               help="candidates taken from each retriever before fusing")
+@click.option("--max-seq-len", type=click.IntRange(16, 512), default=None,
+              help="cut passages at this many tokens [default: the encoder's own]")
 @click.option("--masters", type=click.IntRange(1, 8), default=3, show_default=True)
 @click.option("--dev", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=corpus.DEV, show_default=True, help="SQuAD v1.1 dev file")
@@ -355,7 +362,7 @@ def render(table: dict[str, dict[str, dict]]) -> Table:
               default=NATURAL, show_default=True, help="natural questions (SQuAD format)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON result [default: bench/results/retrieval-fusion-DATE.json]")
-def main(variant, cache, depth, masters, dev, natural, out):
+def main(variant, cache, depth, max_seq_len, masters, dev, natural, out):
     """Recall@1/5/20 of BM25, dense and their fusions on SQuAD dev and natural questions."""
     import shutil
     import tempfile
@@ -366,11 +373,13 @@ def main(variant, cache, depth, masters, dev, natural, out):
     passages, sets = corpus_passages(dev), question_sets(dev, natural)
     console.print(f"{len(passages):,} passages; " + ", ".join(
         f"{n}: {len(q):,} questions" for n, q in sets.items()))
-    speed = throughput(artifact, passages, [q.text for q in sets["natural"]])
+    speed = throughput(artifact, passages, [q.text for q in sets["natural"]],
+                       max_seq_len=max_seq_len)
     console.print(f"embedding speed: {json.dumps(speed)}")
-    encoder = load_encoder(artifact, variant)
+    encoder = load_encoder(artifact, variant, max_seq_len=max_seq_len)
     version = json.loads((artifact / "shardqa-model.json").read_text())["version"]
-    vectors = embed_corpus(encoder, passages, cache, f"{version}-{variant}")
+    label = f"{version}-{variant}" + (f"-{max_seq_len}" if max_seq_len else "")
+    vectors = embed_corpus(encoder, passages, cache, label)
     queries = {n: encoder.embed([q.text for q in qs]) for n, qs in sets.items()}
     pids = [p.pid for p in passages]
     exact = {n: exact_dense(vectors, queries[n], depth, pids) for n in sets}
@@ -384,7 +393,8 @@ def main(variant, cache, depth, masters, dev, natural, out):
     console.print(render(table))
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "corpus_passages": len(passages), "questions": {n: len(q) for n, q in sets.items()},
-              "encoder": {"artifact": artifact.name, "version": version, "variant": variant},
+              "encoder": {"artifact": artifact.name, "version": version, "variant": variant,
+                          "max_seq_len": encoder.max_seq_len},
               "depth": depth, "masters": masters, "embedding_throughput": speed,
               "cluster": facts, "recall": table, "recommendation": recommend(table)}
     out = out or RESULTS / f"retrieval-fusion-{time.strftime('%Y-%m-%d')}.json"

@@ -143,13 +143,17 @@ RETRIEVAL_WEIGHT = 4.0
 MIN_RANK_RATIO = 0.85
 
 #: the same two settings for the fused score of hybrid retrieval (another scale: min-max
-#: normalized, at most 1), chosen on the demo stack (the natural dev set and the first 250
-#: SQuAD dev questions, k=5, fp32 reader; F1 / right passage read %, natural then SQuAD):
-#: ratio 0.85 / weight 8: 56.1 / 80.4, 56.9 / 81.2 reading 1.8 and 1.5 passages; 0.7 / 4 and
-#: 0.7 / 8: 55.3 and 56.1 / 83.9, 60.0 / 89.2 reading 2.8 and 2.3; 0.5 / 4, 8, 16: 54.8, 56.1,
-#: 56.0 / 87.5, 59.4, 59.9, 58.5 / 92.8 reading 3.7 and 3.8. 0.5 / 8 is the one setting that
-#: reads the right passage for >= 85 % of both sets.
-HYBRID_MIN_RANK_RATIO = 0.5
+#: normalized, at most 1), chosen by bench/read_floor.py on the demo stack: every question of
+#: the natural dev set (56) and SQuAD dev (1,075) ranked once, its top 5 all read once, each
+#: setting replayed (k=5, fp32 reader; bench/results/read-floor-2026-12-06.json). Right
+#: passage read % / F1 / passages read, natural then SQuAD, weight 8: ratio 0.5: 87.5 / 56.1
+#: / 3.71, 91.6 / 58.6 / 3.80; 0.55: 85.7 / 56.1 / 3.36, 91.5 / 58.7 / 3.47; 0.6: 85.7 /
+#: 56.1 / 3.25, 91.0 / 58.8 / 3.08; 0.65: 83.9 / 56.1 / 2.96, 90.1 / 59.0 / 2.70; 0.7: 83.9 /
+#: 56.1 / 2.77, 88.7 / 58.6 / 2.33; 0.85: 80.4 / 56.1 / 1.80, 82.1 / 56.8 / 1.50. 0.6 is the
+#: highest floor that still reads the right passage for >= 85 % of both sets without losing
+#: F1 (the natural set's goal; one natural question is 1.8 points). Weights 4 / 10 / 16 at
+#: 0.6: F1 54.8 / 56.1 / 54.3 natural, 57.8 / 58.9 / 58.3 SQuAD: 8 stays (10 is as good).
+HYBRID_MIN_RANK_RATIO = 0.6
 HYBRID_RETRIEVAL_WEIGHT = 8.0
 
 
@@ -169,10 +173,13 @@ class Asker:
                  rank_cap: int = ranking.POSTINGS_CAP,
                  retrieval_mode: str = retrieval.DEFAULT_MODE,
                  dense_weight: float = fusion.DENSE_WEIGHT,
-                 candidates: int = fusion.CANDIDATES):
+                 candidates: int = fusion.CANDIDATES,
+                 encoder_threads: int | None = None):
         """``retrieval_mode``: "hybrid" fuses BM25 and dense where the cluster can (else
         BM25 alone), "bm25" never embeds. ``retrieval_weight`` and ``min_rank_ratio``: None
-        takes the default of the mode a question is ranked in (BM25's or hybrid's)."""
+        takes the default of the mode a question is ranked in (BM25's or hybrid's).
+        ``encoder_threads``: torch threads of this process for embedding questions
+        (retrieval.QUESTION_THREADS in a process that only asks; None leaves them)."""
         if retrieval_mode not in retrieval.MODES:
             raise ValueError(f"retrieval mode must be one of {retrieval.MODES}")
         self.client = client
@@ -180,7 +187,7 @@ class Asker:
         self.retrieval_mode = retrieval_mode
         self.dense_weight = dense_weight
         self.candidates = candidates
-        self.encoder = retrieval.QuestionEncoder(client)
+        self.encoder = retrieval.QuestionEncoder(client, threads=encoder_threads)
         self.retrieval_weight = retrieval_weight
         self.min_rank_ratio = min_rank_ratio
         self.timeout_s = timeout_s
@@ -275,14 +282,19 @@ class Asker:
 
     def retrieve(self, q: str, k: int) -> retrieval.Candidates:
         """The best ``k`` candidates, hybrid where the cluster can, else BM25 alone."""
-        encoder = self.encoder.current() if self.retrieval_mode == "hybrid" else None
-        if encoder is not None:
+        t0 = time.perf_counter()
+        vector = self.encoder.vector(q) if self.retrieval_mode == "hybrid" else None
+        if vector is not None:
+            embed_ms = _ms(t0)
             try:
-                return retrieval.hybrid(self.client, self.pmap, q, k, encoder,
-                                        cap=self.rank_cap, candidates=self.candidates,
-                                        dense_weight=self.dense_weight)
+                found = retrieval.hybrid(self.client, self.pmap, q, k, vector,
+                                         cap=self.rank_cap, candidates=self.candidates,
+                                         dense_weight=self.dense_weight)
             except redis.ResponseError as exc:  # e.g. an aclfile from before VSIM was allowed
                 log.warning("dense search failed (%s); this question is ranked by BM25", exc)
+            else:
+                found.embed_ms = embed_ms
+                return found
         return retrieval.bm25_only(self.client, self.pmap, q, k, cap=self.rank_cap)
 
     def _compute(self, q: str, k: int, gen: int, cache_key: str, t0: float) -> Answer:
@@ -304,6 +316,8 @@ class Asker:
             }
         else:
             answer.timings_ms = {"rank": rank_ms}
+        if found.embed_ms is not None:  # part of rank: the question embedded (or cached)
+            answer.timings_ms["embed"] = found.embed_ms
         answer.retrieval = found.ranks(answer.passage_id)
         if not missing:  # a partial answer is not kept: the next ask may see everything
             self.client.set(cache_key, answer.to_json(), ex=self.cache_ttl_s)

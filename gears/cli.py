@@ -35,6 +35,13 @@ console = Console(highlight=False)
 @click.option("--ingest-batch", default=DEFAULTS.ingest_batch, show_default=True,
               type=click.IntRange(1, 10_000), envvar="SHARDQA_INGEST_BATCH",
               help="ingest entries per partition per indexing step (one MULTI each)")
+@click.option("--embed-batch", default=DEFAULTS.embed_batch, show_default=True,
+              type=click.IntRange(1, 1024), envvar="SHARDQA_EMBED_BATCH",
+              help="passages per forward pass of the passage encoder")
+@click.option("--embed-max-tokens", default=DEFAULTS.embed_max_tokens or 0, show_default=True,
+              type=click.IntRange(0, 4096), envvar="SHARDQA_EMBED_MAX_TOKENS",
+              help="cut passages at this many tokens before embedding (0: the encoder's own "
+                   "max_seq_len)")
 @click.option("--threads", default=DEFAULTS.threads, type=click.IntRange(1, 256),
               envvar="SHARDQA_THREADS", help="torch threads for the reader [default: torch's]")
 @click.option("--max-deliveries", default=DEFAULTS.max_deliveries, show_default=True,
@@ -44,7 +51,7 @@ console = Console(highlight=False)
 @log_level_option
 @target_options
 def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs, ingest_batch,
-                   threads, max_deliveries, log_level, target):
+                   embed_batch, embed_max_tokens, threads, max_deliveries, log_level, target):
     """Run the shard worker beside one master (one per master)."""
     from cluster.connection import Target
     from gears.worker import ShardWorker
@@ -55,6 +62,7 @@ def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs,
         target = Target(url=url, directory=target.directory)
     settings = WorkerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms,
                               max_batch_pairs=max_batch_pairs, ingest_batch=ingest_batch,
+                              embed_batch=embed_batch, embed_max_tokens=embed_max_tokens or None,
                               threads=threads, max_deliveries=max_deliveries)
     ShardWorker(target, master, settings).run()
 

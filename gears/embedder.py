@@ -2,12 +2,14 @@
 
 The encoder is the one pushed to the shard's master (models.store, kind ``encoder``). Each
 put passage is embedded from ``title + text`` (models.encoder.passage_input, the input the
-fusion was chosen with), in batches grouped by length, and ``VADD``ed (FP32 blob, Q8
-quantization) under its passage id into ``keys.vectors(tag)``, which lives under the
-partition's hash tag and so moves and fails over with it. ``emb_sig`` in the passage hash
-(encoder version + text digest, like ``tok_sig``) is written after the vector, so an
-unchanged passage is never embedded twice and a worker killed between the two only embeds
-that passage again. Deleted passages are ``VREM``ed.
+fusion was chosen with), cut at ``embed_max_tokens`` (128), in small batches grouped by
+length (``embed_batch``, 8), and ``VADD``ed (FP32 blob, Q8 quantization) under its passage
+id into ``keys.vectors(tag)``, which lives under the partition's hash tag and so moves and
+fails over with it. ``emb_sig`` in the passage hash (encoder version, token cut and text
+digest, like ``tok_sig``) is written after the vector, so an unchanged passage is never
+embedded twice and a worker killed between the two only embeds that passage again. Deleted
+passages are ``VREM``ed. The encoder is loaded (and warmed up) as soon as it is pushed, not
+by the first ingest batch that needs it.
 
 Without vector sets (Redis 7, Valkey) or without a pushed encoder the stage does nothing and
 says so once: the corpus is then ranked by BM25 alone.
@@ -22,6 +24,7 @@ import redis
 
 from cluster import capabilities, keys
 from cluster.partitions import Partition
+from cluster.routing import CLUSTER_TROUBLE
 from gears.dense import vector_blob
 
 log = logging.getLogger("shardqa.worker")
@@ -37,10 +40,13 @@ class EmbedStage:
 
     name = "dense"
 
-    def __init__(self, shard, threads: int | None = None):
+    def __init__(self, shard, threads: int | None = None, batch: int = 8,
+                 max_tokens: int | None = 128):
         self.shard, self.threads = shard, threads
+        self.batch, self.max_tokens = batch, max_tokens
         self.encoder = None  # models.encoder.Encoder
-        self.version: str | None = None  # "version:variant" of the loaded encoder
+        self.version: str | None = None  # "version:variant:max tokens" of the loaded encoder
+        self._loaded: str | None = None  # "version:variant" of the stored encoder loaded
         self._vector_sets: dict[str, bool] = {}  # serving node -> has vector sets
         self._said: set[str] = set()
 
@@ -55,30 +61,50 @@ class EmbedStage:
 
     # --- the encoder and the server ------------------------------------------------------------
 
-    def _ready(self) -> bool:
+    def prepare(self) -> None:
+        """Load a newly pushed encoder now (the worker's duties call this), so the first
+        ingest batch after a push does not wait for it; a failure here is only logged (the
+        batch that needs the encoder meets it again)."""
+        try:
+            self._ready(quiet=True)
+        except CLUSTER_TROUBLE:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken copy must not stop the loop
+            self._once(f"the passage encoder does not load yet: {exc}")
+
+    def _ready(self, quiet: bool = False) -> bool:
+        """Whether passages can be embedded now (loading a new encoder); ``quiet``: do not
+        say why not (only a batch with passages to embed says it, once)."""
         node = self.shard.serving
         if node not in self._vector_sets:
             self._vector_sets[node] = capabilities.node_has_vector_sets(self.shard.node)
         if not self._vector_sets[node]:
-            self._once(f"master {node} has no vector sets (Redis < 8 or Valkey): passages are "
-                       "not embedded; questions are ranked by BM25 alone")
+            if not quiet:
+                self._once(f"master {node} has no vector sets (Redis < 8 or Valkey): passages "
+                           "are not embedded; questions are ranked by BM25 alone")
             return False
-        return self._load_encoder(node)
+        return self._load_encoder(node, quiet)
 
-    def _load_encoder(self, node: str) -> bool:
+    def _load_encoder(self, node: str, quiet: bool = False) -> bool:
         from models import store
 
         pointer = store.current_meta(self.shard.client, node, kind="encoder")
         if pointer is None:
-            self._once("no passage encoder pushed: passages are not embedded (BM25 only); "
-                       "push one with 'shardqa model push ENCODER_ARTIFACT'")
+            if not quiet:
+                self._once("no passage encoder pushed: passages are not embedded (BM25 only); "
+                           "push one with 'shardqa model push ENCODER_ARTIFACT'")
             return False
         wanted = f"{pointer['version']}:{pointer['variant']}"
-        if wanted != self.version:
+        if wanted != self._loaded:
             loaded = store.load(self.shard.client, node, kind="encoder")
-            self.encoder = loaded.encoder(threads=self.threads)
-            self.version = wanted
-            log.info("passage encoder %s loaded (%s)", loaded.meta.get("name"), wanted)
+            own = int(loaded.meta["max_seq_len"])
+            cut = min(own, self.max_tokens) if self.max_tokens else own
+            self.encoder = loaded.encoder(threads=self.threads, max_batch=self.batch,
+                                          max_seq_len=cut)
+            self.encoder.warm_up()  # TorchScript optimizes on its second call
+            self._loaded, self.version = wanted, f"{wanted}:{cut}"
+            log.info("passage encoder %s loaded (%s, passages cut at %d tokens)",
+                     loaded.meta.get("name"), wanted, cut)
         return True
 
     def _once(self, message: str) -> None:
@@ -96,7 +122,7 @@ class EmbedStage:
                    if not isinstance(r, redis.ResponseError))
 
     def signature(self, title: str, text: str) -> str:
-        """The encoder's version and the embedded input's digest."""
+        """The encoder's version, its token cut and the embedded input's digest."""
         from models.encoder import passage_input
 
         digest = zlib.crc32(passage_input(title, text).encode("utf-8"))

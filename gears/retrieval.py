@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 
 from cluster import capabilities, routing
@@ -34,6 +36,15 @@ MODES = ("hybrid", "bm25")
 DEFAULT_MODE = "hybrid"
 #: how often the asker re-reads the encoder pointer and the servers' vector-set support
 ENCODER_CHECK_S = 5.0
+#: torch threads of a process that only asks (the API, ``eval --mode open``, ``replay``):
+#: a question is one short input, and two threads made it dearer and slower on 2 busy
+#: cores (CPU 7-10 vs 1.7-2.3 ms, p50 14-22 vs 2-3 ms;
+#: bench/results/hybrid-speed-2026-12-06.json); the worker keeps its own threads
+QUESTION_THREADS = 1
+#: question embeddings kept per process (1.5 KB each): a question asked again once the answer
+#: cache no longer holds it (a new corpus generation after every ingest, another k) is
+#: not embedded again
+EMBEDDING_CACHE = 4096
 
 
 @dataclass
@@ -42,6 +53,7 @@ class Candidates:
 
     mode: str  # "hybrid" or "bm25"
     passages: list[Fused]
+    embed_ms: float | None = None  # embedding the question (None: not embedded)
 
     def ranks(self, pid: str | None) -> dict:
         """The answer's ``retrieval`` field: the mode and ``pid``'s 1-based rank in each
@@ -54,14 +66,20 @@ class QuestionEncoder:
     """The cluster's current passage encoder in this process, or None where there is none
     or the servers have no vector sets. Thread-safe."""
 
-    def __init__(self, client, check_s: float = ENCODER_CHECK_S):
+    def __init__(self, client, check_s: float = ENCODER_CHECK_S,
+                 cache_size: int = EMBEDDING_CACHE, threads: int | None = None):
+        """``threads``: torch threads for the process (torch's setting is per process: only
+        a process that does nothing else with torch should set it); None leaves it."""
         self.client = client
         self.check_s = check_s
+        self.threads = threads
+        self.cache_size = cache_size
         self._lock = threading.Lock()
         self._checked = -1.0e9
         self._encoder = None
         self._version: str | None = None
         self._why = ""
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     def current(self):
         """The models.encoder.Encoder to embed questions with, or None (see ``why``)."""
@@ -71,6 +89,25 @@ class QuestionEncoder:
                     self._refresh()
                     self._checked = time.monotonic()
         return self._encoder
+
+    def vector(self, question: str) -> np.ndarray | None:
+        """``question``'s embedding by the current encoder (None without one), computed once
+        per encoder version while it stays among the ``cache_size`` most recent."""
+        encoder = self.current()
+        if encoder is None:
+            return None
+        key = (self._version or "", question)
+        with self._lock:
+            hit = self._vectors.get(key)
+            if hit is not None:
+                self._vectors.move_to_end(key)
+                return hit
+        vector = encoder.embed([question])[0]
+        with self._lock:
+            self._vectors[key] = vector
+            while len(self._vectors) > self.cache_size:
+                self._vectors.popitem(last=False)
+        return vector
 
     @property
     def why(self) -> str:
@@ -104,7 +141,7 @@ class QuestionEncoder:
         except Exception as exc:  # noqa: BLE001 - a broken copy means BM25, not no answers
             self._set(None, None, f"the passage encoder does not load: {exc}")
             return
-        encoder = loaded.encoder()
+        encoder = loaded.encoder(threads=self.threads)
         encoder.warm_up()  # TorchScript optimizes on its second call: not on a question
         self._set(encoder, version, "")
         log.info("question encoder %s loaded (%s)", loaded.meta.get("name"), version)
@@ -123,13 +160,13 @@ def bm25_only(client, pmap: PartitionMap, question: str, k: int,
                                for i, r in enumerate(ranked, start=1)])
 
 
-def hybrid(client, pmap: PartitionMap, question: str, k: int, encoder, *,
+def hybrid(client, pmap: PartitionMap, question: str, k: int, vector: np.ndarray, *,
            cap: int | None = None, candidates: int = fusion.CANDIDATES,
            method: str = fusion.METHOD, dense_weight: float = fusion.DENSE_WEIGHT
            ) -> Candidates:
-    """The fused top ``k``: BM25 and VSIM candidates from one round trip per master."""
-    blob = dense.vector_blob(encoder.embed([question])[0])
-    vsim = dense.VectorQuery(blob, candidates)
+    """The fused top ``k`` of ``question`` (embedded as ``vector``): BM25 and VSIM
+    candidates from one round trip per master."""
+    vsim = dense.VectorQuery(dense.vector_blob(vector), candidates)
     rank = ranking.prepare(client, pmap, question, candidates, cap=cap)
 
     def build(pipe, p) -> None:

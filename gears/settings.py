@@ -24,6 +24,14 @@ class WorkerSettings:
     max_wait_ms: float = 2.0  # how long a partial batch may wait for more (MINBATCHTIMEOUT)
     max_batch_pairs: int = 8  # (question, window) pairs per forward pass, and per reply group
     ingest_batch: int = 256  # ingest entries per partition per indexing step
+    #: passages embedded per forward pass: small batches keep the activations in cache
+    #: (bench/results/hybrid-speed-2026-12-06.json: int8, 1 thread, 128 tokens: 97 passages
+    #: per CPU second at 8, 92 at 32, 66 at 64)
+    embed_batch: int = 8
+    #: passages are cut at this many tokens before embedding (None: the encoder's own
+    #: max_seq_len); all-MiniLM-L6-v2 was trained at 128 word pieces, and 256 cost 1.45x
+    #: the CPU for the same recall (bench/results/hybrid-speed-2026-12-06.json)
+    embed_max_tokens: int | None = 128
     threads: int | None = None  # torch threads for the reader (None: torch's default)
     claim_idle_ms: int = 15000  # pending entries of other consumers idle this long are claimed
     max_deliveries: int = 3  # an entry delivered this often without an ack is dead-lettered

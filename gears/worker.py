@@ -82,6 +82,8 @@ class ShardWorker:
         self.keymiss = KeyMissResponder(self.client, s, self.counters)
         self.events = ShardEvents(self.keymiss.on_event)
         windows = TokenWindows(self.shard, self.slot)
+        self.embedder = EmbedStage(self.shard, threads=s.threads, batch=s.embed_batch,
+                                   max_tokens=s.embed_max_tokens)
         self.reads = ReadServer(self.shard, self.consumer, self.events, self.slot, windows, s,
                                 self.counters, self.worker_id)
         self.indexer = Indexer(self.shard, self.consumer, self.ingest_stages(windows), s,
@@ -93,8 +95,7 @@ class ShardWorker:
 
     def ingest_stages(self, windows: TokenWindows) -> list[IngestStage]:
         """What every ingested batch goes through, in order."""
-        return [TokenizeStage(windows), Bm25Stage(self.shard),
-                EmbedStage(self.shard, threads=self.settings.threads)]
+        return [TokenizeStage(windows), Bm25Stage(self.shard), self.embedder]
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class ShardWorker:
         if change.changed:
             self.consumer.join(change.acquired)
         self.slot.refresh(self.shard.serving)
+        self.embedder.prepare()
 
     def reconnect(self) -> None:
         """After a redis error: refresh the slot map and follow the shard (never raises)."""

@@ -28,7 +28,7 @@ from gears.asker import (
     MIN_RANK_RATIO,
     RETRIEVAL_WEIGHT,
 )
-from gears.retrieval import DEFAULT_MODE, MODES
+from gears.retrieval import DEFAULT_MODE, MODES, QUESTION_THREADS
 from models.calibration import reliability_plot
 from models.evaluation import (
     DEFAULT_STRIDE,
@@ -196,8 +196,9 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
     try:
         if ingest:
             ingest_file(client, file, progress=progress)
-        results = evaluate_open(client, examples, k=k, progress=progress,
-                                asker=Asker(client, **(asking or {})), use_cache=use_cache)
+        asker = Asker(client, **(asking or {}), encoder_threads=QUESTION_THREADS)
+        results = evaluate_open(client, examples, k=k, progress=progress, asker=asker,
+                                use_cache=use_cache)
         described = pushed_model(client)
     finally:
         client.close()

@@ -39,6 +39,7 @@ def replay_command(db_url, limit, k, no_cache, timeout, as_json, target):
     from sqlalchemy.exc import SQLAlchemyError
 
     from gears.asker import Asker
+    from gears.retrieval import QUESTION_THREADS
     from records.settings import database_url
 
     client = connect(target.as_role("api"))
@@ -49,7 +50,7 @@ def replay_command(db_url, limit, k, no_cache, timeout, as_json, target):
         raise ShardqaError(f"cannot read the question log: {str(exc).splitlines()[0]}") from None
     finally:
         engine.dispose()
-    asker = Asker(client, timeout_s=timeout)
+    asker = Asker(client, timeout_s=timeout, encoder_threads=QUESTION_THREADS)
     results, latencies = [], []
     for question, times in asked:
         t0 = time.perf_counter()

@@ -15,6 +15,7 @@ from loaders.documents import Document
 from loaders.passages import split_passages
 from loaders.writer import ingest, wait_indexed
 from models import store
+from models.encoder import passage_input
 from tests.corpus import CORPUS
 
 
@@ -86,6 +87,32 @@ def test_ingest_embeds_once_replaces_changed_and_removes_deleted(
     assert vadd_calls(client) == before + 1
     docs = [*CORPUS, changed]
     assert +vcards(client, pmap) == expected(pmap, docs)
+
+
+def test_passages_are_cut_at_the_workers_token_limit(cluster, workers, tiny_artifact,
+                                                     tiny_encoder_artifact):
+    """``--embed-max-tokens``: the stored vector embeds the passage's first N tokens (the
+    tiny encoder's own limit is 128), and the cut is part of the signature, so changing it
+    re-embeds."""
+    workers.options["--embed-max-tokens"] = "12"
+    client = start(cluster, workers, tiny_artifact, tiny_encoder_artifact)
+    pmap = partitions.load(client)
+    ingest(client, CORPUS[2:3], progress=False)  # Newton: about 35 tokens with its title
+    wait_indexed(client, timeout=120, progress=False)
+    passage = split_passages(CORPUS[2])[0]
+    tag = pmap.for_passage(passage.pid).tag
+    stored = np.asarray(client.execute_command("VEMB", keys.vectors(tag), passage.pid),
+                        dtype=np.float32)
+    loaded = store.load(client, client.get_primaries()[0].name, kind="encoder")
+    text = [passage_input(passage.title, passage.text)]
+    cut, whole = (loaded.encoder(max_seq_len=n).embed(text)[0] for n in (12, 128))
+
+    def cosine(a, b) -> float:
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert cosine(stored, cut) > 0.99 and cosine(stored, cut) > cosine(stored, whole)
+    signature = client.hget(keys.passage(tag, passage.pid), "emb_sig").decode()
+    assert signature.split(":")[2] == "12"
 
 
 def test_without_an_encoder_ingest_is_bm25_only(cluster, workers, tiny_artifact):
