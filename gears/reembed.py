@@ -81,6 +81,8 @@ class Reembedder:
 
     def _step(self, tag: str, state: tuple[str | None, str | None], encoder: str) -> int:
         walk = self._walks.get(tag)
+        if walk is None and not self.shard.node.hlen(keys.index_lengths(tag)):
+            return self._settle_empty(tag, encoder)
         if self.stage.begin(tag, state) or walk is None or walk.node != self.shard.serving \
                 or walk.encoder != encoder:
             walk = self._walks[tag] = Walk(self.shard.serving, encoder)
@@ -98,6 +100,15 @@ class Reembedder:
         walk.embedded += embedded
         self.counters.reembedded += embedded
         return max(1, embedded)  # work was done even if every passage was in already
+
+    def _settle_empty(self, tag: str, encoder: str) -> int:
+        """A partition without passages: its (empty) vectors are the encoder's at once."""
+        tx = self.shard.node.pipeline(transaction=True)
+        tx.delete(keys.vectors(tag), keys.vectors_next(tag))
+        tx.hset(keys.vector_meta(tag), keys.VECTOR_ENCODER, encoder)
+        tx.hdel(keys.vector_meta(tag), keys.VECTOR_NEXT)
+        tx.execute()
+        return 1
 
     def _passages(self, tag: str, pids: list[str]) -> dict[str, tuple[str, str]]:
         """pid -> (title, text) of the passages that still exist."""
