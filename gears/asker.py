@@ -2,10 +2,11 @@
 
 cache -> retrieve -> route -> wait -> merge. A cache hit costs one GET (the corpus
 generation is remembered for ``generation_max_age_s``) and embeds nothing; a miss ranks
-every partition (gears/retrieval.py: the question embedded once where the cluster has an
-encoder and vector sets, then two pipelined fan-outs, one round trip per master each: BM25
-stats, then BM25 rank and VSIM together, fused), sends one read request per partition that
-holds one of the best k passages, waits on one reply list, keeps the best span and caches it.
+every partition (gears/retrieval.py: the question embedded once, by the encoder of the
+partitions' vectors, where the cluster has them, then two pipelined fan-outs, one round trip
+per master each: BM25 stats, then BM25 rank and VSIM together, fused), sends one read
+request per partition that holds one of the best k passages, waits on one reply list, keeps
+the best span and caches it.
 
 Concurrent misses of the same question in one process are computed once (single flight):
 the others wait for that answer instead of sending the shards the same work again, so a
@@ -275,14 +276,18 @@ class Asker:
 
     def retrieve(self, q: str, k: int) -> retrieval.Candidates:
         """The best ``k`` candidates, hybrid where the cluster can, else BM25 alone."""
-        encoder = self.encoder.current() if self.retrieval_mode == "hybrid" else None
-        if encoder is not None:
+        plan = self.encoder.current(self.pmap) if self.retrieval_mode == "hybrid" else None
+        if plan is not None:
             try:
-                return retrieval.hybrid(self.client, self.pmap, q, k, encoder,
-                                        cap=self.rank_cap, candidates=self.candidates,
-                                        dense_weight=self.dense_weight)
+                found = retrieval.hybrid(self.client, self.pmap, q, k, plan,
+                                         cap=self.rank_cap, candidates=self.candidates,
+                                         dense_weight=self.dense_weight)
             except redis.ResponseError as exc:  # e.g. an aclfile from before VSIM was allowed
                 log.warning("dense search failed (%s); this question is ranked by BM25", exc)
+            else:
+                if found.stale:  # a re-embed swapped a set in: look at the encoders again
+                    self.encoder.invalidate()
+                return found
         return retrieval.bm25_only(self.client, self.pmap, q, k, cap=self.rank_cap)
 
     def _compute(self, q: str, k: int, gen: int, cache_key: str, t0: float) -> Answer:

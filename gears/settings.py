@@ -24,6 +24,10 @@ class WorkerSettings:
     max_wait_ms: float = 2.0  # how long a partial batch may wait for more (MINBATCHTIMEOUT)
     max_batch_pairs: int = 8  # (question, window) pairs per forward pass, and per reply group
     ingest_batch: int = 256  # ingest entries per partition per indexing step
+    #: passages a re-embed step embeds (gears/reembed.py); a question arriving meanwhile
+    #: waits for it: ~1 s at MiniLM int8's ~35 passages/s on 2 busy cores
+    reembed_batch: int = 32
+    reembed_every_s: float = 1.0  # under a steady load of work, a re-embed step this often
     threads: int | None = None  # torch threads for the reader (None: torch's default)
     claim_idle_ms: int = 15000  # pending entries of other consumers idle this long are claimed
     max_deliveries: int = 3  # an entry delivered this often without an ack is dead-lettered
