@@ -4,7 +4,9 @@ Its own cluster on free ports in a temporary folder, one real ``shardqa worker``
 master and the real API (``shardqa serve``, waitress), started and stopped by PID through
 ``shardqa.stack.LocalStack`` - exactly what ``shardqa up`` runs, so the figures are the
 system's, not a mock's. A ``Testbed`` without an artifact runs workers that only index
-(BM25), for the rank-at-scale figures.
+(BM25), for the rank-at-scale figures. A ``supervised`` Testbed is started by
+``LocalStack.up`` itself, as ``shardqa up`` starts a stack: the supervisor starts (and
+restarts) the workers, the API and the question-log sync; the chaos run needs that.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ class Testbed:
     __test__ = False  # not a pytest class, despite the name
 
     def __init__(self, root: Path, *, masters: int = 2, threads: int = 1, api: bool = True,
-                 worker_options: dict | None = None):
+                 worker_options: dict | None = None, replicas: int = 0,
+                 supervised: bool = False):
         self.root = Path(root)
         self.masters = masters
+        self.replicas = replicas
+        self.supervised = supervised
         self.threads = threads
         self.with_api = api
         self.worker_options = worker_options or {}
@@ -59,9 +64,11 @@ class Testbed:
 
     def start(self, artifact: Path | None = None, variant: str = "fp32",
               timeout: float = 180) -> Testbed:
-        bring_up(self.stack.cluster, masters=self.masters,
-                 port_base=free_port_base(self.masters))
+        bring_up(self.stack.cluster, masters=self.masters, replicas=self.replicas,
+                 port_base=free_port_base(self.masters * (1 + self.replicas)))
         self.client = connect(self.target, max_connections=256)
+        if self.supervised:
+            return self._start_supervised(artifact, timeout)
         if artifact is not None:
             from models import store
 
@@ -89,6 +96,22 @@ class Testbed:
             self._wait_heartbeats(timeout)
         if self.api_url:
             self._wait_api(timeout)
+        return self
+
+    def _start_supervised(self, artifact: Path | None, timeout: float) -> Testbed:
+        """``shardqa up`` on the cluster just started: the reader ``artifact`` (fp32, or the
+        bundled one), no passage encoder (BM25 ranking: ingest need not embed), workers and
+        API under the supervisor; returns once all are healthy."""
+        from shardqa.stack import NO_ENCODER
+
+        state = self.stack.up(masters=self.masters, port_base=0,
+                              api_port=free_port() if self.with_api else None,
+                              api_host="127.0.0.1", threads=self.threads,
+                              model=str(artifact) if artifact else None, encoder=NO_ENCODER,
+                              timeout=timeout)
+        self.owners = sorted(state["workers"])
+        self.api_url = (state.get("api") or {}).get("url")
+        self.model_version = next(iter(self._beats().values()), {}).get("model")
         return self
 
     def stop(self) -> None:

@@ -49,10 +49,18 @@ console = Console(highlight=False)
               type=click.IntRange(1, 1000), envvar="SHARDQA_MAX_DELIVERIES",
               help="an entry delivered this often without being acknowledged is moved to its "
                    "partition's dead-letter stream")
+@click.option("--keymiss-rate", default=DEFAULTS.keymiss_rate, show_default=True,
+              type=click.FloatRange(0), envvar="SHARDQA_KEYMISS_RATE",
+              help="new answers a second for redis-cli GETs that missed (key misses); misses "
+                   "over it are dropped and counted; 0: never answer key misses")
+@click.option("--keymiss-burst", default=DEFAULTS.keymiss_burst, show_default=True,
+              type=click.IntRange(1, 10_000), envvar="SHARDQA_KEYMISS_BURST",
+              help="key misses answered at once after a quiet spell")
 @log_level_option
 @target_options
 def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs, ingest_batch,
-                   reembed_batch, threads, max_deliveries, log_level, target):
+                   reembed_batch, threads, max_deliveries, keymiss_rate, keymiss_burst,
+                   log_level, target):
     """Run the shard worker beside one master (one per master)."""
     from cluster.connection import Target
     from gears.worker import ShardWorker
@@ -64,7 +72,8 @@ def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs,
     settings = WorkerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms,
                               max_batch_pairs=max_batch_pairs, ingest_batch=ingest_batch,
                               reembed_batch=reembed_batch, threads=threads,
-                              max_deliveries=max_deliveries)
+                              max_deliveries=max_deliveries,
+                              keymiss_rate=keymiss_rate, keymiss_burst=keymiss_burst)
     ShardWorker(target, master, settings).run()
 
 
@@ -89,12 +98,15 @@ def status_command(as_json, target):
                       str(p["ingest_pending"]), str(p["requests_pending"]))
     console.print(table)
     wt = Table("worker", "partitions", "heartbeat age (s)", "lag", "requests", "batches",
-               "ingested", "errors", "dead letters", "model")
+               "ingested", "errors", "dead letters", "key misses (answered/dropped)",
+               "model")
     for w in report["workers"]:
         wt.add_row(w["id"], ",".join(map(str, w["partitions"])), f"{w['age_s']:.1f}",
                    str(w["lag"]),
                    str(w["requests"]), str(w["batches"]), str(w["ingested"]), str(w["errors"]),
-                   str(w.get("dead", 0)), str(w.get("model") or w.get("no_reader")))
+                   str(w.get("dead", 0)),
+                   f"{w.get('keymiss', 0)}/{w.get('keymiss_dropped', 0)}",
+                   str(w.get("model") or w.get("no_reader")))
     console.print(wt)
     if report["supervised"]:
         st = Table("process", "pid", "restarts", "last exit", title="supervised (shardqa up)")

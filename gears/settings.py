@@ -39,6 +39,13 @@ class WorkerSettings:
     model_retry_s: float = 1.0  # first wait before loading a missing/corrupt model again
     model_retry_max_s: float = 30.0  # the longest wait between two such attempts
     keymiss_threads: int = 4
+    # key-miss answers are bounded: a flood of GETs of new answer keys must not make the
+    # worker compute (and store) an answer for each. A token bucket: this many new answers a
+    # second, up to ``keymiss_burst`` at once, at most ``keymiss_pending`` waiting or being
+    # computed; misses beyond that are dropped and counted (``keymiss_dropped``)
+    keymiss_rate: float = 20.0
+    keymiss_burst: int = 20
+    keymiss_pending: int = 32
     answer_ttl_s: int = 3600
 
 

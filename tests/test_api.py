@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bench.faults import closed_by_server as closed
 from tests.conftest import free_port_base
 from tests.corpus import QUESTIONS
 
@@ -133,19 +134,6 @@ def test_200_concurrent_questions_and_batching(api):
         if line.startswith("shardqa_worker_batch_requests_count"):
             count = float(line.split()[-1])
     assert count >= 200 and bucket1 < count  # some questions were read in batches > 1
-
-
-def closed(sock) -> bool:
-    """Whether the server closed this client socket (without waiting for it to)."""
-    sock.setblocking(False)
-    try:
-        return sock.recv(1024) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.setblocking(True)
 
 
 def test_slow_header_clients_do_not_lock_out_a_normal_one(shared_pipeline, redis_cluster,
