@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -190,4 +191,7 @@ def test_readme_example_runs(qa, redis_cluster, tmp_path):
     assert re.fullmatch(r"\d+ passages written, 0 malformed", lines[0])
     answer, title, _score, cached = lines[1].split(" | ")
     assert answer and title and cached in ("True", "False")
-    assert lines[2].startswith(answer) and int(lines[3]) > 0
+    assert lines[2].startswith(answer) and int(lines[4]) > 0
+    answers = ast.literal_eval(lines[3])  # [(answer, confidence), ...], best first
+    assert answers[0][0] == answer and len(answers) == 3
+    assert all(0 <= confidence <= 1 for _, confidence in answers)
