@@ -90,14 +90,15 @@ class KeyMissResponder:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _answer(self, key: str) -> None:
-        from gears.asker import Asker, QuestionError
+        from gears.asker import MAX_N, Asker, QuestionError
 
         try:
             if self._asker is None:
                 self._asker = Asker(self.client)
             question = key[len(keys.ASK_PREFIX):]
             try:
-                payload = self._asker.ask(question).to_json()
+                # every answer: the key has no room for an n, the JSON holds them all
+                payload = self._asker.ask(question, n=MAX_N).to_json()
             except QuestionError as exc:
                 payload = json.dumps({"error": str(exc)})
             self.client.set(key, payload, ex=self.settings.answer_ttl_s)
