@@ -51,9 +51,10 @@ class _Bar:
 @click.option("--only", default=None, metavar="PHASE,...",
               help="run only these phases: " + ", ".join(PHASES) + " [default: all]")
 def bench_command(quick, out, model, dev, masters, worker_threads, only):
-    """Measure shardqa and its baselines (naive eager HF, the-pattern style) on this machine:
-    latency, throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option.
-    Starts and stops its own cluster, workers and API on free ports."""
+    """Measure shardqa beside its baselines (naive eager HF, the-pattern style) and peers
+    (shardqa in one process; Haystack with the peer extra) on this machine: latency,
+    throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option. Starts and
+    stops its own cluster, workers and APIs on free ports."""
     from transformers.utils import logging as hf_logging
 
     from bench import report
