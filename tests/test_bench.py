@@ -27,6 +27,7 @@ from loaders.documents import Document
 from loaders.passages import split_passages
 from models.evaluation import percentiles
 from models.squad import SquadExample
+from models.tokenization import PassageTokens
 from tests.corpus import CORPUS, QUESTIONS
 
 MINILM = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6}
@@ -372,3 +373,28 @@ def test_haystack_peer_answers_from_the_retrieved_passage(tiny_checkpoint):
     ms, answer = peer.answer("Who designed the Eiffel Tower?", 1)
     assert ms > 0
     assert answer and answer in CORPUS[0].text  # the random reader's span, but in the top passage
+
+
+def test_floor_sweep_replays_a_setting_as_the_asker_merges():
+    import numpy as np
+
+    from bench.floor_sweep import Candidate, replay
+    from models.reader import Span
+
+    def candidate(pid: str, score: float, answer: str, span_score: float) -> Candidate:
+        tokens = PassageTokens(np.zeros(3, np.int32), np.zeros((3, 2), np.int32),
+                               np.asarray([[0, 3]], np.int32))
+        return Candidate(pid, score, answer, tokens, Span(0, 0, 0, len(answer), answer,
+                                                          span_score))
+
+    gold = passage_id("T", 0)
+    example = SquadExample("q", "T", 0, "", "Who?", ("Eiffel",), (0,))
+    found = [candidate(gold, 10.0, "Eiffel", 1.0), candidate("other.0", 6.0, "Paris", 3.0)]
+    # everything read, retrieval ignored: the reader's higher span (the wrong passage) wins
+    assert replay([example], [found], 0.0, 0.0)["f1"] == 0.0
+    # weight 8 adds 8 x 1.0 to the best-ranked passage (9) and 8 x 0.6 to the other (7.8)
+    assert replay([example], [found], 0.0, 4.0)["f1"] == 0.0  # 5 against 5.4
+    row = replay([example], [found], 0.0, 8.0)
+    assert row["f1"] == 100.0 and row["passages"] == 2 and row["gold_read_pct"] == 100.0
+    # a floor of 0.85 x the best reads only the first
+    assert replay([example], [found], 0.85, 0.0)["passages"] == 1
