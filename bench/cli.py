@@ -61,6 +61,7 @@ def bench_command(quick, out, model, dev, masters, worker_threads, only):
     from bench.run import Bench, BenchSettings
 
     hf_logging.set_verbosity_error()  # the load report of a QA head on an encoder, every time
+    hf_logging.disable_progress_bar()  # "Loading weights" when Haystack loads its reader
 
     phases = tuple(p.strip() for p in (only or "").split(",") if p.strip())
     unknown = sorted(set(phases) - set(PHASES))

@@ -187,9 +187,7 @@ def readme_section(r: dict, out: Path) -> str:
         "",
         f"Measured by `shardqa bench{' --quick' if s.get('quick') else ''}` "
         f"({r.get('started', '')}) on {m['cpu']}, {m['cores']} cores "
-        f"(load average {m.get('loadavg_at_start')} at start); {s['masters']} masters with one "
-        f"worker each ({s['worker_threads']} torch "
-        f"thread{'s' if s['worker_threads'] != 1 else ''}), the API under waitress; corpus: "
+        f"(load average {m.get('loadavg_at_start')} at start); {deployment(r)}; corpus: "
         f"SQuAD dev paragraphs + {wiki}"
         " ovos-wiki summaries as distractors; questions from dev, each asked once (uncached).",
         f"Command: `{command(r)}` (the run took {_fmt((r.get('elapsed_s') or 0) / 60)} "
@@ -228,6 +226,17 @@ def readme_section(r: dict, out: Path) -> str:
             lines.append(f"| {g['goal']} | {g['target']} {g['unit']} | "
                          f"{_fmt(g['measured'], 2)} {g['unit']} | {mark} |")
     return "\n".join(lines) + "\n"
+
+
+def deployment(r: dict) -> str:
+    """How shardqa was deployed in the run, if it was."""
+    s = r["settings"]
+    if not any(key in r for key in ("ingest", "cached", "options")) and \
+            not any(a.get("kind") == "api" for a in r.get("system_info", {}).values()):
+        return "shardqa not deployed in this run (the systems below ran in the bench process)"
+    threads = s["worker_threads"]
+    return (f"{s['masters']} masters with one worker each ({threads} torch "
+            f"thread{'s' if threads != 1 else ''}), the API under waitress")
 
 
 def command(r: dict) -> str:
