@@ -52,17 +52,19 @@ class _Bar:
               help="run only these phases: " + ", ".join(PHASES) + " [default: all but "
               + ", ".join(ON_REQUEST) + "]")
 def bench_command(quick, out, model, dev, masters, worker_threads, only):
-    """Measure shardqa and its baselines (naive eager HF, the-pattern style) on this machine:
-    latency, throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option.
-    Starts and stops its own cluster, workers and API on free ports. ``--only chaos``: the
-    faults of a running stack under load (3 masters with a replica each, whatever
-    --masters says), written to bench/results/chaos-DATE.json."""
+    """Measure shardqa beside its baselines (naive eager HF, the-pattern style) and peers
+    (shardqa in one process; Haystack with the peer extra) on this machine: latency,
+    throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option. Starts and
+    stops its own cluster, workers and APIs on free ports. ``--only chaos``: the faults of a
+    running stack under load (3 masters with a replica each, whatever --masters says),
+    written to bench/results/chaos-DATE.json."""
     from transformers.utils import logging as hf_logging
 
     from bench import report
     from bench.run import Bench, BenchSettings
 
     hf_logging.set_verbosity_error()  # the load report of a QA head on an encoder, every time
+    hf_logging.disable_progress_bar()  # "Loading weights" when Haystack loads its reader
 
     phases = tuple(p.strip() for p in (only or "").split(",") if p.strip())
     unknown = sorted(set(phases) - set(PHASES))
