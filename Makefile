@@ -38,8 +38,9 @@ lint: install
 demo: install
 	$(VENV)/bin/shardqa demo
 
+# the peer extra (Haystack) with torch pinned in the same command: no CUDA build
 bench: install
-	$(PIP) install -q -e '.[bench]'
+	$(PIP) install -q torch==2.13.0 -e '.[bench,peer]'
 	$(VENV)/bin/shardqa bench
 
 clean:

@@ -27,7 +27,7 @@ from api.settings import ServeSettings
 from cluster import heartbeat
 from cluster.errors import ShardqaError
 from gears import health
-from gears.asker import MAX_K, Asker, QuestionError
+from gears.asker import DEFAULT_K, DEFAULT_N, MAX_K, MAX_N, Asker, QuestionError
 
 log = logging.getLogger("shardqa.api")
 
@@ -210,15 +210,15 @@ class _Answerer:
         self.hit_latency = metrics.latency.labels("true")
         self.miss_latency = metrics.latency.labels("false")
 
-    def answer(self, question, k) -> Response:
+    def answer(self, question, k, n=DEFAULT_N) -> Response:
         t0 = time.perf_counter()
-        result = self.asker.cached(question, k) or self.read(question, k)
+        result = self.asker.cached(question, k, n) or self.read(question, k, n)
         elapsed = time.perf_counter() - t0
         self.question_log.answered(result)
         if result.cached:
             self.cache_hits.inc()
             self.hit_latency.observe(elapsed)
-            return json_response(result.public())
+            return json_response(result.public(n))
         self.cache_misses.inc()
         self.miss_latency.observe(elapsed)
         for stage in ("embed", "rank", "wait", "queue", "read"):
@@ -226,34 +226,37 @@ class _Answerer:
                 self.metrics.stage.labels(stage).observe(result.timings_ms[stage] / 1000)
         for size in result.batch_sizes:
             self.metrics.batch.observe(size)
-        return json_response(result.public())
+        return json_response(result.public(n))
 
-    def read(self, question, k):
+    def read(self, question, k, n):
         if not self.uncached.acquire(blocking=False):
             raise ShardqaError(f"busy: {self.max_uncached} uncached questions are being read; "
                                "retry in a moment", http_status=503)
         try:
-            return self.asker.ask(question, k)
+            return self.asker.ask(question, k, n)
         finally:
             self.uncached.release()
 
 
-def _parse_k(raw: str) -> int:
+def _parse_int(name: str, raw: str, most: int) -> int:
+    """A query parameter's integer (its range is the asker's to check)."""
     try:
         return int(raw)
     except ValueError:
-        raise QuestionError(f"k must be an integer from 1 to {MAX_K}") from None
+        raise QuestionError(f"{name} must be an integer from 1 to {most}") from None
 
 
 def _qa_routes(app: Flask, answerer: _Answerer) -> None:
-    """GET /qa?q=...&k=... and POST /qa with a JSON body."""
+    """GET /qa?q=...&k=...&n=... and POST /qa with a JSON body."""
 
     @app.get("/qa")
     def qa_get():
         question = request.args.get("q")
         if question is None:
             raise QuestionError("missing query parameter q")
-        return answerer.answer(question, _parse_k(request.args.get("k", "5")))
+        return answerer.answer(
+            question, _parse_int("k", request.args.get("k", str(DEFAULT_K)), MAX_K),
+            _parse_int("n", request.args.get("n", str(DEFAULT_N)), MAX_N))
 
     @app.post("/qa")
     def qa_post():
@@ -267,7 +270,8 @@ def _qa_routes(app: Flask, answerer: _Answerer) -> None:
             raise QuestionError("the body must be a JSON object with a 'question' field")
         if "question" not in body:
             raise QuestionError("missing field 'question'")
-        return answerer.answer(body["question"], body.get("k", 5))
+        return answerer.answer(body["question"], body.get("k", DEFAULT_K),
+                               body.get("n", DEFAULT_N))
 
 
 def _health_route(app: Flask, asker: Asker) -> None:

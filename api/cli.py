@@ -84,7 +84,7 @@ def serve_command(host, port, threads, max_uncached, request_timeout, connection
                             retrieval_weight=retrieval_weight, min_rank_ratio=min_rank_ratio,
                             rank_cap=rank_cap, retrieval_mode=retrieval_mode,
                             encoder_threads=QUESTION_THREADS)
-    questions.encoder.current()  # load the question encoder now, not on the first question
+    questions.encoder.current(questions.pmap)  # load the encoder(s) now, not on a question
     app = create_app(questions,
                      token=token, rate_limit=rate_limit,
                      max_uncached=max_uncached or DEFAULTS.max_uncached(threads))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from gears.asker import DEFAULT_K, MAX_K, MAX_QUESTION_CHARS
+from gears.asker import DEFAULT_K, DEFAULT_N, MAX_K, MAX_N, MAX_QUESTION_CHARS
 from records.events import MAX_FEEDBACK_CHARS, VERDICTS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -35,6 +35,7 @@ def _qa_path() -> dict:
                 {"name": "k", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K,
                             "default": DEFAULT_K}},
+                {"name": "n", "in": "query", "required": False, "schema": _N},
             ],
             "responses": {"200": _ANSWER_OK, **_errors(400, 401, 429, 503)},
         },
@@ -68,13 +69,24 @@ def _paths() -> dict:
     }
 
 
+_N = {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": DEFAULT_N,
+      "description": "how many distinct answers: with n > 1 the body has 'answers'"}
+
+_PASSAGE = {"type": "object", "nullable": True, "properties": {
+    "id": {"type": "string"}, "title": {"type": "string", "nullable": True},
+    "text": {"type": "string", "nullable": True}}}
+
+_ANSWER_SPAN = {"type": "object", "properties": {
+    "answer": {"type": "string"}, "score": {"type": "number"},
+    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    "passage": _PASSAGE, "start": {"type": "integer"}, "end": {"type": "integer"},
+    "retrieval": {"type": "object"}}}
+
 _ANSWER = {"type": "object", "properties": {
     "question": {"type": "string"},
     "answer": {"type": "string", "nullable": True},
     "score": {"type": "number", "nullable": True},
-    "passage": {"type": "object", "nullable": True, "properties": {
-        "id": {"type": "string"}, "title": {"type": "string", "nullable": True},
-        "text": {"type": "string", "nullable": True}}},
+    "passage": _PASSAGE,
     "start": {"type": "integer", "nullable": True},
     "end": {"type": "integer", "nullable": True},
     "cached": {"type": "boolean"},
@@ -91,6 +103,10 @@ _ANSWER = {"type": "object", "properties": {
     "confidence": {"type": "number", "minimum": 0, "maximum": 1,
                    "description": "the answer's probability among the candidate "
                                   "spans of all passages read"},
+    "answers": {"type": "array", "items": _ANSWER_SPAN, "maxItems": MAX_N,
+                "description": "present when n > 1: the n best distinct answers (fewer if "
+                               "the passages read hold fewer), best first; the first is "
+                               "the answer above"},
     "timings_ms": {"type": "object",
                    "additionalProperties": {"type": "number"}}}}
 
@@ -110,7 +126,8 @@ def _schemas() -> dict:
     return {
         "Question": {"type": "object", "required": ["question"], "properties": {
             "question": {"type": "string", "minLength": 1, "maxLength": MAX_QUESTION_CHARS},
-            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}}},
+            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K},
+            "n": _N}},
         "Answer": _ANSWER,
         "Feedback": _FEEDBACK,
         "Error": {"type": "object", "required": ["error"], "properties": {

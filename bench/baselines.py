@@ -9,11 +9,13 @@
   cache read or write.
 
 Both include ranking and fetching, like shardqa's end-to-end figure, and run in the bench
-process (no HTTP), which if anything favours them.
+process (no HTTP), which if anything favours them. For throughput they are called from
+several threads at once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -44,13 +46,17 @@ class NaiveBaseline:
         self.max_seq_len = max_seq_len
         self.stride = stride
         self.max_answer_tokens = max_answer_tokens
+        # a Hugging Face fast tokenizer sets truncation and padding on its Rust object at
+        # every call: two threads at once fail with "Already borrowed"
+        self._tokenizing = threading.Lock()
 
     def read(self, question: str, text: str) -> tuple[str, float] | None:
         """Best (answer, score) in one passage, window by window."""
-        enc = self.tokenizer(question, text, truncation="only_second",
-                             max_length=self.max_seq_len, stride=self.stride,
-                             return_overflowing_tokens=True, return_offsets_mapping=True,
-                             padding="max_length", return_tensors="pt")
+        with self._tokenizing:
+            enc = self.tokenizer(question, text, truncation="only_second",
+                                 max_length=self.max_seq_len, stride=self.stride,
+                                 return_overflowing_tokens=True, return_offsets_mapping=True,
+                                 padding="max_length", return_tensors="pt")
         best = None
         for w in range(enc["input_ids"].shape[0]):
             with torch.no_grad():

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from bench import PHASES
+from bench import ON_REQUEST, PHASES
 
 console = Console(highlight=False)
 
@@ -49,23 +49,33 @@ class _Bar:
 @click.option("--worker-threads", type=click.IntRange(1, 64), default=None,
               help="torch threads per worker [default: cores]")
 @click.option("--only", default=None, metavar="PHASE,...",
-              help="run only these phases: " + ", ".join(PHASES) + " [default: all]")
+              help="run only these phases: " + ", ".join(PHASES) + " [default: all but "
+              + ", ".join(ON_REQUEST) + "]")
 def bench_command(quick, out, model, dev, masters, worker_threads, only):
-    """Measure shardqa and its baselines (naive eager HF, the-pattern style) on this machine:
-    latency, throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option.
-    Starts and stops its own cluster, workers and API on free ports."""
+    """Measure shardqa beside its baselines (naive eager HF, the-pattern style) and peers
+    (shardqa in one process; Haystack with the peer extra) on this machine: latency,
+    throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option. Starts and
+    stops its own cluster, workers and APIs on free ports. ``--only chaos``: the faults of a
+    running stack under load (3 masters with a replica each, whatever --masters says),
+    written to bench/results/chaos-DATE.json."""
     from transformers.utils import logging as hf_logging
 
     from bench import report
     from bench.run import Bench, BenchSettings
 
     hf_logging.set_verbosity_error()  # the load report of a QA head on an encoder, every time
+    hf_logging.disable_progress_bar()  # "Loading weights" when Haystack loads its reader
 
     phases = tuple(p.strip() for p in (only or "").split(",") if p.strip())
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
         raise click.BadParameter(f"unknown phase(s) {', '.join(unknown)}; choose from "
                                  f"{', '.join(PHASES)}", param_hint="--only")
+    if "chaos" in phases:
+        phases = tuple(p for p in phases if p != "chaos")
+        chaos(quick, model, dev, out if not phases else None)
+        if not phases:
+            return
     settings = BenchSettings.for_run(quick, dev=dev, model=model, masters=masters,
                                      worker_threads=worker_threads, only=phases or None)
     if out is None:
@@ -78,3 +88,43 @@ def bench_command(quick, out, model, dev, masters, worker_threads, only):
     for g in result.get("goals", []):
         mark = {True: "[green]reached[/]", False: "[red]not reached[/]", None: "-"}[g["reached"]]
         console.print(f"{g['goal']}: {g['measured']} {g['unit']} (goal {g['target']}) {mark}")
+
+
+def chaos(quick: bool, model: Path | None, dev: Path | None, out: Path | None) -> None:
+    """The chaos run (bench/chaos.py) with the bench's reader, dev questions and corpus."""
+    import json
+    import os
+    import tempfile
+
+    from bench import corpus
+    from bench.chaos import ChaosSettings, run_chaos
+    from bench.run import machine, resolve_artifact
+    from models.export import read_metadata
+
+    def say(msg: str) -> None:
+        console.print(msg, markup=False)
+
+    settings = ChaosSettings.for_run(quick)
+    artifact = resolve_artifact(model, say)
+    dev = dev or corpus.DEV
+    questions = [q.question for q in corpus.dev_questions(dev)]
+    documents = corpus.dev_documents(dev) + corpus.distractors(settings.distractor_docs)
+    host = machine()
+    with tempfile.TemporaryDirectory(prefix="shardqa-chaos-") as work:
+        result = run_chaos(settings, artifact, documents, questions, Path(work), say)
+    host["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"] = host
+    result["command"] = "shardqa bench --only chaos" + (" --quick" if quick else "")
+    result["reader_artifact"] = f"{read_metadata(artifact)['name']} ({artifact.name}, fp32)"
+    out = out or Path("bench/results") / f"chaos-{time.strftime('%Y-%m-%d', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    console.print(f"wrote {out}")
+    for row in result["faults"]:
+        console.print(f"{row['fault']}: {row['requests']} requests, {row['errors']} errors "
+                      f"{row['errors_by_reason'] or ''}, {row['wrong']} wrong, "
+                      f"{row['partial']} partial; recovered in {row.get('recovered_s', '-')} s",
+                      markup=False)
+    for g in result["goals"]:
+        console.print(f"{g['goal']}: {g['measured']} {g['unit']} (goal {g['target']}) "
+                      f"{'reached' if g['reached'] else 'NOT reached'}", markup=False)

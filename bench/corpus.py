@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cluster.errors import ShardqaError
 from loaders.documents import Document, read_documents, read_ovos_wiki
-from loaders.passages import split_passages
+from loaders.passages import Passage, split_passages
 from models.squad import SquadExample, read_squad
 from shardqa import datasets
 
@@ -54,6 +54,12 @@ def distractors(limit: int | None = None) -> list[Document]:
     except ShardqaError as exc:
         raise CorpusError(f"the distractor corpus is unavailable: {exc}") from None
     return docs
+
+
+def passages(docs: list[Document]) -> list[Passage]:
+    """The passages the loaders write for ``docs`` (same split, same ids): the corpus the
+    in-process peers hold, so every system reads the same text."""
+    return [p for doc in docs for p in split_passages(doc)]
 
 
 class QuestionPool:

@@ -35,9 +35,12 @@ SQUAD = datasets.DATA / "squad"
 
 
 def free_port_base(count: int) -> int:
+    """A base of ``count`` free ports whose cluster bus ports (+10000) are free too, drawn so
+    that the bus ports stay below Linux's ephemeral range (32768+): an outgoing connection
+    took a bus port from 20000-50000 between the check and the node's start."""
     rng = random.Random(os.getpid() ^ int(time.time()))
     for _ in range(200):
-        base = rng.randrange(20000, 50000)
+        base = rng.randrange(10000, 22700 - count)
         if not any(port_in_use(p) or port_in_use(p + 10000) for p in range(base, base + count)):
             return base
     raise RuntimeError("no free ports")

@@ -133,10 +133,12 @@ def option_speed(artifact: Path, examples: list[SquadExample],
     times = {n: [] for n in names}
     windows = {n: [] for n in names}
     scores = {n: [] for n in names}
+    texts: dict[str, list[str | None]] = {n: [] for n in names}  # each question's answer
     for qi, (e, found) in enumerate(zip(examples, cands, strict=True)):
         if not found:
             for n in names:
                 scores[n].append((0.0, 0.0))
+                texts[n].append(None)
             continue
         for n in names[qi % len(names):] + names[:qi % len(names)]:
             reader, skip = options[n]
@@ -154,6 +156,7 @@ def option_speed(artifact: Path, examples: list[SquadExample],
                       for s, c in zip(spans, use, strict=True) if s is not None]
             best = max(merged, key=lambda m: m[0], default=(0.0, None))[1]
             scores[n].append(score_answer(best.text if best else "", e.answers))
+            texts[n].append(best.text if best else None)
         if progress:
             progress(1)
     rows = []
@@ -169,22 +172,31 @@ def option_speed(artifact: Path, examples: list[SquadExample],
     for r in rows:
         r["speedup_vs_fp32_all_k"] = round(base["p50_ms"] / r["p50_ms"], 2)
         r["f1_delta_vs_fp32_all_k"] = round(r["f1"] - base["f1"], 2)
+        # answers compared, not only F1: equal F1 can hide different answers
+        r["same_answers_as_fp32_all_k"] = sum(
+            a == b for a, b in zip(texts[r["option"]], texts[base["option"]], strict=True))
     return rows
 
 
 # --- smaller checks ----------------------------------------------------------------------------
 
 def question_tokenization(reader: Reader, examples: list[SquadExample],
-                          pairs_per_question: float) -> dict:
-    """What tokenizing the question once per batch (not once per pair) saves."""
+                          pairs_per_question: float, shipped_pairs: float | None = None) -> dict:
+    """What tokenizing the question once per question (not once per pair) saves: one
+    tokenization per pair after the first, at ``pairs_per_question`` (every candidate read)
+    and at ``shipped_pairs`` (the pairs the shipped candidate floor leaves)."""
     times = []
     for e in examples:
         t0 = time.perf_counter()
         reader.question_ids(e.question)
         times.append((time.perf_counter() - t0) * 1e6)
     per = statistics.median(times)
-    return {"question_tokenize_us": round(per, 1), "pairs_per_question": pairs_per_question,
-            "saved_us_per_question": round(per * max(0.0, pairs_per_question - 1), 1)}
+    out = {"question_tokenize_us": round(per, 1), "pairs_per_question": pairs_per_question,
+           "saved_us_per_question": round(per * max(0.0, pairs_per_question - 1), 1)}
+    if shipped_pairs is not None:
+        out["shipped_pairs_per_question"] = shipped_pairs
+        out["shipped_saved_us_per_question"] = round(per * max(0.0, shipped_pairs - 1), 1)
+    return out
 
 
 def _sample_inputs(tokenizer, pairs: int = 5, length: int = 190):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench import comparison
+
 
 def write(result: dict, out: Path) -> list[Path]:
     """``out`` is the JSON path; the .md and PNGs go beside it with the same stem."""
@@ -46,6 +48,11 @@ def markdown(r: dict) -> str:
         f"Reader: {reader.get('name')} "
         f"({'random QA head: F1 not meaningful' if reader.get('random_qa_head') else 'trained'})"
         f". Run took {_fmt(r.get('elapsed_s'))} s.",
+    ]
+    if r.get("systems"):
+        lines += ["", "## Every system (uncached, end to end)", "", *comparison.table(r),
+                  *comparison.notes(r)]
+    lines += [
         "",
         "## Uncached latency (ms), end to end",
         "",
@@ -144,10 +151,7 @@ def markdown(r: dict) -> str:
                          f"{_fmt(row['mean_windows'])} | {_fmt(row['f1'])} | "
                          f"{_fmt(row['f1_delta_vs_fp32_all_k'], 2)} | "
                          f"{_fmt(row['exact_match'])} |")
-        qt = o["question_tokenization"]
-        lines.append(f"\nQuestion tokenized once per batch: {qt['question_tokenize_us']} µs per "
-                     f"question, {qt['pairs_per_question']} pairs per question: saves "
-                     f"{qt['saved_us_per_question']} µs per question.")
+        lines.append("\n" + question_tokenization_line(o["question_tokenization"])[2:] + ".")
     extra = []
     if r.get("warm_up"):
         w = r["warm_up"]
@@ -177,37 +181,23 @@ def markdown(r: dict) -> str:
 def readme_section(r: dict, out: Path) -> str:
     """The README's performance section: machine, command, headline table, goals."""
     m, s = r["machine"], r["settings"]
-    systems = r.get("systems", {})
     wiki = f"the first {s['distractor_docs']:,}" if s.get("distractor_docs") else "all 10,033"
     lines = [
         "## Performance",
         "",
         f"Measured by `shardqa bench{' --quick' if s.get('quick') else ''}` "
         f"({r.get('started', '')}) on {m['cpu']}, {m['cores']} cores "
-        f"(load average {m.get('loadavg_at_start')} at start); {s['masters']} masters with one "
-        f"worker each ({s['worker_threads']} torch "
-        f"thread{'s' if s['worker_threads'] != 1 else ''}), the API under waitress; corpus: "
+        f"(load average {m.get('loadavg_at_start')} at start); {deployment(r)}; corpus: "
         f"SQuAD dev paragraphs + {wiki}"
         " ovos-wiki summaries as distractors; questions from dev, each asked once (uncached).",
-        f"Full figures: `{out.name}` and `{out.with_suffix('.md').name}` in `bench/results/`.",
+        f"Command: `{command(r)}` (the run took {_fmt((r.get('elapsed_s') or 0) / 60)} "
+        f"minutes). Full figures: `{out.name}` and `{out.with_suffix('.md').name}` in "
+        "`bench/results/`.",
         "",
-        "| system | " + " | ".join(f"k={k} p50 / p95 ms" for k in s["ks"])
-        + " | k=5 vs naive |",
-        "|---|" + "---|" * (len(s["ks"]) + 1),
+        *comparison.table(r),
+        *comparison.notes(r),
+        "",
     ]
-    for name, rows in systems.items():
-        cells = []
-        for k in s["ks"]:
-            lat = _k(rows, k)["latency"]
-            cells.append(f"{_fmt(lat['p50'])} / {_fmt(lat['p95'])}")
-        ratio = _k(r.get("vs_naive", {}).get(name, {}), 5)
-        speedup = f"{ratio:.1f}x" if ratio else ("1x" if name.startswith("naive") else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {speedup} |")
-    tp = r.get("throughput", {})
-    if tp:
-        lines += ["", "Throughput (uncached, k=5): " + "; ".join(
-            f"{name}: " + ", ".join(f"{_fmt(_k(rows, c)['questions_per_s'])} q/s at {c}"
-                                    for c in s["concurrency"]) for name, rows in tp.items())]
     if r.get("cached"):
         c = r["cached"]
         lines.append(f"Cached: p50 {c['redis_get_direct_node']['p50']:.3f} ms by Redis GET on "
@@ -219,8 +209,10 @@ def readme_section(r: dict, out: Path) -> str:
                      f"http.client, whose header parsing is the client's own cost).")
     if r.get("ingest"):
         i = r["ingest"]
+        work = "tokenized, indexed and embedded" if i.get("embedded") else \
+            "tokenized and indexed"
         lines.append(f"Ingest: {i['write_passages_per_s']:,} passages/s written, "
-                     f"{i['indexed_passages_per_s']:,} passages/s tokenized and indexed; "
+                     f"{i['indexed_passages_per_s']:,} passages/s {work}; "
                      f"{i['redis_bytes_per_passage']:,} Redis bytes per passage.")
     if r.get("rank_scale"):
         lines.append("Rank (k=5) p50: " + ", ".join(
@@ -236,6 +228,26 @@ def readme_section(r: dict, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def deployment(r: dict) -> str:
+    """How shardqa was deployed in the run, if it was."""
+    s = r["settings"]
+    if not any(key in r for key in ("ingest", "cached", "options")) and \
+            not any(a.get("kind") == "api" for a in r.get("system_info", {}).values()):
+        return "shardqa not deployed in this run (the systems below ran in the bench process)"
+    threads = s["worker_threads"]
+    return (f"{s['masters']} masters with one worker each ({threads} torch "
+            f"thread{'s' if threads != 1 else ''}), the API under waitress")
+
+
+def command(r: dict) -> str:
+    """The command line that made the run (as far as its settings say)."""
+    s = r["settings"]
+    words = ["shardqa bench"] + (["--quick"] if s.get("quick") else [])
+    if s.get("only"):
+        words.append("--only " + ",".join(s["only"]))
+    return " ".join(words)
+
+
 def optimizations(r: dict) -> list[str]:
     """One line per speed option with its measured effect (and quality cost)."""
     lines = ["", "What each speed option buys (measured in the same run):", ""]
@@ -247,7 +259,7 @@ def optimizations(r: dict) -> list[str]:
     if shipped and padded:
         lines.append(f"- padding-free batches grouped by length: {padded['p50_ms']:.0f} -> "
                      f"{shipped['p50_ms']:.0f} ms per k=5 read "
-                     f"({padded['p50_ms'] / shipped['p50_ms']:.2f}x), same answers")
+                     f"({padded['p50_ms'] / shipped['p50_ms']:.2f}x); {_agreement(padded)}")
     int8 = next((row for name, row in rows.items() if name.startswith("int8 per-channel")), None)
     if shipped and int8:
         cost = ""
@@ -264,8 +276,7 @@ def optimizations(r: dict) -> list[str]:
                          f"vs fp32 reading all k{cost}")
     qt = r.get("options", {}).get("question_tokenization")
     if qt:
-        lines.append(f"- question tokenized once per batch: saves {qt['saved_us_per_question']:.0f}"
-                     f" µs per question ({qt['question_tokenize_us']:.0f} µs per tokenization)")
+        lines.append(question_tokenization_line(qt))
     w = r.get("warm_up")
     if w:
         lines.append(f"- warm-up at load: the first forward of a fresh reader takes "
@@ -286,12 +297,39 @@ def optimizations(r: dict) -> list[str]:
     rs = r.get("rank_scale") or []
     if rs:
         last = rs[-1]
+        order = ("timed in alternating order" if last.get("order") == "interleaved" else
+                 "exact timed first for every question, so capped may profit from warm caches")
         lines.append(f"- rank reading at most {last['cap']} postings per term and partition "
                      f"(shipped; exact scores for every passage found): p50 "
                      f"{last['exact']['p50']:.1f} -> "
-                     f"{last['capped']['p50']:.1f} ms at {last['passages']:,} passages, "
-                     f"top-{last['k']} overlap {last['capped_overlap_at_k']:.2f}")
+                     f"{last['capped']['p50']:.1f} ms at {last['passages']:,} passages "
+                     f"({order}), top-{last['k']} overlap {last['capped_overlap_at_k']:.2f}")
     return lines if len(lines) > 3 else []
+
+
+def _agreement(row: dict) -> str:
+    """How far an option's answers agree with fp32 reading all k: compared answer by
+    answer where the run did, else only F1 (which equal answers give, but not only they)."""
+    same = row.get("same_answers_as_fp32_all_k")
+    if same is None:
+        return (f"F1 {row['f1']:.2f} (F1 delta {row['f1_delta_vs_fp32_all_k']:+.2f}; answers "
+                "not compared in this run)")
+    return f"the same answer on {same} of {row['questions']} questions"
+
+
+def question_tokenization_line(qt: dict) -> str:
+    """What tokenizing the question once (not once per pair) saves, at the pairs the
+    shipped floor reads when the run measured them."""
+    line = (f"- question tokenized once per question, not once per pair: "
+            f"{qt['question_tokenize_us']:.0f} µs per tokenization")
+    if "shipped_pairs_per_question" in qt:
+        return (line + f"; saves {qt['shipped_saved_us_per_question']:.0f} µs per question "
+                f"at the shipped floor's {qt['shipped_pairs_per_question']:.2f} pairs "
+                f"({qt['saved_us_per_question']:.0f} µs if all "
+                f"{qt['pairs_per_question']:.2f} were read)")
+    return (line + f"; saves {qt['saved_us_per_question']:.0f} µs per question only if all "
+            f"{qt['pairs_per_question']:.2f} pairs of the top k are read (the shipped floor "
+            "reads fewer)")
 
 
 def plots(r: dict, out: Path) -> list[Path]:

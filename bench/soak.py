@@ -14,12 +14,14 @@ percentiles, and Redis memory summed over the masters of the local cluster in --
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,18 +82,32 @@ def latency_ms(seconds: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> di
     return out | {"max": round(max(seconds or [0]) * 1000, 2)}
 
 
-class Load:
-    """The open-loop load: requests at fixed times, latencies by window, errors by kind."""
+@dataclass(frozen=True)
+class Outcome:
+    """One request of the load: when it was due and done (monotonic), what came back."""
 
-    def __init__(self, client: ApiClient, directory: str):
-        self.client, self.directory = client, directory
+    scheduled: float
+    done: float
+    question: str
+    status: int | None  # None: no HTTP answer at all
+    body: dict
+    error: str | None  # the error's kind ("http 503", "ConnectionError", ...), None if ok
+
+
+class Load:
+    """The open-loop load: requests at fixed times, latencies by window, errors by kind;
+    ``observe`` (if given) sees every request's Outcome, from the load's threads."""
+
+    def __init__(self, client: ApiClient, directory: str,
+                 observe: Callable[[Outcome], None] | None = None):
+        self.client, self.directory, self.observe = client, directory, observe
         self.windows = [Window(0.0)]
         self.memory: list[tuple[float, int | None]] = []
         self.lock = threading.Lock()
         self.t0 = time.monotonic()
 
     def one(self, scheduled: float, question: str) -> None:
-        kind = None
+        kind, status, body = None, None, {}
         try:
             _, status, body = self.client.get(question)
             if status != 200:
@@ -100,14 +116,16 @@ class Load:
                 kind = "no answer field"
         except Exception as exc:  # noqa: BLE001 - every failure is counted, by kind
             kind = type(exc).__name__
-        latency = time.monotonic() - scheduled
+        done = time.monotonic()
         with self.lock:
             w = self.windows[-1]
             w.sent += 1
-            w.latencies.append(latency)
+            w.latencies.append(done - scheduled)
             if kind:
                 w.errors += 1
                 w.error_kinds[kind] = w.error_kinds.get(kind, 0) + 1
+        if self.observe is not None:
+            self.observe(Outcome(scheduled, done, question, status, body, kind))
 
     def close_window(self, now: float) -> None:
         mem = redis_memory(self.directory)
@@ -123,25 +141,35 @@ class Load:
 
     def run(self, rate: float, minutes: float, window: float, miss_ratio: float,
             threads: int, rng: random.Random) -> None:
+        def pick(n: int) -> str:
+            if rng.random() < miss_ratio:
+                return (f"What about {rng.choice(MISS_SUBJECTS)} and "
+                        f"{rng.choice(MISS_SUBJECTS)} number {n}?")
+            return rng.choice(QUESTIONS)
+
         self.t0 = time.monotonic()
         self.memory.append((0.0, redis_memory(self.directory)))
-        end, next_window, n = self.t0 + minutes * 60, self.t0 + window, 0
+        self.pace(rate, minutes * 60, threads, pick, window)
+        self.close_window(time.monotonic())
+
+    def pace(self, rate: float, seconds: float, threads: int, pick: Callable[[int], str],
+             window: float | None = None, stop: threading.Event | None = None) -> None:
+        """Open loop from now: question ``pick(n)`` is due ``n / rate`` seconds in, for
+        ``seconds`` or until ``stop`` is set; a window closes every ``window`` seconds.
+        Returns once every request sent has finished."""
+        self.t0 = t0 = time.monotonic()
+        stop = stop or threading.Event()
+        next_window, n = t0 + window if window else math.inf, 0
         with ThreadPoolExecutor(threads) as pool:
-            while (scheduled := self.t0 + n / rate) < end:
+            while (scheduled := t0 + n / rate) < t0 + seconds and not stop.is_set():
                 now = time.monotonic()
                 if now >= next_window:
                     self.close_window(now)
                     next_window += window
-                if scheduled > now:
-                    time.sleep(scheduled - now)
-                if rng.random() < miss_ratio:
-                    question = (f"What about {rng.choice(MISS_SUBJECTS)} and "
-                                f"{rng.choice(MISS_SUBJECTS)} number {n}?")
-                else:
-                    question = rng.choice(QUESTIONS)
-                pool.submit(self.one, scheduled, question)
+                if scheduled > now and stop.wait(scheduled - now):
+                    break
+                pool.submit(self.one, scheduled, pick(n))
                 n += 1
-        self.close_window(time.monotonic())
 
     def result(self) -> dict:
         done = [w for w in self.windows if w.sent]

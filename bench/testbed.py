@@ -4,7 +4,11 @@ Its own cluster on free ports in a temporary folder, one real ``shardqa worker``
 master and the real API (``shardqa serve``, waitress), started and stopped by PID through
 ``shardqa.stack.LocalStack`` - exactly what ``shardqa up`` runs, so the figures are the
 system's, not a mock's. A ``Testbed`` without an artifact runs workers that only index
-(BM25), for the rank-at-scale figures.
+(BM25), for the rank-at-scale figures; with an encoder too, they embed every passage, and
+it can run several APIs with their own options (e.g. ``--retrieval bm25`` beside the
+default hybrid) on the same cluster. A ``supervised`` Testbed is started by
+``LocalStack.up`` itself, as ``shardqa up`` starts a stack: the supervisor starts (and
+restarts) the workers, the API and the question-log sync; the chaos run needs that.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from cluster.errors import ShardqaError
 from cluster.local import port_in_use
 from cluster.waiting import until
 from loaders.writer import ingest, wait_indexed
-from shardqa.stack import LocalStack
+from shardqa.stack import LocalStack, stop_pids
 
 
 class TestbedError(ShardqaError):
@@ -42,29 +46,42 @@ class Testbed:
     __test__ = False  # not a pytest class, despite the name
 
     def __init__(self, root: Path, *, masters: int = 2, threads: int = 1, api: bool = True,
-                 worker_options: dict | None = None):
+                 worker_options: dict | None = None, replicas: int = 0,
+                 supervised: bool = False, apis: dict[str, list[str]] | None = None):
+        """``apis``: name -> extra ``shardqa serve`` options, one API each (default: one
+        API, "api", with none; ``api=False``: no API)."""
         self.root = Path(root)
         self.masters = masters
+        self.replicas = replicas
+        self.supervised = supervised
         self.threads = threads
-        self.with_api = api
+        self.apis = (apis or {"api": []}) if api else {}
         self.worker_options = worker_options or {}
         self.stack = LocalStack(self.root / "cluster")
         self.target = Target(directory=str(self.stack.dir))
         self.client = None
-        self.api_url: str | None = None
+        self.api_url: str | None = None  # the first API's
+        self.api_urls: dict[str, str] = {}
+        self._extra_api_pids: list[int] = []  # LocalStack.down stops the first API only
         self.owners: list[str] = []
         self.model_version: str | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self, artifact: Path | None = None, variant: str = "fp32",
-              timeout: float = 180) -> Testbed:
-        bring_up(self.stack.cluster, masters=self.masters,
-                 port_base=free_port_base(self.masters))
-        self.client = connect(self.target, max_connections=256)
-        if artifact is not None:
-            from models import store
+              timeout: float = 180, encoder: Path | None = None) -> Testbed:
+        """``encoder``: an exported passage encoder, pushed (int8) before the workers start,
+        so they embed what is ingested and the APIs can rank hybrid."""
+        from models import store
 
+        bring_up(self.stack.cluster, masters=self.masters, replicas=self.replicas,
+                 port_base=free_port_base(self.masters * (1 + self.replicas)))
+        self.client = connect(self.target, max_connections=256)
+        if self.supervised:
+            return self._start_supervised(artifact, timeout)
+        if encoder is not None:
+            store.push(self.client, Path(encoder), variant="int8")
+        if artifact is not None:
             meta = store.push(self.client, Path(artifact), variant=variant)
             self.model_version = f"{meta['version']}:{meta['variant']}"
         pmap = partitions.load(self.client)
@@ -77,19 +94,48 @@ class Testbed:
                 args += [flag, str(value)]
             state["workers"][master] = self.stack.spawn(
                 f"worker-{master.replace(':', '-')}", args)
-        if self.with_api:
-            port = free_port()
-            pid = self.stack.spawn("api", ["serve", "--host", "127.0.0.1", "--port", str(port)])
-            self.api_url = f"http://127.0.0.1:{port}"
-            state["api"] = {"pid": pid, "url": self.api_url}
+        for name, options in self.apis.items():
+            self._spawn_api(state, name, options)
         self.stack.save(state)
         if artifact is not None:
             self.wait_model(self.model_version, timeout)
         else:
             self._wait_heartbeats(timeout)
-        if self.api_url:
-            self._wait_api(timeout)
+        for url in self.api_urls.values():
+            self._wait_api(url, timeout)
         return self
+
+    def _start_supervised(self, artifact: Path | None, timeout: float) -> Testbed:
+        """``shardqa up`` on the cluster just started: the reader ``artifact`` (fp32, or the
+        bundled one), no passage encoder (BM25 ranking: ingest need not embed), workers and
+        API under the supervisor; returns once all are healthy."""
+        from shardqa.stack import NO_ENCODER
+
+        state = self.stack.up(masters=self.masters, port_base=0,
+                              api_port=free_port() if self.apis else None,
+                              api_host="127.0.0.1", threads=self.threads,
+                              model=str(artifact) if artifact else None, encoder=NO_ENCODER,
+                              timeout=timeout)
+        self.owners = sorted(state["workers"])
+        self.api_url = (state.get("api") or {}).get("url")
+        self.api_urls = {"api": self.api_url} if self.api_url else {}
+        self.model_version = next(iter(self._beats().values()), {}).get("model")
+        return self
+
+    def _spawn_api(self, state: dict, name: str, options: list[str]) -> None:
+        """Start ``shardqa serve`` on a free port; the stack's state names the first one
+        "api" (what ``shardqa down`` stops) and the others ``api-NAME``."""
+        port = free_port(max([18080, *(int(u.rsplit(":", 1)[1]) + 1
+                                        for u in self.api_urls.values())]))
+        key = "api" if not self.api_urls else f"api-{name}"
+        pid = self.stack.spawn(key, ["serve", "--host", "127.0.0.1", "--port", str(port),
+                                     *options])
+        url = f"http://127.0.0.1:{port}"
+        self.api_urls[name] = url
+        self.api_url = self.api_url or url
+        state[key] = {"pid": pid, "url": url}
+        if key != "api":
+            self._extra_api_pids.append(pid)
 
     def stop(self) -> None:
         if self.client is not None:
@@ -97,6 +143,7 @@ class Testbed:
                 self.client.close()
             except Exception:  # noqa: BLE001 - closing a dead client must not hide the result
                 pass
+        stop_pids(self._extra_api_pids)
         self.stack.down(purge=True)
 
     def __enter__(self) -> Testbed:
@@ -139,15 +186,15 @@ class Testbed:
                                    f"(see {self.stack.dir / 'logs'})")
             time.sleep(0.2)
 
-    def _wait_api(self, timeout: float) -> None:
+    def _wait_api(self, url: str, timeout: float) -> None:
         """Until the API serves requests (its /health judges the cluster, which the bench
         checks itself: workers with the model)."""
         def answers() -> bool:
-            with urllib.request.urlopen(self.api_url + "/openapi.json", timeout=2) as resp:
+            with urllib.request.urlopen(url + "/openapi.json", timeout=2) as resp:
                 return resp.status == 200
 
         until(answers, timeout, 0.2, retry_on=(urllib.error.URLError, OSError),
-              error=TestbedError, what=f"the API does not answer at {self.api_url} within "
+              error=TestbedError, what=f"the API does not answer at {url} within "
               f"{timeout:g}s (see {self.stack.dir / 'logs'})")
 
     def _beats(self) -> dict[str, dict]:

@@ -5,8 +5,9 @@ the cluster folder and writes the same aclfile into every node, with the ``defau
 turned off, so nothing reaches a node without a password. Five users:
 
 * ``admin``: cluster and model management, ingestion, replication (``masteruser``);
-* ``worker``: the shard workers: every shardqa key (partition vector sets too) except the
-  model copies (read-only) and the partition map (read-only), the keyspace-event channels;
+* ``worker``: the shard workers: every shardqa key (partition vector sets and the sets a
+  re-embed builds too) except the model copies (read-only) and the partition map
+  (read-only), the keyspace-event channels;
   no ACL, CONFIG, FLUSHALL, KEYS or FUNCTION; no SCAN/RANDOMKEY over all key names;
   PUBLISH only on the generation channel (never a forged keyspace event);
 * ``api``: what ``Asker.ask`` and /health need and nothing else: read the answer cache and
@@ -58,6 +59,8 @@ _ASK = keys.ask_key(_ANY)
 _REPLIES = keys.reply_list(_ANY)
 #: vector sets (one per partition), read by VSIM
 _VECTORS = f"{keys.PREFIX}:*:vs"
+#: the vector set a re-embed builds (the worker's alone; renamed over the partition's set)
+_NEXT_VECTORS = keys.vectors_next(_ANY)
 _LOG = keys.log_stream()
 
 #: commands every client library needs to connect to a cluster and find its slots
@@ -75,8 +78,8 @@ def rules(role: str, *, vector_sets: bool = False) -> list[str]:
     if role == "admin":
         return ["~*", "&*", "+@all"]
     if role == "worker":
-        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, _DEAD, *_INDEX, _VECTORS, _ANSWERS,
-                    _ASK, _REPLIES, keys.generation(), keys.workers()]
+        writable = [_PASSAGES, _DOCS, _INGEST, _REQUESTS, _DEAD, *_INDEX, _VECTORS,
+                    _NEXT_VECTORS, _ANSWERS, _ASK, _REPLIES, keys.generation(), keys.workers()]
         read_only = [_MODEL, keys.partition_map()]
         return ([f"~{p}" for p in writable] + [f"%R~{p}" for p in read_only]
                 + [f"&{c}" for c in ("__keyevent@0__:*", keys.generation_channel())]

@@ -13,7 +13,7 @@ import subprocess
 import redis
 
 #: The vector-set commands shardqa uses; the probe looks for all of them.
-VECTOR_SET_COMMANDS = ("VADD", "VREM", "VSIM", "VEMB", "VCARD", "VINFO")
+VECTOR_SET_COMMANDS = ("VADD", "VREM", "VSIM", "VEMB", "VCARD", "VINFO", "VISMEMBER")
 
 
 def node_has_vector_sets(conn: redis.Redis) -> bool:

@@ -114,8 +114,28 @@ def vectors(tag: str) -> str:
     """Vector set (Redis 8) of this partition's passage embeddings: element = passage id.
 
     Under the partition's hash tag, so it moves with the partition and fails over with it.
+    Every vector in it was made by the one encoder ``vector_meta`` names.
     """
     return f"{PREFIX}:{{{tag}}}:vs"
+
+
+def vectors_next(tag: str) -> str:
+    """The vector set a re-embed builds with a new encoder; renamed over ``vectors(tag)``
+    (with ``vector_meta`` in the same transaction) once every passage is in it."""
+    return f"{PREFIX}:{{{tag}}}:vs:next"
+
+
+#: fields of ``vector_meta``
+VECTOR_ENCODER, VECTOR_NEXT = "encoder", "next"
+
+
+def vector_meta(tag: str) -> str:
+    """Hash: ``encoder``, the encoder id (models.identity.model_id) that made every vector in
+    ``vectors(tag)``; ``next``, the one a re-embed is building ``vectors_next(tag)`` with.
+
+    Index metadata (under ``ix:``), so every user that may read the index may read it.
+    """
+    return f"{PREFIX}:{{{tag}}}:ix:vectors"
 
 
 def model_current(tag: str, kind: str = "reader") -> str:

@@ -2,10 +2,18 @@
 
 cache -> retrieve -> route -> wait -> merge. A cache hit costs one GET (the corpus
 generation is remembered for ``generation_max_age_s``) and embeds nothing; a miss ranks
-every partition (gears/retrieval.py: the question embedded once where the cluster has an
-encoder and vector sets, then two pipelined fan-outs, one round trip per master each: BM25
-stats, then BM25 rank and VSIM together, fused), sends one read request per partition that
-holds one of the best k passages, waits on one reply list, keeps the best span and caches it.
+every partition (gears/retrieval.py: the question embedded once, by the encoder of the
+partitions' vectors, where the cluster has them, then two pipelined fan-outs, one round trip
+per master each: BM25 stats, then BM25 rank and VSIM together, fused), sends one read
+request per partition that holds one of the best k passages, waits on one reply list, keeps
+the best span and caches it.
+
+Several answers: every read asks the workers for each passage's ``MAX_N`` best distinct
+spans, and the merge keeps the ``MAX_N`` best answers across passages, one per answer text
+(SQuAD normalisation). The cache holds them all under the one key (``Answer.to_cache``: a
+hit for one answer does not parse the others), so ``n`` (how many a caller shows) never
+multiplies cache entries; an entry cached before there were several answers is a miss for
+``n`` > 1 and is answered afresh.
 
 Concurrent misses of the same question in one process are computed once (single flight):
 the others wait for that answer instead of sending the shards the same work again, so a
@@ -26,20 +34,23 @@ import redis
 from cluster import keys, partitions, routing
 from cluster.errors import ShardqaError
 from gears import fusion, health, ranking, retrieval
-from gears.protocol import ReadReply, ReadRequest, now_ms
+from gears.protocol import MAX_SPANS, ReadReply, ReadRequest, now_ms
 from models.decoding import answer_confidence
+from models.squad import normalize_answer
 
 log = logging.getLogger("shardqa.ask")
 
 MAX_QUESTION_CHARS = 1000
 MAX_K = 50
 DEFAULT_K = 5  # passages read per question
+MAX_N = MAX_SPANS  # answers a question can get: every read computes (and caches) this many
+DEFAULT_N = 1
 ASK_TIMEOUT_S = 10.0  # how long a question waits for the shard workers
 CACHE_TTL_S = 3600  # how long an answer stays in the cache
 
 
 class QuestionError(ShardqaError):
-    """The question itself is unusable (empty, too long, bad k)."""
+    """The question itself is unusable (empty, too long, bad k or n)."""
 
     http_status = 400
     exit_code = 2
@@ -65,7 +76,8 @@ def cache_form(question: str) -> str:
     return normalize(question).casefold()
 
 
-def validate(question, k) -> tuple[str, int]:
+def validate(question, k, n=DEFAULT_N) -> tuple[str, int, int]:
+    """(question normalized, k, n), or QuestionError saying what is wrong."""
     if not isinstance(question, str):
         raise QuestionError("the question must be a string")
     q = normalize("".join(ch if ch.isprintable() else " " for ch in question))
@@ -75,7 +87,24 @@ def validate(question, k) -> tuple[str, int]:
         raise QuestionError(f"the question is longer than {MAX_QUESTION_CHARS} characters")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise QuestionError(f"k must be an integer from 1 to {MAX_K}")
-    return q, k
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise QuestionError(f"n must be an integer from 1 to {MAX_N}")
+    return q, k, n
+
+
+@dataclass
+class AnswerSpan:
+    """One of a question's answers: a span of a passage, scored as the answer is."""
+
+    answer: str
+    score: float
+    passage_id: str
+    start: int
+    end: int
+    #: its probability among the candidate spans of all passages read
+    confidence: float | None = None
+    #: its passage's ranks, as Answer.retrieval
+    retrieval: dict | None = None
 
 
 @dataclass
@@ -103,17 +132,53 @@ class Answer:
     #: {"mode": "hybrid"|"bm25", "bm25": rank|None, "dense": rank|None} of the answer's
     #: passage (1-based ranks in each retriever's candidate list)
     retrieval: dict | None = None
+    #: the best distinct answers (at most MAX_N), best first: the first is the answer above;
+    #: None when not read (a cache hit for one answer) or cached before there were several
+    answers: list[AnswerSpan] | None = None
+    #: {passage id: {"title", "text"}} of the answers' passages but the answer's own
+    passages: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        return _compact(asdict(self))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Answer:
-        return cls(**json.loads(raw))
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("an answer is a JSON object")
+        if data.get("answers") is not None:
+            data["answers"] = [AnswerSpan(**a) for a in data["answers"]]
+        return cls(**data)
 
-    def public(self) -> dict:
-        """The API's answer body."""
-        return {
+    def to_cache(self) -> str:
+        """The answer-cache entry: two lines, the answer's JSON without its ``answers`` and
+        ``passages``, then those two as one JSON object. Compact JSON never holds a raw
+        newline, so a hit for one answer (most of them) parses the first line alone: the ten
+        answers would triple a hit's JSON parsing (about 10 -> 60 us)."""
+        head = asdict(self)
+        more = {"answers": head.pop("answers"), "passages": head.pop("passages")}
+        return f"{_compact(head)}\n{_compact(more)}"
+
+    @classmethod
+    def from_cache(cls, raw: str | bytes, n: int) -> Answer | None:
+        """The cached answer, its further answers read only when ``n`` > 1 wants them; None
+        for an entry cached before there were several (one line) when they are wanted."""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        head, _, more = raw.partition(b"\n")
+        answer = cls.from_json(head)
+        if n > 1:
+            if not more:
+                return None
+            rest = json.loads(more)
+            answer.answers = [AnswerSpan(**a) for a in rest["answers"]]
+            answer.passages = rest["passages"]
+        return answer
+
+    def public(self, n: int = DEFAULT_N) -> dict:
+        """The API's answer body; with ``n`` > 1 also ``answers``, the ``n`` best distinct
+        answers (fewer if the passages read hold fewer), best first."""
+        body = {
             "question": self.question, "answer": self.answer, "score": self.score,
             "passage": None if self.passage_id is None else {
                 "id": self.passage_id, "title": self.title, "text": self.passage_text},
@@ -125,6 +190,22 @@ class Answer:
             **({"reason": self.reason} if self.reason else {}),
             **({"confidence": self.confidence} if self.confidence is not None else {}),
             **({"retrieval": self.retrieval} if self.retrieval is not None else {}),
+        }
+        if n > 1:
+            body["answers"] = [self._public_span(a) for a in (self.answers or [])[:n]]
+        return body
+
+    def _public_span(self, span: AnswerSpan) -> dict:
+        own = span.passage_id == self.passage_id
+        passage = ({"title": self.title, "text": self.passage_text} if own
+                   else self.passages.get(span.passage_id, {}))
+        return {
+            "answer": span.answer, "score": span.score,
+            **({"confidence": span.confidence} if span.confidence is not None else {}),
+            "passage": {"id": span.passage_id, "title": passage.get("title"),
+                        "text": passage.get("text")},
+            "start": span.start, "end": span.end,
+            **({"retrieval": span.retrieval} if span.retrieval is not None else {}),
         }
 
 
@@ -212,13 +293,16 @@ class Asker:
             self._generation = (value, now)
         return value
 
-    def ask(self, question, k: int = DEFAULT_K, *, use_cache: bool = True) -> Answer:
+    def ask(self, question, k: int = DEFAULT_K, n: int = DEFAULT_N, *,
+            use_cache: bool = True) -> Answer:
+        """The answer (``public(n)`` is its API body: ``n`` only says how many answers a
+        caller wants; every answer holds ``MAX_N``)."""
         t0 = time.perf_counter()
-        q, k = validate(question, k)
+        q, k, n = validate(question, k, n)
         gen = self.generation()
         cache_key = keys.answer_cache(gen, k, cache_form(q))
         if use_cache:
-            answer = self._from_cache(cache_key, t0)
+            answer = self._from_cache(cache_key, t0, n)
             if answer is not None:
                 return answer
         with self._lock:
@@ -245,24 +329,27 @@ class Asker:
                     del self._inflight[cache_key]
         return answer
 
-    def cached(self, question, k: int = 5) -> Answer | None:
+    def cached(self, question, k: int = DEFAULT_K, n: int = DEFAULT_N) -> Answer | None:
         """The cached answer, or None on a miss; never sends the shards anything (the API
         answers hits without waiting for a slot among the uncached reads)."""
         t0 = time.perf_counter()
-        q, k = validate(question, k)
-        return self._from_cache(keys.answer_cache(self.generation(), k, cache_form(q)), t0)
+        q, k, n = validate(question, k, n)
+        return self._from_cache(keys.answer_cache(self.generation(), k, cache_form(q)), t0, n)
 
-    def _from_cache(self, cache_key: str, t0: float) -> Answer | None:
+    def _from_cache(self, cache_key: str, t0: float, n: int = DEFAULT_N) -> Answer | None:
         """A hit as an Answer; an entry that does not parse is a miss (and is overwritten
-        when the answer is computed), never an error for an hour."""
+        when the answer is computed), never an error for an hour. So is one cached before
+        there were several answers, when ``n`` > 1 wants them."""
         hit = self._cached(cache_key)
         if hit is None:
             return None
         try:
-            answer = Answer.from_json(hit)
-        except (ValueError, TypeError) as exc:
+            answer = Answer.from_cache(hit, n)
+        except (ValueError, TypeError, KeyError) as exc:
             log.warning("malformed answer cache entry %.80r (%s); answering afresh",
                         cache_key, exc)
+            return None
+        if answer is None:
             return None
         answer.cached = True
         answer.timings_ms = {"total": _ms(t0)}
@@ -282,18 +369,21 @@ class Asker:
 
     def retrieve(self, q: str, k: int) -> retrieval.Candidates:
         """The best ``k`` candidates, hybrid where the cluster can, else BM25 alone."""
-        t0 = time.perf_counter()
-        vector = self.encoder.vector(q) if self.retrieval_mode == "hybrid" else None
-        if vector is not None:
+        plan = self.encoder.current(self.pmap) if self.retrieval_mode == "hybrid" else None
+        if plan is not None:
+            t0 = time.perf_counter()
+            vectors = self.encoder.embed(q, plan)
             embed_ms = _ms(t0)
             try:
-                found = retrieval.hybrid(self.client, self.pmap, q, k, vector,
+                found = retrieval.hybrid(self.client, self.pmap, q, k, plan, vectors,
                                          cap=self.rank_cap, candidates=self.candidates,
                                          dense_weight=self.dense_weight)
             except redis.ResponseError as exc:  # e.g. an aclfile from before VSIM was allowed
                 log.warning("dense search failed (%s); this question is ranked by BM25", exc)
             else:
                 found.embed_ms = embed_ms
+                if found.stale:  # a re-embed swapped a set in: look at the encoders again
+                    self.encoder.invalidate()
                 return found
         return retrieval.bm25_only(self.client, self.pmap, q, k, cap=self.rank_cap)
 
@@ -305,7 +395,8 @@ class Asker:
         rank_ms = _ms(t_rank)
         ranked, missing = self._live(ranked)
         answer = Answer(q, None, None, None, None, None, None, None, generation=gen, k=k,
-                        passages_read=[r.pid for r in ranked], missing_partitions=missing)
+                        passages_read=[r.pid for r in ranked], missing_partitions=missing,
+                        answers=[])
         if ranked:
             replies, wait_ms = self._read(q, ranked)
             self._merge(answer, ranked, replies, weight)
@@ -319,8 +410,10 @@ class Asker:
         if found.embed_ms is not None:  # part of rank: the question embedded (or cached)
             answer.timings_ms["embed"] = found.embed_ms
         answer.retrieval = found.ranks(answer.passage_id)
+        for span in answer.answers:
+            span.retrieval = found.ranks(span.passage_id)
         if not missing:  # a partial answer is not kept: the next ask may see everything
-            self.client.set(cache_key, answer.to_json(), ex=self.cache_ttl_s)
+            self.client.set(cache_key, answer.to_cache(), ex=self.cache_ttl_s)
         answer.timings_ms["total"] = _ms(t0)
         return answer
 
@@ -387,7 +480,8 @@ class Asker:
         pipe = self.client.pipeline(transaction=False)
         for index, pids in missing.items():
             p = self.pmap[index]
-            request = ReadRequest(ask_id, index, question, pids, reply_to, deadline)
+            request = ReadRequest(ask_id, index, question, pids, reply_to, deadline,
+                                  spans=MAX_N)
             pipe.xadd(keys.request_stream(p.tag), request.fields(), maxlen=100_000,
                       approximate=True)
         return {index: _text(entry_id)
@@ -443,19 +537,57 @@ class Asker:
         retrieved = {r.pid: r.score for r in ranked}
         top = max(retrieved.values())
 
-        def score(s) -> float:
-            return answer_score(s.score, retrieved.get(s.pid, 0.0), top, weight)
+        def score(pid: str, span_score: float) -> float:
+            return answer_score(span_score, retrieved.get(pid, 0.0), top, weight)
 
         # deterministic whatever order the replies came in: score, then passage, then offset
-        best = min(spans, key=lambda s: (-score(s), s.pid, s.start, s.end))
-        answer.answer, answer.score = best.text, score(best)
-        answer.confidence = answer_confidence(best.score, best.temperature,
-                                              [s.log_z for s in read])
+        best = min(spans, key=lambda s: (-score(s.pid, s.score), s.pid, s.start, s.end))
+        log_zs = [s.log_z for s in read]
+        answer.answer, answer.score = best.text, score(best.pid, best.score)
+        answer.confidence = answer_confidence(best.score, best.temperature, log_zs)
         answer.start, answer.end, answer.passage_id = best.start, best.end, best.pid
-        tag = self.pmap.for_passage(best.pid).tag
-        title, text = self.client.hmget(keys.passage(tag, best.pid), ["title", "text"])
-        answer.title = title.decode("utf-8") if title is not None else None
-        answer.passage_text = text.decode("utf-8") if text is not None else None
+        answer.answers = [AnswerSpan(best.text, answer.score, best.pid, best.start, best.end,
+                                     answer.confidence)]
+        answer.answers += distinct_answers(spans, score, log_zs, {normalize_answer(best.text)},
+                                           MAX_N - 1)
+        self._fetch_passages(answer)
+
+    def _fetch_passages(self, answer: Answer) -> None:
+        """Title and text of the answer's passage and of its other answers' (one pipelined
+        round trip per master)."""
+        pids = list(dict.fromkeys(a.passage_id for a in answer.answers))
+        pipe = self.client.pipeline(transaction=False)
+        for pid in pids:
+            pipe.hmget(keys.passage(self.pmap.for_passage(pid).tag, pid), ["title", "text"])
+        found = {pid: {"title": _decoded(title), "text": _decoded(text)}
+                 for pid, (title, text) in zip(pids, pipe.execute(), strict=True)}
+        own = found.pop(answer.passage_id)
+        answer.title, answer.passage_text = own["title"], own["text"]
+        answer.passages = found
+
+
+def distinct_answers(spans: list, score, log_zs: list, seen: set[str], count: int
+                     ) -> list[AnswerSpan]:
+    """The ``count`` best answers of the spans read (each passage's best and next distinct
+    ones), by ``score(pid, span score)``, one per answer text: texts equal under SQuAD
+    normalisation ("Gustave Eiffel", "gustave Eiffel.") are one answer, its best-scoring
+    occurrence kept; texts in ``seen``, or empty once normalised ("the", "."), are left
+    out. Ties: passage, then offsets. Each one's confidence is its own probability among
+    the candidate spans of every passage read, as the answer's is."""
+    found = sorted(((score(s.pid, raw), s.pid, start, end, text, raw, s.temperature)
+                    for s in spans for start, end, text, raw in s.all_spans()),
+                   key=lambda c: (-c[0], c[1], c[2], c[3]))
+    out: list[AnswerSpan] = []
+    for total, pid, start, end, text, raw, temperature in found:
+        if len(out) == count:
+            break
+        key = normalize_answer(text)
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        out.append(AnswerSpan(text, total, pid, start, end,
+                              answer_confidence(raw, temperature, log_zs)))
+    return out
 
 
 class _Flight:
@@ -486,6 +618,14 @@ class _Flight:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _compact(data) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decoded(value: bytes | None) -> str | None:
+    return value.decode("utf-8") if value is not None else None
 
 
 def _ms(t0: float) -> float:

@@ -11,7 +11,9 @@ class Counters:
     batches: int = 0  # reply groups read (one forward pass each)
     pairs: int = 0  # (question, window) pairs read
     ingested: int = 0  # ingest entries handled
+    reembedded: int = 0  # passages embedded again for a new encoder (gears/reembed.py)
     keymiss: int = 0  # redis-cli answer keys filled
+    keymiss_dropped: int = 0  # key misses not answered: over the key-miss budget
     errors: int = 0  # failures the worker survived (Redis trouble, a failing batch)
     dead: int = 0  # entries moved to a dead-letter stream
     batch_sizes: dict[int, int] = field(default_factory=dict)

@@ -2,7 +2,12 @@
 
 A read request names the question and the passages of one partition to read; the shard
 worker that owns the partition replies on the request's reply list with the best span of
-every passage. Both sides import this module; nothing else knows the field names.
+every passage (and, when the request asks for ``spans`` > 1, the passage's next distinct
+spans in ``more``). Both sides import this module; nothing else knows the field names.
+
+Versions mix during an upgrade: a request without ``spans`` asks for one span a passage,
+a reply without ``more`` has none, ``more`` is only sent to a request that asked for it, and
+fields a newer peer adds are ignored.
 """
 
 from __future__ import annotations
@@ -10,6 +15,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
+
+#: spans a request may ask for per passage (the best and the next distinct ones)
+MAX_SPANS = 10
 
 
 def now_ms() -> int:
@@ -29,12 +38,15 @@ class ReadRequest:
     reply_to: str
     deadline_ms: int
     enqueued_ms: int = field(default_factory=now_ms)
+    #: spans wanted per passage: the best, then up to spans - 1 distinct others
+    spans: int = 1
 
     def fields(self) -> dict[str, str]:
         return {
             "ask": self.ask_id, "partition": str(self.partition), "q": self.question,
             "pids": ",".join(self.pids), "reply": self.reply_to,
             "deadline": str(self.deadline_ms), "enqueued": str(self.enqueued_ms),
+            "spans": str(self.spans),
         }
 
     @classmethod
@@ -44,6 +56,7 @@ class ReadRequest:
             ask_id=f["ask"], partition=int(f["partition"]), question=f["q"],
             pids=[p for p in f["pids"].split(",") if p], reply_to=f["reply"],
             deadline_ms=int(f["deadline"]), enqueued_ms=int(f["enqueued"]),
+            spans=int(f.get("spans", 1)),
         )
 
     def expired(self, at_ms: int | None = None) -> bool:
@@ -60,6 +73,13 @@ class SpanReply:
     null: bool = False  # the reader's null threshold says the passage holds no answer
     log_z: float | None = None  # log sum exp(score / temperature) over the passage's spans
     temperature: float = 1.0
+    #: the passage's next distinct spans, best first: [start, end, text, score] each
+    more: list[list] = field(default_factory=list)
+
+    def all_spans(self) -> list[tuple[int, int, str, float]]:
+        """(start, end, text, score) of this span, then of the passage's next ones."""
+        return [(self.start, self.end, self.text, self.score),
+                *((int(a), int(b), str(t), float(s)) for a, b, t, s in self.more)]
 
 
 @dataclass
@@ -75,10 +95,20 @@ class ReadReply:
     error: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        data = asdict(self)
+        for span in data["spans"]:
+            if not span["more"]:  # what a reply was before ``more``: older askers read it
+                del span["more"]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> ReadReply:
-        data = json.loads(raw)
-        data["spans"] = [SpanReply(**s) for s in data.get("spans", [])]
+        data = _known(cls, json.loads(raw))
+        data["spans"] = [SpanReply(**_known(SpanReply, s)) for s in data.get("spans", [])]
         return cls(**data)
+
+
+def _known(cls, data: dict) -> dict:
+    """The fields ``cls`` has (a newer peer's extra fields are ignored)."""
+    names = {f.name for f in dataclass_fields(cls)}
+    return {k: v for k, v in data.items() if k in names}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cluster import keys, partitions
 from cluster.routing import CLUSTER_TROUBLE
@@ -21,9 +22,12 @@ from gears.counters import Counters
 from gears.events import ShardEvents
 from gears.follower import Shard
 from gears.model_slot import NO_MODEL, ModelSlot
-from gears.protocol import ReadReply, ReadRequest, SpanReply, now_ms
+from gears.protocol import MAX_SPANS, ReadReply, ReadRequest, SpanReply, now_ms
 from gears.settings import WorkerSettings
 from gears.windows import TokenWindows
+
+if TYPE_CHECKING:
+    from models.reader import Span
 
 log = logging.getLogger("shardqa.worker")
 
@@ -144,7 +148,8 @@ class ReadServer:
         t0 = time.perf_counter()
         try:
             results = self.slot.reader.read_many(
-                [(r.question, [passages[pid] for pid in present]) for r, present in jobs])
+                [(r.question, [passages[pid] for pid in present]) for r, present in jobs],
+                top=max(r.spans for r in requests))
         except Exception as exc:  # noqa: BLE001 - a failing batch must not stop the shard
             log.exception("reader failed on a batch")
             self.counters.errors += 1
@@ -155,11 +160,19 @@ class ReadServer:
         self.counters.pairs += pairs
         out = []
         for (r, present), spans in zip(jobs, results, strict=True):
-            span_replies = [SpanReply(pid, s.start, s.end, s.text, float(s.score), s.null,
-                                      s.log_z, s.temperature)
+            span_replies = [span_reply(pid, s, r.spans)
                             for pid, s in zip(present, spans, strict=True) if s is not None]
             out.append((r, self._reply(r, span_replies, n, started, pairs, read_ms)))
         return out
+
+
+def span_reply(pid: str, span: Span, wanted: int) -> SpanReply:
+    """A passage's best span, with its next ``wanted - 1`` distinct ones (a batch reads as
+    many as its most demanding request wants)."""
+    return SpanReply(pid, span.start, span.end, span.text, float(span.score), span.null,
+                     span.log_z, span.temperature,
+                     more=[[m.start, m.end, m.text, float(m.score)]
+                           for m in span.more[:max(0, wanted - 1)]])
 
 
 def parse_request(entry: Entry, shard: Shard, max_bytes: int) -> ReadRequest:
@@ -174,6 +187,8 @@ def parse_request(entry: Entry, shard: Shard, max_bytes: int) -> ReadRequest:
     if request.partition != entry.partition.index:
         raise Poison(f"partition {request.partition} on the stream of partition "
                      f"{entry.partition.index}")
+    if not 1 <= request.spans <= MAX_SPANS:
+        raise Poison(f"spans {request.spans} is not from 1 to {MAX_SPANS}")
     if request.reply_to != keys.reply_list(request.ask_id):
         raise Poison(f"reply key {request.reply_to[:60]!r} is not the ask's reply list")
     for pid in request.pids:

@@ -1,17 +1,29 @@
 """Retrieval: a question's candidate passages, BM25 and dense fused (issue 13).
 
-Hybrid where every master has vector sets (Redis 8) and a passage encoder is pushed: the
-question is embedded once, here, in the asking process (the API's, the CLI's, eval's), with
-the current encoder read from the model store. It is loaded on the first question that needs
-it (sha256-checked, about a second) and reloaded when the stored encoder changes (its pointer
-is read at most every ``ENCODER_CHECK_S``). Embedding one question costs about 6-20 ms at
-int8 on 2 cores (6.5 ms alone, bench/results/retrieval-fusion-2026-12-02.json; more when the
-workers are reading), 25 ms at fp32. Then, after BM25's stats fan-out, one round trip per
-master carries both the BM25 ``rank`` and the ``VSIM`` of every partition, and the two lists
-(``fusion.CANDIDATES`` each) are fused by the shipped method (gears/fusion.py).
+Hybrid where every master has vector sets (Redis 8) and every partition's vectors can be
+searched: the question is embedded here, in the asking process (the API's, the CLI's,
+eval's), with the encoder that made the partition's vectors, which its index metadata names
+(``keys.vector_meta``; a partition's set holds one encoder's vectors only, gears/
+embedder.py). Normally that is one encoder for all; while a new one is being rolled out
+(gears/reembed.py) the partitions not yet re-embedded keep the old one, which the model store
+still holds (it keeps the version before the current), so the question is embedded with each
+of the two and each partition is searched with its own: vectors of two encoders never meet.
+Encoders are loaded from the model store on the first question that needs them
+(sha256-checked, about a second), and the partitions' metadata is read again at most every
+``ENCODER_CHECK_S``. Embedding one question costs about 2 ms of one core at int8 (a process
+that only asks runs torch on ``QUESTION_THREADS``, 1: two threads cost 4x the CPU and, on busy
+cores, 5-10x the time; bench/results/hybrid-speed-2026-12-06.json), and the last
+``EMBEDDING_CACHE`` questions' vectors are kept per encoder. Then, after BM25's stats
+fan-out, one round trip per master carries both the
+BM25 ``rank`` and the ``VSIM`` of every partition, and the two lists (``fusion.CANDIDATES``
+each) are fused by the shipped method (gears/fusion.py). Each partition's ``VSIM`` goes
+between two reads of its metadata in the same pipeline: unless both name the encoder the
+question was embedded with, that partition's dense list is dropped (a re-embed swapped its
+set in that instant) and the metadata is read again for the next question.
 
-BM25 alone, as before hybrid retrieval existed, on Redis 7 / Valkey, without an encoder, or
-when asked to (``mode="bm25"``); the answer says which mode ran.
+BM25 alone, as before hybrid retrieval existed, on Redis 7 / Valkey, without an encoder,
+while some partition has no searchable vectors (none embedded yet, or an encoder the store
+no longer keeps), or when asked to (``mode="bm25"``); the answer says which mode ran.
 """
 
 from __future__ import annotations
@@ -20,12 +32,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis
 
-from cluster import capabilities, routing
+from cluster import capabilities, keys, routing
 from cluster.partitions import PartitionMap
 from gears import dense, fusion, ranking
 from gears.fusion import Fused
@@ -34,16 +46,19 @@ log = logging.getLogger("shardqa.ask")
 
 MODES = ("hybrid", "bm25")
 DEFAULT_MODE = "hybrid"
-#: how often the asker re-reads the encoder pointer and the servers' vector-set support
+#: how often the asker re-reads the partitions' encoders and the servers' vector-set support
 ENCODER_CHECK_S = 5.0
-#: torch threads of a process that only asks (the API, ``eval --mode open``, ``replay``):
-#: a question is one short input, and two threads made it dearer and slower on 2 busy
-#: cores (CPU 7-10 vs 1.7-2.3 ms, p50 14-22 vs 2-3 ms;
-#: bench/results/hybrid-speed-2026-12-06.json); the worker keeps its own threads
+#: the same while questions are ranked by BM25 alone
+RECHECK_S = 0.5
+NO_ENCODER = "no passage encoder pushed"
+#: torch threads of a process that only asks (the API, ``eval --mode open``, ``replay``): a
+#: question is one short input; with two threads it cost 7-10 ms of CPU instead of 1.7-2.3
+#: and took 14-22 ms instead of 2-3 (p50) on 2 busy cores
+#: (bench/results/hybrid-speed-2026-12-06.json). Workers keep their own setting.
 QUESTION_THREADS = 1
-#: question embeddings kept per process (1.5 KB each): a question asked again once the answer
-#: cache no longer holds it (a new corpus generation after every ingest, another k) is
-#: not embedded again
+#: question vectors kept per process (1.5 KB each): a question asked again once the answer
+#: cache no longer has it (every ingest starts a new corpus generation; another k) is not
+#: embedded again
 EMBEDDING_CACHE = 4096
 
 
@@ -53,6 +68,8 @@ class Candidates:
 
     mode: str  # "hybrid" or "bm25"
     passages: list[Fused]
+    #: partitions whose dense list was dropped: their set changed encoder meanwhile
+    stale: list[int] = field(default_factory=list)
     embed_ms: float | None = None  # embedding the question (None: not embedded)
 
     def ranks(self, pid: str | None) -> dict:
@@ -62,94 +79,139 @@ class Candidates:
         return {"mode": self.mode, "bm25": found.get("bm25"), "dense": found.get("dense")}
 
 
-class QuestionEncoder:
-    """The cluster's current passage encoder in this process, or None where there is none
-    or the servers have no vector sets. Thread-safe."""
+@dataclass
+class DensePlan:
+    """Which encoder embeds the question for each partition's vector set."""
 
-    def __init__(self, client, check_s: float = ENCODER_CHECK_S,
-                 cache_size: int = EMBEDDING_CACHE, threads: int | None = None):
-        """``threads``: torch threads for the process (torch's setting is per process: only
-        a process that does nothing else with torch should set it); None leaves it."""
+    encoders: dict[str, object]  # encoder id -> models.encoder.Encoder
+    partitions: dict[int, str]  # partition index -> id of the encoder of its vectors
+
+
+class QuestionEncoder:
+    """The encoders of the partitions' vectors, loaded in this process; thread-safe."""
+
+    def __init__(self, client, check_s: float = ENCODER_CHECK_S, threads: int | None = None,
+                 cache_size: int = EMBEDDING_CACHE):
+        """``threads``: torch threads for this process (torch's setting is per process: only
+        a process that does nothing else with torch should set it); None leaves them."""
         self.client = client
         self.check_s = check_s
         self.threads = threads
         self.cache_size = cache_size
         self._lock = threading.Lock()
         self._checked = -1.0e9
-        self._encoder = None
-        self._version: str | None = None
+        self._plan: DensePlan | None = None
+        self._encoders: dict[str, object] = {}
         self._why = ""
         self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
-    def current(self):
-        """The models.encoder.Encoder to embed questions with, or None (see ``why``)."""
-        if time.monotonic() - self._checked > self.check_s:
+    def embed(self, question: str, plan: DensePlan) -> dict[str, np.ndarray]:
+        """Encoder id -> ``question``'s vector, for every encoder ``plan`` searches with;
+        each computed once while it stays among the ``cache_size`` most recent."""
+        out = {}
+        for encoder_id in sorted(set(plan.partitions.values())):
+            key = (encoder_id, question)
             with self._lock:
-                if time.monotonic() - self._checked > self.check_s:
-                    self._refresh()
-                    self._checked = time.monotonic()
-        return self._encoder
+                hit = self._vectors.get(key)
+                if hit is not None:
+                    self._vectors.move_to_end(key)
+            if hit is None:
+                hit = plan.encoders[encoder_id].embed([question])[0]
+                with self._lock:
+                    self._vectors[key] = hit
+                    while len(self._vectors) > self.cache_size:
+                        self._vectors.popitem(last=False)
+            out[encoder_id] = hit
+        return out
 
-    def vector(self, question: str) -> np.ndarray | None:
-        """``question``'s embedding by the current encoder (None without one), computed once
-        per encoder version while it stays among the ``cache_size`` most recent."""
-        encoder = self.current()
-        if encoder is None:
-            return None
-        key = (self._version or "", question)
-        with self._lock:
-            hit = self._vectors.get(key)
-            if hit is not None:
-                self._vectors.move_to_end(key)
-                return hit
-        vector = encoder.embed([question])[0]
-        with self._lock:
-            self._vectors[key] = vector
-            while len(self._vectors) > self.cache_size:
-                self._vectors.popitem(last=False)
-        return vector
+    def current(self, pmap: PartitionMap) -> DensePlan | None:
+        """How to embed a question for every partition, or None: BM25 alone (see ``why``).
+        Without a plan the partitions are looked at again sooner (``RECHECK_S``): the
+        workers may be giving the last of them its vectors right now."""
+        if self._due():
+            with self._lock:
+                if self._due():
+                    self._refresh(pmap)
+                    self._checked = time.monotonic()
+        return self._plan
+
+    def _due(self) -> bool:
+        every = self.check_s if self._plan is not None else min(self.check_s, RECHECK_S)
+        return time.monotonic() - self._checked > every
+
+    def invalidate(self) -> None:
+        """Read the partitions' encoders again before the next question."""
+        self._checked = -1.0e9
 
     @property
     def why(self) -> str:
-        """Why there is no encoder (empty when there is one)."""
+        """Why questions are ranked by BM25 alone (empty when they are not)."""
         return self._why
 
-    def _refresh(self) -> None:
+    @property
+    def loaded(self) -> list[str]:
+        """Ids of the encoders held (none until a question needed one)."""
+        return sorted(self._encoders)
+
+    def _refresh(self, pmap: PartitionMap) -> None:
         try:
-            self._look()
+            plan, why = self._look(pmap)
         except redis.RedisError as exc:  # e.g. an aclfile from before the API read models
-            self._set(None, None, f"the passage encoder cannot be read here ({exc})")
-
-    def _look(self) -> None:
-        from models import store
-
-        pointer, node = None, None
-        if not capabilities.vector_sets(self.client):
-            why = "the cluster has no vector sets (Redis < 8 or Valkey)"
-        else:
-            node = next(iter(store.master_tags(self.client)), None)
-            pointer = store.current_meta(self.client, node, kind="encoder") if node else None
-            why = "" if pointer else "no passage encoder pushed"
-        if pointer is None:
-            self._set(None, None, why)
-            return
-        version = f"{pointer['version']}:{pointer['variant']}"
-        if version == self._version:
-            return
-        try:
-            loaded = store.load(self.client, node, kind="encoder")
-        except Exception as exc:  # noqa: BLE001 - a broken copy means BM25, not no answers
-            self._set(None, None, f"the passage encoder does not load: {exc}")
-            return
-        encoder = loaded.encoder(threads=self.threads)
-        encoder.warm_up()  # TorchScript optimizes on its second call: not on a question
-        self._set(encoder, version, "")
-        log.info("question encoder %s loaded (%s)", loaded.meta.get("name"), version)
-
-    def _set(self, encoder, version: str | None, why: str) -> None:
+            plan, why = None, f"the passage encoders cannot be read here ({exc})"
         if why and why != self._why:
             log.warning("ranking questions by BM25 alone: %s", why)
-        self._encoder, self._version, self._why = encoder, version, why
+        self._plan, self._why = plan, why
+
+    def _look(self, pmap: PartitionMap) -> tuple[DensePlan | None, str]:
+        if not capabilities.vector_sets(self.client):
+            return None, "the cluster has no vector sets (Redis < 8 or Valkey)"
+        made_by = vector_encoders(self.client, pmap)
+        for stale in set(self._encoders) - set(made_by.values()):
+            del self._encoders[stale]  # no partition's vectors are made by it any more
+        missing = sorted({p.index for p in pmap} - set(made_by))
+        if missing:
+            return None, self._no_vectors()
+        unloadable: dict[str, str] = {}
+        for encoder_id in sorted(set(made_by.values()) - set(self._encoders)):
+            try:
+                self._encoders[encoder_id] = self._load(encoder_id)
+            except Exception as exc:  # noqa: BLE001 - a broken copy means BM25, not no answers
+                unloadable[encoder_id] = str(exc)
+        if unloadable:
+            encoder_id, why = next(iter(unloadable.items()))
+            lost = sorted(i for i, e in made_by.items() if e in unloadable)
+            return None, (f"the vectors of partition(s) {lost} were made by encoder "
+                          f"{encoder_id}, which does not load ({why}); they are re-embedded "
+                          "with the current encoder ('shardqa reembed')")
+        return DensePlan(dict(self._encoders), made_by), ""
+
+    def _no_vectors(self) -> str:
+        """Why some partition has no vectors: no encoder, or the workers are at it."""
+        from models import store
+
+        node = next(iter(store.master_tags(self.client)), None)
+        if node is None or store.current_meta(self.client, node, kind="encoder") is None:
+            return NO_ENCODER
+        return ("some partitions have no vectors yet (the workers are embedding their "
+                "passages: 'shardqa reembed' follows it)")
+
+    def _load(self, encoder_id: str):
+        from models import store
+
+        node = next(iter(store.master_tags(self.client)))
+        encoder = store.load_id(self.client, node, encoder_id).encoder(threads=self.threads)
+        encoder.warm_up()  # TorchScript optimizes on its second call: not on a question
+        log.info("question encoder %s loaded", encoder_id)
+        return encoder
+
+
+def vector_encoders(client, pmap: PartitionMap) -> dict[int, str]:
+    """Partition index -> id of the encoder its vectors were made with (partitions without
+    vectors are left out), one round trip per master."""
+    replies = routing.per_master(client, pmap.partitions, lambda pipe, p: pipe.hget(
+        keys.vector_meta(p.tag), keys.VECTOR_ENCODER))
+    return {index: _text(reply) for index, reply in replies.items()
+            if reply and not isinstance(reply, Exception)}
 
 
 def bm25_only(client, pmap: PartitionMap, question: str, k: int,
@@ -160,26 +222,39 @@ def bm25_only(client, pmap: PartitionMap, question: str, k: int,
                                for i, r in enumerate(ranked, start=1)])
 
 
-def hybrid(client, pmap: PartitionMap, question: str, k: int, vector: np.ndarray, *,
-           cap: int | None = None, candidates: int = fusion.CANDIDATES,
-           method: str = fusion.METHOD, dense_weight: float = fusion.DENSE_WEIGHT
-           ) -> Candidates:
-    """The fused top ``k`` of ``question`` (embedded as ``vector``): BM25 and VSIM
-    candidates from one round trip per master."""
-    vsim = dense.VectorQuery(dense.vector_blob(vector), candidates)
+def hybrid(client, pmap: PartitionMap, question: str, k: int, plan: DensePlan,
+           vectors: dict[str, np.ndarray], *, cap: int | None = None,
+           candidates: int = fusion.CANDIDATES, method: str = fusion.METHOD,
+           dense_weight: float = fusion.DENSE_WEIGHT) -> Candidates:
+    """The fused top ``k``: BM25 and VSIM candidates from one round trip per master, each
+    partition's VSIM with the question's vector by the encoder of its vectors (``vectors``:
+    encoder id -> vector, QuestionEncoder.embed)."""
+    queries = {encoder_id: dense.VectorQuery(dense.vector_blob(vector), candidates)
+               for encoder_id, vector in vectors.items()}
     rank = ranking.prepare(client, pmap, question, candidates, cap=cap)
 
     def build(pipe, p) -> None:
         if rank is not None:
             rank.queue(pipe, p)
-        vsim.queue(pipe, p)
+        pipe.hget(keys.vector_meta(p.tag), keys.VECTOR_ENCODER)
+        queries[plan.partitions[p.index]].queue(pipe, p)
+        pipe.hget(keys.vector_meta(p.tag), keys.VECTOR_ENCODER)
 
     found_bm25: list[ranking.Ranked] = []
     found_dense: list[ranking.Ranked] = []
+    stale = []
     for index, replies in routing.per_master(client, pmap.partitions, build, many=True).items():
         if rank is not None:
             found_bm25 += ranking.parse(index, replies[0])
-        found_dense += dense.parse(index, replies[-1])
+        before, found, after = replies[-3:]
+        if _text(before) == plan.partitions[index] == _text(after):
+            found_dense += dense.parse(index, found)
+        else:
+            stale.append(index)
     fused = fusion.fuse(ranking.best(found_bm25, candidates), ranking.best(found_dense, candidates),
                         method=method, dense_weight=dense_weight)
-    return Candidates("hybrid", fused[:k])
+    return Candidates("hybrid", fused[:k], sorted(stale))
+
+
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

@@ -32,6 +32,10 @@ class WorkerSettings:
     #: max_seq_len); all-MiniLM-L6-v2 was trained at 128 word pieces, and 256 cost 1.45x
     #: the CPU for the same recall (bench/results/hybrid-speed-2026-12-06.json)
     embed_max_tokens: int | None = 128
+    #: passages a re-embed step embeds (gears/reembed.py); a question arriving meanwhile
+    #: waits for it: ~1 s at MiniLM int8's ~35 passages/s on 2 busy cores
+    reembed_batch: int = 32
+    reembed_every_s: float = 1.0  # under a steady load of work, a re-embed step this often
     threads: int | None = None  # torch threads for the reader (None: torch's default)
     claim_idle_ms: int = 15000  # pending entries of other consumers idle this long are claimed
     max_deliveries: int = 3  # an entry delivered this often without an ack is dead-lettered
@@ -43,6 +47,13 @@ class WorkerSettings:
     model_retry_s: float = 1.0  # first wait before loading a missing/corrupt model again
     model_retry_max_s: float = 30.0  # the longest wait between two such attempts
     keymiss_threads: int = 4
+    # key-miss answers are bounded: a flood of GETs of new answer keys must not make the
+    # worker compute (and store) an answer for each. A token bucket: this many new answers a
+    # second, up to ``keymiss_burst`` at once, at most ``keymiss_pending`` waiting or being
+    # computed; misses beyond that are dropped and counted (``keymiss_dropped``)
+    keymiss_rate: float = 20.0
+    keymiss_burst: int = 20
+    keymiss_pending: int = 32
     answer_ttl_s: int = 3600
 
 

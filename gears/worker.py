@@ -11,6 +11,8 @@ It replaces the RedisGears registrations of the old design. Its parts, one job e
 * ReadServer (gears.read_server): batches of read requests -> the reader -> replies;
 * Indexer (gears.indexer): ingest entries -> ingest stages (token windows, BM25 index,
   passage vectors);
+* Reembedder (gears.reembed): a partition's vectors re-made with a newly pushed encoder,
+  a batch at a time when there is nothing else to do (and at least every second);
 * KeyMissResponder (gears.keymiss): answers redis-cli GETs of ``sq:qa:<question>``;
 * ShardEvents (gears.events): wakes the loop on the master's ``xadd``/``keymiss`` events;
   it polls slowly as well, since pub/sub is at-most-once;
@@ -43,6 +45,7 @@ from gears.indexer import Bm25Stage, Indexer, IngestStage
 from gears.keymiss import KeyMissResponder
 from gears.model_slot import ModelSlot
 from gears.read_server import ReadServer
+from gears.reembed import Reembedder
 from gears.settings import WorkerSettings
 from gears.windows import TokenizeStage, TokenWindows
 
@@ -82,12 +85,14 @@ class ShardWorker:
         self.keymiss = KeyMissResponder(self.client, s, self.counters)
         self.events = ShardEvents(self.keymiss.on_event)
         windows = TokenWindows(self.shard, self.slot)
-        self.embedder = EmbedStage(self.shard, threads=s.threads, batch=s.embed_batch,
-                                   max_tokens=s.embed_max_tokens)
         self.reads = ReadServer(self.shard, self.consumer, self.events, self.slot, windows, s,
                                 self.counters, self.worker_id)
+        self.embedder = EmbedStage(self.shard, threads=s.threads, batch=s.embed_batch,
+                                   max_tokens=s.embed_max_tokens)
         self.indexer = Indexer(self.shard, self.consumer, self.ingest_stages(windows), s,
                                self.counters)
+        self.reembed = Reembedder(self.shard, self.embedder, s, self.counters)
+        self._reembed = Every(s.reembed_every_s)
         self.stopping = threading.Event()
         self._refresh = Every(s.refresh_s)
         self._claim = Every(max(1.0, s.claim_idle_ms / 2000))
@@ -137,6 +142,8 @@ class ShardWorker:
         """One turn of the loop; returns how many entries it handled."""
         self.duties()
         handled = self.reads.serve() + self.indexer.serve()
+        if not handled or self._reembed.due():  # questions and ingest first
+            handled += self.reembed.serve()
         self.events.wait(0 if handled else self.settings.idle_poll_s)
         return handled
 
@@ -160,7 +167,6 @@ class ShardWorker:
         if change.changed:
             self.consumer.join(change.acquired)
         self.slot.refresh(self.shard.serving)
-        self.embedder.prepare()
 
     def reconnect(self) -> None:
         """After a redis error: refresh the slot map and follow the shard (never raises)."""

@@ -101,6 +101,10 @@ def push_command(artifact, variant, chunk_mb, target):
         console.print(f"{meta['kind']} {meta['name']} {meta['version']} ({variant}, "
                       f"{meta['size']:,} bytes, "
                       f"{meta['chunks']} chunks) is current on {', '.join(meta['written'])}")
+        if meta["kind"] == "encoder":
+            console.print("the shard workers now embed the passages of every partition with "
+                          "it; questions use the vectors each partition has until its new set "
+                          "is complete ('shardqa reembed' follows them)")
     else:
         console.print(f"{meta['kind']} {meta['name']} {meta['version']} ({variant}) is "
                       f"already current on "

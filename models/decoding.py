@@ -56,6 +56,39 @@ def span_band(start_logits: np.ndarray, end_logits: np.ndarray, context_start: i
     return lo, np.where((idx < n) & ~np.isnan(band), band, -np.inf)
 
 
+def distinct_spans(band: np.ndarray, count: int) -> list[tuple[int, int, float]]:
+    """Up to ``count`` (i, j, score) of a ``span_band`` (offsets relative to its ``lo``), best
+    first, none overlapping a better one; only finite scores.
+
+    Why not simply the ``count`` highest: those are near copies of the best ("Gustave Eiffel",
+    "Eiffel", "of Gustave Eiffel"); the next *distinct* answer is what a person wants
+    to see ("Italian" first, "Leonardo da Vinci" later in the sentence). Greedy, as
+    non-maximum suppression: take the best, rule out every span sharing a token with it,
+    repeat. The first is ``best_span``'s (same ties) whenever it is finite.
+    """
+    band = np.array(band, dtype=np.float64)  # a copy: it is overwritten as spans are taken
+    rows, width = band.shape
+    offsets = np.arange(width)[None, :]
+    out: list[tuple[int, int, float]] = []
+    while len(out) < count and band.size:
+        i, d = divmod(int(np.argmax(band)), width)
+        score = float(band[i, d])
+        if not np.isfinite(score):
+            break
+        j = i + d
+        out.append((i, j, score))
+        # the spans (s, s + e) sharing a token with (i, j): s <= j and s + e >= i
+        first = max(0, i - width + 1)
+        starts = np.arange(first, min(rows, j + 1))[:, None]
+        band[first:j + 1][starts + offsets >= i] = -np.inf
+    return out
+
+
+def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two character ranges [start, end) share a character."""
+    return a[0] < b[1] and b[0] < a[1]
+
+
 def log_partition(scores: np.ndarray, temperature: float) -> float:
     """log sum exp(score / temperature) over the finite scores (-inf if none): the softmax
     denominator over candidate spans, which passages add up (``np.logaddexp``)."""

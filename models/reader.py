@@ -14,7 +14,15 @@ import tokenizers
 import torch
 
 from cluster.errors import ShardqaError
-from models.decoding import best_span, log_partition, says_no_answer, span_band, span_chars
+from models.decoding import (
+    best_span,
+    distinct_spans,
+    log_partition,
+    overlaps,
+    says_no_answer,
+    span_band,
+    span_chars,
+)
 from models.layout import PairLayout, pair_layout, special_ids
 from models.tokenization import PassageTokens, plain
 
@@ -44,6 +52,9 @@ class Span:
     temperature: float = 1.0
     #: the passage's highest candidate span scores (only when the reader keeps them: fitting)
     candidates: tuple[float, ...] = field(default=(), compare=False)
+    #: the passage's next best spans after this one, best first, none overlapping a better
+    #: one and each one the reader would answer with (``read_many(top=...)``)
+    more: tuple[Span, ...] = field(default=(), compare=False)
 
     @property
     def confidence(self) -> float | None:
@@ -158,10 +169,11 @@ class Reader:
 
     # --- reading -----------------------------------------------------------------------
 
-    def read_many(self, jobs: list[tuple[str, list[tuple[str, PassageTokens]]]]
+    def read_many(self, jobs: list[tuple[str, list[tuple[str, PassageTokens]]]], top: int = 1
                   ) -> list[list[Span | None]]:
         """jobs: (question, [(passage_text, passage_tokens), ...]). Returns for each job, for each
-        passage, the best span over its windows (None if it has no windows). All pairs of all
+        passage, the best span over its windows (None if it has no windows), with up to
+        ``top - 1`` next distinct spans of the passage in its ``more``. All pairs of all
         jobs run in padded batches of at most max_batch_pairs pairs, grouped by length so each
         batch pads to its own longest pair (never to max_seq_len); each question is tokenized
         once."""
@@ -169,6 +181,7 @@ class Reader:
         nulls: dict[tuple[int, int], float] = {}
         log_z: dict[tuple[int, int], dict[int, float]] = {}
         kept: dict[tuple[int, int], np.ndarray] = {}
+        more: dict[tuple[int, int], list[Span]] = {}
         pairs = self._pairs(jobs)
         at_null = self.layout.null_position
         for batch in self._batches(pairs):
@@ -188,28 +201,65 @@ class Reader:
                 if self.keep_candidates:
                     kept[where] = _top(np.concatenate([kept.get(where, np.zeros(0)),
                                                        band.reshape(-1)]), self.keep_candidates)
-                i, j, score = found
                 text, tokens = jobs[p.job][1][p.passage]
+                if top > 1:
+                    more.setdefault(where, []).extend(_window_spans(p, tokens, band, top))
+                i, j, score = found
                 lo, hi = span_chars(tokens.offsets, p.context_offset + i - c0,
                                     p.context_offset + j - c0)
                 span = Span(p.passage, p.window, lo, hi, text[lo:hi], score)
                 if _better(span, results[p.job][p.passage]):
                     results[p.job][p.passage] = span
-        return [[self._judge(span, nulls.get((j, span.passage)), _in_order(log_z[j, span.passage]),
-                             kept.get((j, span.passage))) if span else None
-                 for span in spans] for j, spans in enumerate(results)]
+        out: list[list[Span | None]] = []
+        for j, spans in enumerate(results):
+            out.append([])
+            for span in spans:
+                if span is not None:
+                    where = (j, span.passage)
+                    span = self._judge(span, nulls.get(where), _in_order(log_z[where]),
+                                       kept.get(where))
+                    span = self._with_more(span, more.get(where, []), top,
+                                           jobs[j][1][span.passage][0])
+                out[-1].append(span)
+        return out
 
     def _judge(self, span: Span, null_score: float | None, log_z: float,
                candidates: np.ndarray | None) -> Span:
         """The span with its passage's null score and softmax denominator, marked null if
         the threshold says so."""
-        null = null_score is not None and self.null_threshold is not None and says_no_answer(
-            span.score, null_score, self.null_threshold)
         span = replace(span, null_score=null_score, log_z=log_z, temperature=self.temperature,
                        candidates=() if candidates is None else tuple(candidates.tolist()))
-        if self.min_confidence is not None and span.confidence < self.min_confidence:
-            null = True
-        return replace(span, null=null)
+        return replace(span, null=self._abstains(span))
+
+    def _abstains(self, span: Span) -> bool:
+        """The null threshold or the confidence floor says no answer rather than ``span``
+        (``span`` carries its passage's null score and softmax denominator)."""
+        if (span.null_score is not None and self.null_threshold is not None
+                and says_no_answer(span.score, span.null_score, self.null_threshold)):
+            return True
+        return self.min_confidence is not None and span.confidence < self.min_confidence
+
+    def _with_more(self, best: Span, found: list[Span], top: int, text: str) -> Span:
+        """``best`` with its passage's next distinct spans: every window's candidates,
+        best first (ties: window, then offsets), none sharing a character with a better one
+        or empty, and none the reader would abstain from (a passage that abstains has
+        none). Windows overlap, so the same span found twice is kept once."""
+        if top <= 1 or best.null:
+            return best
+        taken, chosen = [(best.start, best.end)], []
+        for span in sorted(found, key=lambda s: (-s.score, s.window, s.start, s.end)):
+            if len(chosen) == top - 1:
+                break
+            if span.start >= span.end or any(overlaps((span.start, span.end), t)
+                                             for t in taken):
+                continue
+            span = replace(span, text=text[span.start:span.end], null_score=best.null_score,
+                           log_z=best.log_z, temperature=best.temperature)
+            if self._abstains(span):
+                break  # the spans after it score lower: the reader abstains from them too
+            taken.append((span.start, span.end))
+            chosen.append(span)
+        return replace(best, more=tuple(chosen))
 
     def read(self, question: str, passages: list[tuple[str, PassageTokens]]) -> Span | None:
         """The best span over all passages (ties: the earliest passage, then window)."""
@@ -222,6 +272,14 @@ class Reader:
         pair = _Pair(0, 0, 0, filler[:1], filler, 0, self.layout.special_tokens)
         for _ in range(2):
             self._forward([pair, pair])
+
+
+def _window_spans(pair: _Pair, tokens: PassageTokens, band: np.ndarray, top: int
+                  ) -> list[Span]:
+    """A window's ``top`` distinct spans in passage characters (text filled in later)."""
+    at = pair.context_offset
+    return [Span(pair.passage, pair.window, *span_chars(tokens.offsets, at + i, at + j), "",
+                 score) for i, j, score in distinct_spans(band, top)]
 
 
 def _in_order(parts: dict[int, float]) -> float:

@@ -34,6 +34,7 @@ from cluster import keys, partitions, routing
 from cluster.errors import ShardqaError
 from models.encoder import Encoder
 from models.export import TOKENIZER, ExportError, read_metadata, reading_settings, sha256_file
+from models.identity import parse_model_id
 from models.reader import Reader
 from models.tokenization import load_tokenizer
 
@@ -193,6 +194,11 @@ def read_blob(client, node: str, *, fallback: bool = True, kind: str = "reader"
                 break
     if pointer is None:
         raise NoModel(f"no {kind} model in the cluster: run 'shardqa model push ARTIFACT'")
+    return _verified(client, tag, pointer, where)
+
+
+def _verified(client, tag: str, pointer: dict, where: str) -> tuple[dict, bytes]:
+    """(meta, bytes) of the version ``pointer`` names under ``tag``, sha256-checked."""
     meta = _meta(client, tag, pointer["name"], pointer["version"])
     label = f"model {pointer['name']} {pointer['version']} on {where}"
     if meta is None:
@@ -234,7 +240,30 @@ def load(client, node: str, *, cache: bool = True, kind: str = "reader") -> Load
             if key in _cache:
                 _cache.move_to_end(key)
                 return _cache[key]
-    meta, blob = read_blob(client, node, kind=kind)
+    return _loaded(*read_blob(client, node, kind=kind), cache=cache)
+
+
+def load_id(client, node: str, wanted: str) -> LoadedModel:
+    """The stored model ``wanted`` (a models.identity.model_id) of ``node``'s copy, current
+    or the one kept before it (KEEP_VERSIONS), verified and cached; NoModel if it is gone."""
+    name, version, variant = parse_model_id(wanted)
+    tag = tag_for(client, node)
+    meta = _meta(client, tag, name, version) if tag is not None and version else None
+    if meta is None or meta.get("variant", "") != variant:
+        raise NoModel(f"model {wanted} is not stored on {node} (each master keeps the "
+                      f"current version and the one before it)")
+    key = tuple(meta[k] for k in _POINTER_FIELDS)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    pointer = {k: meta[k] for k in _POINTER_FIELDS}
+    meta, blob = _verified(client, tag, pointer, node)
+    return _loaded(meta, blob, cache=True)
+
+
+def _loaded(meta: dict, blob: bytes, *, cache: bool) -> LoadedModel:
+    """TorchScript and tokenizer from verified bytes; remembered per version if ``cache``."""
     module = torch.jit.load(io.BytesIO(blob), map_location="cpu")
     module.eval()
     tokenizer = load_tokenizer(meta.pop("tokenizer"))

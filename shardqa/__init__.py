@@ -12,7 +12,7 @@ import os
 # run) are not shardqa's output; c10 reads this once, when torch is first imported
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-__all__ = ["Answer", "Client", "Passage", "connect"]
+__all__ = ["Answer", "AnswerSpan", "Client", "Passage", "connect"]
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ from api.cli import serve_command
 from bench.cli import bench_command
 from cluster.cli import cluster_group
 from cluster.errors import ShardqaError
-from gears.cli import status_command, worker_command
+from gears.cli import reembed_command, status_command, worker_command
 from loaders.cli import ingest_command
 from models.cli import model_group
 from records.cli import sync_command
@@ -51,7 +51,8 @@ cluster_group.add_command(scale.rebalance_command)
 for command in (stack.up_command, stack.down_command, demo.demo_command, model_group,
                 ingest_command, worker_command, ask_command, status_command,
                 evaluation.eval_command, serve_command, bench_command,
-                supervisor.supervise_command, sync_command, replay.replay_command):
+                supervisor.supervise_command, sync_command, replay.replay_command,
+                reembed_command):
     cli.add_command(command)
 
 

@@ -3,8 +3,10 @@
     import shardqa
     with shardqa.connect(dir=".shardqa/cluster") as qa:      # or connect("redis://...")
         qa.ingest([{"id": "eiffel", "title": "Eiffel Tower", "text": "..."}])
-        answer = qa.ask("Who designed the Eiffel Tower?", k=5)
+        answer = qa.ask("Who designed the Eiffel Tower?", k=5, n=3)
         print(answer.answer, answer.passage.title, answer.score)
+        for other in answer.answers[1:]:                     # the next distinct answers
+            print(other.answer, other.passage.title, other.score)
 
 No HTTP and no CLI in between: the same ``Asker`` the API serves with, the loaders' own
 validation and ``IngestReport``, the same health report as ``shardqa status``. ``shardqa
@@ -26,7 +28,7 @@ from cluster.errors import ShardqaError
 
 #: the fields of the API's answer body that Answer names; every other one goes to ``extra``
 _NAMED = ("question", "answer", "score", "passage", "start", "end", "cached", "timings_ms",
-          "reason", "confidence")
+          "reason", "confidence", "answers")
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,41 @@ class Passage:
 
 
 @dataclass(frozen=True)
+class AnswerSpan:
+    """One of a question's answers (``Answer.answers``): a span of a passage.
+    ``passage.text[start:end] == answer``."""
+
+    answer: str
+    score: float
+    passage: Passage
+    start: int
+    end: int
+    #: its probability among the candidate spans of all passages read
+    confidence: float | None = None
+    #: how its passage was found, as ``Answer.retrieval``
+    retrieval: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AnswerSpan:
+        return cls(answer=body["answer"], score=body["score"],
+                   passage=_passage(body["passage"]), start=body["start"], end=body["end"],
+                   confidence=body.get("confidence"), retrieval=body.get("retrieval"))
+
+    def to_dict(self) -> dict:
+        """The item of the API's ``answers`` list."""
+        return {"answer": self.answer, "score": self.score,
+                **({"confidence": self.confidence} if self.confidence is not None else {}),
+                "passage": _passage_dict(self.passage), "start": self.start, "end": self.end,
+                **({"retrieval": self.retrieval} if self.retrieval is not None else {})}
+
+
+@dataclass(frozen=True)
 class Answer:
     """One answer, as the API's JSON body has it (``gears.asker.Answer.public``).
 
     Fields the body has beyond the named ones (``k``, ``generation``, ``passages_read``,
-    and whatever newer servers add, such as ``retrieval`` or ``answers``) are in ``extra``
-    and readable as attributes: ``answer.retrieval``.
+    and whatever newer servers add, such as ``retrieval``) are in ``extra`` and readable
+    as attributes: ``answer.retrieval``.
     """
 
     question: str
@@ -58,29 +89,31 @@ class Answer:
     reason: str | None = None
     #: the answer's probability among the candidate spans of all passages read
     confidence: float | None = None
+    #: with ``ask(..., n=N)``, N > 1: the N best distinct answers (fewer if the passages
+    #: read hold fewer), best first, the first being this answer; () with n=1
+    answers: tuple[AnswerSpan, ...] = ()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Answer:
-        passage = body.get("passage")
         return cls(
             question=body["question"], answer=body.get("answer"), score=body.get("score"),
-            passage=Passage(passage["id"], passage.get("title"), passage.get("text"))
-            if passage else None,
+            passage=_passage(body.get("passage")),
             start=body.get("start"), end=body.get("end"), cached=bool(body.get("cached")),
             timings=MappingProxyType(dict(body.get("timings_ms") or {})),
             extra=MappingProxyType({k: v for k, v in body.items() if k not in _NAMED}),
             reason=body.get("reason"), confidence=body.get("confidence"),
+            answers=tuple(AnswerSpan.from_body(a) for a in body.get("answers") or ()),
         )
 
     def to_dict(self) -> dict:
-        """The API's JSON body again, every field the server sent included."""
-        passage = self.passage
+        """The API's JSON body again, every field the server sent included (``answers``
+        when there are several)."""
         return {"question": self.question, "answer": self.answer, "score": self.score,
-                "passage": None if passage is None else {
-                    "id": passage.id, "title": passage.title, "text": passage.text},
+                "passage": _passage_dict(self.passage),
                 "start": self.start, "end": self.end, "cached": self.cached,
                 **({"reason": self.reason} if self.reason is not None else {}),
                 **({"confidence": self.confidence} if self.confidence is not None else {}),
+                **({"answers": [a.to_dict() for a in self.answers]} if self.answers else {}),
                 **self.extra, "timings_ms": dict(self.timings)}
 
     def __getattr__(self, name: str) -> Any:
@@ -89,6 +122,16 @@ class Answer:
         if name in extra:
             return extra[name]
         raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+
+
+def _passage(body: Mapping[str, Any] | None) -> Passage | None:
+    return Passage(body["id"], body.get("title"), body.get("text")) if body else None
+
+
+def _passage_dict(passage: Passage | None) -> dict | None:
+    if passage is None:
+        return None
+    return {"id": passage.id, "title": passage.title, "text": passage.text}
 
 
 class Client:
@@ -109,13 +152,16 @@ class Client:
             self._clients[role] = connect_cluster(self.target.as_role(role))
         return self._clients[role]
 
-    def ask(self, question: str, k: int = 5, *, use_cache: bool = True) -> Answer:
-        """The best answer in the corpus; raises QuestionError for an unusable question."""
+    def ask(self, question: str, k: int = 5, n: int = 1, *, use_cache: bool = True
+            ) -> Answer:
+        """The best answer in the corpus from ``k`` passages, with the ``n`` best distinct
+        answers in ``answers`` when n > 1; raises QuestionError for an unusable question
+        (or a k out of 1-50, an n out of 1-10)."""
         from gears.asker import Asker
 
         if self._asker is None:
             self._asker = Asker(self._client("ask"), timeout_s=self.timeout)
-        return Answer.from_body(self._asker.ask(question, k, use_cache=use_cache).public())
+        return Answer.from_body(self._asker.ask(question, k, n, use_cache=use_cache).public(n))
 
     def ingest(self, documents: Iterable | str | os.PathLike, *, fmt: str = "auto",
                on_error: str = "skip", wait: bool = True, timeout: float = 600,

@@ -178,7 +178,7 @@ class LocalStack:
         stopped = []
         supervisor = self.supervisor_pid()
         if supervisor:
-            _stop_pids([supervisor])  # first, so it restarts nothing we stop below
+            stop_pids([supervisor])  # first, so it restarts nothing we stop below
             stopped.append("supervisor")
         state = self.state()
         pids = list(state.get("workers", {}).items())
@@ -190,7 +190,7 @@ class LocalStack:
         for name, pid in pids:
             if pid and process_alive(pid):
                 stopped.append(name)
-        _stop_pids([pid for _, pid in pids])
+        stop_pids([pid for _, pid in pids])
         self.state_path.unlink(missing_ok=True)
         if self.cluster.exists():
             if supervisor:
@@ -216,7 +216,7 @@ def _unplanned_pid(state: dict, name: str, spec: dict) -> int | None:
     return pid if pid and process_alive(pid) else None
 
 
-def _stop_pids(pids: list[int | None]) -> None:
+def stop_pids(pids: list[int | None]) -> None:
     """SIGTERM, up to 10 s to exit, then SIGKILL."""
     live = [pid for pid in pids if pid and process_alive(pid)]
     for pid in live:

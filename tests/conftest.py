@@ -206,6 +206,17 @@ def start_pipeline(handle: ClusterHandle, pool: WorkerPool, artifact: Path):
     return client
 
 
+def wait_reembedded(client, timeout: float = 120) -> None:
+    """Until every partition's vectors are made by the current passage encoder (issue 13:
+    the workers embed an existing corpus, or re-embed it, after an encoder push)."""
+    from cluster.waiting import until
+    from gears import health
+
+    until(lambda: not health.status(client)["reembed"]["partitions"], timeout, 0.1,
+          what=lambda: f"not re-embedded: {health.status(client)['reembed']}",
+          error=AssertionError)
+
+
 @pytest.fixture
 def pipeline(cluster, workers, tiny_artifact):
     """A fresh pipeline for tests that break things (kill workers, change the corpus)."""

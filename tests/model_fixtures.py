@@ -6,7 +6,8 @@ with the ``tokenizers`` package on SQuAD contexts (data/squad/train.json).
 ``tiny_artifact``: its shardqa export, fp32 + int8. Both are deterministic, so the same
 session always pushes the same model version. ``tiny_encoder_checkpoint`` /
 ``tiny_encoder_artifact``: the same for a sentence encoder (BertModel, hidden 32, with a
-sentence-transformers config: mean pooling, L2 norm, 128 tokens).
+sentence-transformers config: mean pooling, L2 norm, 128 tokens); ``tiny_encoder_b_artifact``
+another one (hidden 48).
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ def build_tiny_checkpoint(folder: Path) -> Path:
     return _build_tiny(folder, BertForQuestionAnswering)
 
 
-def build_tiny_encoder(folder: Path) -> Path:
+def build_tiny_encoder(folder: Path, hidden: int = 32) -> Path:
     """Write the tiny sentence encoder (BertModel + sentence-transformers config)."""
     from transformers import BertModel
 
-    _build_tiny(folder, BertModel)
+    _build_tiny(folder, BertModel, hidden)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models."
                 "Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers."
@@ -67,14 +68,14 @@ def build_tiny_encoder(folder: Path) -> Path:
     (folder / "modules.json").write_text(json.dumps(modules))
     (folder / "1_Pooling").mkdir(exist_ok=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": 32, "pooling_mode_cls_token": False,
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
         "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False}))
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
     return folder
 
 
-def _build_tiny(folder: Path, model_class) -> Path:
+def _build_tiny(folder: Path, model_class, hidden: int = 32) -> Path:
     import torch
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertTokenizer
@@ -94,8 +95,8 @@ def _build_tiny(folder: Path, model_class) -> Path:
     hf_tok.save_pretrained(str(folder))
 
     torch.manual_seed(1234)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64,
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=2 * hidden,
                         max_position_embeddings=512)
     model = model_class(config).eval()
     model.save_pretrained(str(folder))
@@ -132,3 +133,14 @@ def tiny_encoder_artifact(tiny_encoder_checkpoint, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-enc-artifact") / "tiny-enc"
     return export_encoder(tiny_encoder_checkpoint, "tiny-enc", out, int8=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_b_artifact(tmp_path_factory) -> Path:
+    """A second, different tiny encoder (hidden 48: dim 48), exported as "tiny-enc-b": what
+    a new encoder pushed over ``tiny_encoder_artifact`` looks like (issue 13, re-embed)."""
+    from models.export_encoder import export_encoder
+
+    source = build_tiny_encoder(tmp_path_factory.mktemp("tiny-enc-b") / "tiny-encoder-b", 48)
+    out = tmp_path_factory.mktemp("tiny-enc-b-artifact") / "tiny-enc-b"
+    return export_encoder(source, "tiny-enc-b", out, int8=False)

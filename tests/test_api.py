@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bench.faults import closed_by_server as closed
 from tests.conftest import free_port_base
 from tests.corpus import QUESTIONS
 
@@ -73,6 +74,43 @@ def test_get_and_post_answer(api):
     assert status == 200 and again["cached"] is True and again["answer"] == body["answer"]
 
 
+def test_n_gives_that_many_distinct_answers_in_their_passages(api):
+    from models.squad import normalize_answer
+
+    query = urllib.parse.urlencode({"q": QUESTIONS[5], "k": 5, "n": 3})
+    status, body, _ = http("GET", api + "/qa?" + query)
+    assert status == 200, body
+    answers = body["answers"]
+    assert len(answers) == 3 and len({normalize_answer(a["answer"]) for a in answers}) == 3
+    assert answers[0]["answer"] == body["answer"] and answers[0]["start"] == body["start"]
+    for a in answers:
+        assert a["passage"]["text"][a["start"]:a["end"]] == a["answer"]
+        assert isinstance(a["score"], float) and 0 < a["confidence"] <= 1
+    assert [a["score"] for a in answers] == sorted((a["score"] for a in answers), reverse=True)
+    # the same cache entry, whatever n: n=1 is today's body, POST n=2 the first two
+    status, one, _ = http("GET", api + "/qa?" + urllib.parse.urlencode({"q": QUESTIONS[5]}))
+    assert status == 200 and one["cached"] is True and "answers" not in one
+    assert one["answer"] == body["answer"]
+    status, two, _ = http("POST", api + "/qa", json.dumps(
+        {"question": QUESTIONS[5], "n": 2}).encode(), {"Content-Type": "application/json"})
+    assert status == 200 and two["cached"] is True and two["answers"] == answers[:2]
+
+
+@pytest.mark.parametrize("query,body", [
+    ("n=0", None), ("n=11", None), ("n=x", None), ("n=", None), ("n=2.5", None),
+    (None, {"n": 0}), (None, {"n": 11}), (None, {"n": "3"}), (None, {"n": True}),
+    (None, {"n": None}),
+])
+def test_a_bad_n_is_a_400_saying_so(api, query, body):
+    if query is not None:
+        got, payload, _ = http("GET", f"{api}/qa?q=hello&{query}")
+    else:
+        got, payload, _ = http("POST", api + "/qa", json.dumps({"question": "hello", **body})
+                               .encode(), {"Content-Type": "application/json"})
+    assert got == 400
+    assert payload == {"error": {"status": 400, "message": "n must be an integer from 1 to 10"}}
+
+
 @pytest.mark.parametrize("method,path,body,headers,status", [
     ("GET", "/qa", None, {}, 400),
     ("GET", "/qa?q=", None, {}, 400),
@@ -107,6 +145,8 @@ def test_health_metrics_openapi(api):
     assert health["retrieval"] == {"mode": "bm25", "vector_sets": True, "encoder": None}
     status, spec, _ = http("GET", api + "/openapi.json")
     assert status == 200 and "/qa" in spec["paths"]
+    assert "n" in {p["name"] for p in spec["paths"]["/qa"]["get"]["parameters"]}
+    assert spec["components"]["schemas"]["Answer"]["properties"]["answers"]["maxItems"] == 10
     http("GET", api + "/qa?q=" + urllib.parse.quote(QUESTIONS[1]))
     http("GET", api + "/qa?q=" + urllib.parse.quote(QUESTIONS[1]))
     status, text, _ = http("GET", api + "/metrics")
@@ -133,19 +173,6 @@ def test_200_concurrent_questions_and_batching(api):
         if line.startswith("shardqa_worker_batch_requests_count"):
             count = float(line.split()[-1])
     assert count >= 200 and bucket1 < count  # some questions were read in batches > 1
-
-
-def closed(sock) -> bool:
-    """Whether the server closed this client socket (without waiting for it to)."""
-    sock.setblocking(False)
-    try:
-        return sock.recv(1024) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.setblocking(True)
 
 
 def test_slow_header_clients_do_not_lock_out_a_normal_one(shared_pipeline, redis_cluster,

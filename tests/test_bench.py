@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from bench import corpus, report
+from bench import comparison, corpus, haystack_peer, report
 from bench.baselines import NaiveBaseline, pattern_answer
+from bench.one_process import OneProcessQA
 from bench.options import SKIP_RATIO, candidates, option_speed
 from bench.reader_forward import model_flops
 from bench.run import goals, vs_naive
-from bench.timing import LeanHttpClient
+from bench.timing import LeanHttpClient, run_concurrent
 from cluster import partitions
 from cluster.partitions import passage_id
 from gears import analyzer, ranking
@@ -25,7 +27,8 @@ from loaders.documents import Document
 from loaders.passages import split_passages
 from models.evaluation import percentiles
 from models.squad import SquadExample
-from tests.corpus import QUESTIONS
+from models.tokenization import PassageTokens
+from tests.corpus import CORPUS, QUESTIONS
 
 MINILM = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6}
 
@@ -186,7 +189,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
     assert "**no**" in md
     readme = (tmp_path / "run-readme.md").read_text()
     assert readme.startswith("## Performance")
-    assert "| shardqa int8 | 10.0 / 12.0 | 10.0 / 12.0 | 6.0x |" in readme
+    assert "| shardqa int8 | 10.0 / 12.0 | 10.0 / 12.0 | 20.0 / 30.0 | 50.0 (2) |" in readme
     # the JSON read back (string keys) renders the same table
     again = json.loads((tmp_path / "run.json").read_text())
     assert report.markdown(again) == md
@@ -260,5 +263,138 @@ def test_option_speed_measures_every_option_on_the_ranked_candidates(
     skip = rows[f"fp32 + skip candidates < {SKIP_RATIO:g} x best rank score (shipped)"]
     assert skip["mean_windows"] <= full["mean_windows"]
     assert full["speedup_vs_fp32_all_k"] == 1.0
-    # padding to max_seq_len changes the cost, not the answer
-    assert rows["fp32, padded to max_seq_len"]["f1"] == full["f1"]
+    # padding to max_seq_len changes the cost, not the answer: compared answer by answer
+    assert rows["fp32, padded to max_seq_len"]["same_answers_as_fp32_all_k"] == 2
+    assert full["same_answers_as_fp32_all_k"] == 2
+
+
+# --- the peers (issue 16) ---------------------------------------------------------------------
+
+def _table_result() -> dict:
+    """A run with every kind of system: shardqa deployed both ways, the peers, baselines."""
+    r = _result()
+    lat = {"n": 2, "p50": 10.0, "p95": 12.0, "p99": 12.5, "mean": 11.0, "min": 9.0}
+    names = {comparison.DEPLOYED_BM25: ("api", 10.0), "shardqa fp32, hybrid": ("api", 20.0),
+             comparison.ONE_PROCESS: ("in-process", 8.0),
+             "Haystack 3.4.1 (fp32, BM25L)": ("in-process", 200.0),
+             "the-pattern style (fp32 workers)": ("in-process", 50.0),
+             comparison.NAIVE: ("in-process", 100.0)}
+    r["systems"], r["throughput"], r["system_info"] = {}, {}, {}
+    for name, (kind, p50) in names.items():
+        row = {"latency": {**lat, "p50": p50}, "latency_ms": [p50, p50], "f1": 50.0,
+               "exact_match": 40.0, "answers": ["a", "b"]}
+        r["systems"][name] = {1: row, 5: row}
+        r["throughput"][name] = {c: {"questions_per_s": 1000 / p50, "latency": lat,
+                                     "errors": 0} for c in (1, 4)}
+        r["system_info"][name] = {"kind": kind, "how": f"how {name} runs"}
+    option = {"mean_windows": 5.0, "f1": 50.0, "f1_delta_vs_fp32_all_k": 0.0, "exact_match": 40.0,
+              "questions": 2, "same_answers_as_fp32_all_k": 2}
+    r["options"] = {"k": 5, "threads": 2, "question_tokenization": {
+        "question_tokenize_us": 30.0, "pairs_per_question": 5.0, "saved_us_per_question": 120.0,
+        "shipped_pairs_per_question": 1.8, "shipped_saved_us_per_question": 24.0}, "rows": [
+        {**option, "option": "fp32, padded to max_seq_len", "p50_ms": 400.0,
+         "speedup_vs_fp32_all_k": 0.5},
+        {**option, "option": "fp32, length-bucketed, all k read", "p50_ms": 200.0,
+         "speedup_vs_fp32_all_k": 1.0},
+        {**option, "option": f"fp32 + skip candidates < {SKIP_RATIO:g} x best rank score "
+         "(shipped)", "p50_ms": 50.0, "mean_windows": 1.8, "speedup_vs_fp32_all_k": 4.0}]}
+    r["vs_naive"] = vs_naive(r["systems"], [1, 5])
+    return r
+
+
+def test_the_table_has_every_systems_row_and_says_what_the_ratios_are_made_of():
+    r = _table_result()
+    r["throughput"][comparison.NAIVE][4]["errors"] = 3
+    readme = report.readme_section(r, Path("run.json"))
+    for name in r["systems"]:
+        rows = [line for line in readme.splitlines() if line.startswith(f"| {name} |")]
+        assert len(rows) == 1, name
+        p50 = r["systems"][name][5]["latency"]["p50"]
+        assert f"| {p50:,.1f} / 12.0 |" in rows[0]
+        failed = " (3 failed)" if name == comparison.NAIVE else ""
+        assert f"| {1000 / p50:,.1f} / {1000 / p50:,.1f}{failed} | 50.0 (2) |" in rows[0]
+        assert f"**{name}**: how {name} runs" in readme
+    # deployed BM25 against one process: +2 ms a question at k=5; the naive ratio split
+    assert "+2.0 ms at k=5" in readme
+    assert "10.00x faster" in readme and "2.00x and the candidate floor 4.00x" in readme
+    assert "is 12.50x faster than naive: none of the ratio is the distributed design's" in readme
+    # shardqa deployed first, then the one-process system, Haystack, the baselines
+    order = [line.split(" | ")[0][2:] for line in readme.splitlines()
+             if line.startswith("| ") and " / " in line and "p50" not in line]
+    assert order[:3] == [comparison.DEPLOYED_BM25, "shardqa fp32, hybrid",
+                         comparison.ONE_PROCESS]
+    assert order[3].startswith("Haystack") and order[-1] == comparison.NAIVE
+    assert "fair comparison with the peers" in readme
+    assert "the same answer on 2 of 2 questions" in readme  # answers compared, not F1
+    assert "saves 24 µs per question at the shipped floor's 1.80 pairs" in readme
+    # only the deployed systems are judged by the goals
+    assert {g["goal"].split("(")[-1] for g in goals(r) if "k=5 (" in g["goal"]} == \
+        {"shardqa fp32, BM25)"}
+
+
+def test_a_run_without_the_peer_extra_says_haystack_was_skipped(monkeypatch):
+    monkeypatch.setattr(haystack_peer.importlib.util, "find_spec", lambda name: None)
+    why = haystack_peer.missing()
+    assert why and "shardqa[peer]" in why
+    r = _table_result()
+    r["peers"] = {"haystack": {"skipped": why}}
+    assert f"Haystack was not measured in this run: {why}." in report.markdown(r)
+
+
+def test_one_process_system_answers_as_the_deployed_pipeline(shared_pipeline, tiny_artifact):
+    """The same BM25, floor, reader and merge as the asker, without Redis: the same answers,
+    one at a time and when questions arrive together (batched)."""
+    client = shared_pipeline
+    pmap = partitions.load(client)
+    one = OneProcessQA(tiny_artifact, corpus.passages(CORPUS), threads=1)
+    try:
+        question = "Who designed the Eiffel Tower?"
+        hits = one.bm25.top(question, 3)
+        assert one.passages[hits[0].index].doc_id == "eiffel"
+        exact = ranking.rank(client, pmap, question, 3, cap=0)
+        assert [one.passages[h.index].pid for h in hits] == [r.pid for r in exact]
+        for h, r in zip(hits, exact, strict=True):  # Lucene's form drops the (k1 + 1)
+            assert h.score * (ranking.K1 + 1) == pytest.approx(r.score, rel=1e-4)
+        asker = Asker(client, retrieval_mode="bm25")
+        expected = [asker.ask(q, 5, use_cache=False).answer for q in QUESTIONS]
+        alone = [one.answer(q, 5) for q in QUESTIONS]
+        assert all(ms > 0 for ms, _a in alone)
+        assert [a for _ms, a in alone] == expected
+        together, _wall = run_concurrent(lambda q: one.answer(q, 5)[1], QUESTIONS, 4)
+        assert together == expected
+    finally:
+        one.close()
+
+
+def test_haystack_peer_answers_from_the_retrieved_passage(tiny_checkpoint):
+    if haystack_peer.missing():
+        pytest.skip(haystack_peer.missing())
+    peer = haystack_peer.HaystackQA(tiny_checkpoint, corpus.passages(CORPUS), threads=1)
+    ms, answer = peer.answer("Who designed the Eiffel Tower?", 1)
+    assert ms > 0
+    assert answer and answer in CORPUS[0].text  # the random reader's span, but in the top passage
+
+
+def test_floor_sweep_replays_a_setting_as_the_asker_merges():
+    import numpy as np
+
+    from bench.floor_sweep import Candidate, replay
+    from models.reader import Span
+
+    def candidate(pid: str, score: float, answer: str, span_score: float) -> Candidate:
+        tokens = PassageTokens(np.zeros(3, np.int32), np.zeros((3, 2), np.int32),
+                               np.asarray([[0, 3]], np.int32))
+        return Candidate(pid, score, answer, tokens, Span(0, 0, 0, len(answer), answer,
+                                                          span_score))
+
+    gold = passage_id("T", 0)
+    example = SquadExample("q", "T", 0, "", "Who?", ("Eiffel",), (0,))
+    found = [candidate(gold, 10.0, "Eiffel", 1.0), candidate("other.0", 6.0, "Paris", 3.0)]
+    # everything read, retrieval ignored: the reader's higher span (the wrong passage) wins
+    assert replay([example], [found], 0.0, 0.0)["f1"] == 0.0
+    # weight 8 adds 8 x 1.0 to the best-ranked passage (9) and 8 x 0.6 to the other (7.8)
+    assert replay([example], [found], 0.0, 4.0)["f1"] == 0.0  # 5 against 5.4
+    row = replay([example], [found], 0.0, 8.0)
+    assert row["f1"] == 100.0 and row["passages"] == 2 and row["gold_read_pct"] == 100.0
+    # a floor of 0.85 x the best reads only the first
+    assert replay([example], [found], 0.85, 0.0)["passages"] == 1

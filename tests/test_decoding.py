@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.decoding import best_span
+from models.decoding import best_span, distinct_spans, overlaps, span_band
 from models.reader import Reader
 from models.tokenization import load_tokenizer, tokenize_passages
 
@@ -90,6 +90,52 @@ def test_matches_brute_force_including_ties(logits, lo, width, max_len):
     assert best_span(start, end, lo, hi, max_len) == expected
 
 
+def brute_force_distinct(start, end, lo, hi, max_len, count):
+    """Every valid span by score (ties: earliest start, then end), each taken unless it
+    shares a token with one taken before."""
+    spans = sorted(((float(start[i]) + float(end[j]), i, j) for i in range(lo, hi)
+                    for j in range(i, min(hi, i + max_len))), key=lambda c: (-c[0], c[1], c[2]))
+    taken = []
+    for score, i, j in spans:
+        if len(taken) < count and np.isfinite(score) and not any(
+                i <= b and j >= a for a, b, _ in taken):
+            taken.append((i, j, score))
+    return taken
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    logits=st.lists(st.tuples(st.integers(-3, 3), st.integers(-3, 3)), min_size=1, max_size=40),
+    lo=st.integers(0, 10), width=st.integers(1, 40), max_len=st.integers(1, 12),
+    count=st.integers(1, 12),
+)
+def test_distinct_spans_match_brute_force_and_start_with_the_best(logits, lo, width, max_len,
+                                                                  count):
+    start = np.array([a for a, _ in logits], dtype=np.float32)
+    end = np.array([b for _, b in logits], dtype=np.float32)
+    found = span_band(start, end, lo, lo + width, max_len)
+    if found is None:
+        return
+    first, band = found
+    got = [(first + i, first + j, score) for i, j, score in distinct_spans(band, count)]
+    assert got == brute_force_distinct(start, end, lo, min(lo + width, len(logits)), max_len,
+                                       count)
+    assert got[0] == best_span(start, end, lo, lo + width, max_len)
+
+
+def test_distinct_spans_skip_near_copies_of_the_best():
+    #            0     1        2        3       4    5      6
+    # tokens: [paint by] [Italian] [artist] [Leo] [da] [Vinci]
+    start = np.array([0.0, 0.0, 5.0, 0.0, 4.5, 1.0, 0.0])
+    end = np.array([0.0, 0.0, 5.0, 3.0, 0.0, 1.0, 4.4])
+    band = span_band(start, end, 0, 7, 30)[1]
+    # (2, 6) "Italian artist Leo da Vinci" scores 9.4 but holds the best: "Leo da Vinci" next
+    assert distinct_spans(band, 3) == [(2, 2, 10.0), (4, 6, 4.5 + 4.4), (3, 3, 3.0)]
+    assert distinct_spans(band, 1) == [(2, 2, 10.0)]  # not (2, 3) "Italian artist": overlaps
+    assert distinct_spans(np.full((3, 2), -np.inf), 5) == []
+    assert overlaps((0, 5), (4, 9)) and not overlaps((0, 5), (5, 9))
+
+
 # --- through the real reader -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -124,3 +170,19 @@ def test_decoded_text_is_the_passage_slice(tiny_reader, passages, question, stri
         assert span.start in starts and span.end in ends
         first, last = starts.index(span.start), len(ends) - 1 - ends[::-1].index(span.end)
         assert last - first + 1 <= tiny_reader.max_answer_tokens
+    # with the next distinct spans: the best is the same, the others are slices of the
+    # passage, score no higher, and share no character with one another
+    several = tiny_reader.read_many([(question, list(zip(passages, tokens, strict=True)))],
+                                    top=4)[0]
+    assert several == spans and not any(s.more for s in spans if s)
+    for text, span in zip(passages, several, strict=True):
+        if span is None:
+            continue
+        assert len(span.more) <= 3
+        chosen = [span, *span.more]
+        for a in span.more:
+            assert a.text == text[a.start:a.end] and a.start < a.end
+            assert a.score <= span.score and a.log_z == span.log_z and a.passage == span.passage
+        assert [a.score for a in chosen] == sorted((a.score for a in chosen), reverse=True)
+        assert not any(overlaps((a.start, a.end), (b.start, b.end))
+                       for x, a in enumerate(chosen) for b in chosen[x + 1:])

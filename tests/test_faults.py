@@ -481,3 +481,37 @@ def test_partitions_without_a_live_worker_fail_fast_or_are_named(pipeline, worke
     for q in QUESTIONS:
         with pytest.raises(NoLiveWorker, match="no live shard worker"):
             asker.ask(q, use_cache=False)
+
+
+def test_a_flood_of_key_miss_gets_computes_a_bounded_number_of_answers(cluster, tmp_path,
+                                                                       tiny_artifact):
+    """Issue 14: 2,000 GETs of new answer keys made the workers compute and store 2,000
+    answers. Each worker now answers at most its budget (here a burst of 5 and a negligible
+    rate) and counts the misses it dropped; every miss is one or the other."""
+    from cluster import heartbeat
+
+    pool = WorkerPool(cluster, tmp_path, **{"--keymiss-rate": "0.001", "--keymiss-burst": "5"})
+    try:
+        client = start_pipeline(cluster, pool, tiny_artifact)
+        flood = [keys.ask_key(f"flood {i}: who designed the Eiffel Tower?") for i in range(2000)]
+        misses = Counter(client.get_node_from_key(k).name for k in flood)
+        pipe = cluster.client_as("reader").pipeline(transaction=False)
+        for k in flood:
+            pipe.get(k)
+        assert not any(pipe.execute())  # every GET missed
+
+        def counted() -> dict[str, tuple[int, int]] | None:
+            pids = {p.pid for p in pool.procs.values()}
+            got = {b.master: (b.counters.get("keymiss", 0), b.counters.get("keymiss_dropped", 0))
+                   for b in heartbeat.live_workers(client).values() if b.pid in pids}
+            return got if all(sum(got.get(m, (0, 0))) == n for m, n in misses.items()) else None
+
+        done = wait_until(counted, 60, "not every key miss was answered or counted as dropped")
+        assert set(done) == set(misses) and len(misses) == 3
+        assert all(1 <= answered <= 5 for answered, _ in done.values()), done
+        stored = [k for node in client.get_primaries() for k in
+                  client.get_redis_connection(node).scan_iter(match="sq:qa:flood *", count=500)]
+        assert len(stored) == sum(answered for answered, _ in done.values())
+        assert json.loads(client.get(stored[0]))["question"].startswith("flood ")
+    finally:
+        pool.stop_all()

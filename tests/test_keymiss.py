@@ -7,7 +7,7 @@ import time
 
 from cluster import keys
 from gears.counters import Counters
-from gears.keymiss import KeyMissResponder
+from gears.keymiss import KeyMissResponder, TokenBucket
 from gears.settings import WorkerSettings
 from tests.corpus import QUESTIONS
 
@@ -35,3 +35,16 @@ def test_answers_ask_keys_and_ignores_other_keys(shared_pipeline):
         assert counters.keymiss == 1 and counters.errors == 0
     finally:
         responder.shutdown()
+
+
+def test_the_key_miss_budget_refills_at_its_rate_and_saves_up_a_burst():
+    now = [100.0]
+    bucket = TokenBucket(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(5)] == [True, True, True, False, False]
+    now[0] += 1.0  # two tokens a second
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    now[0] += 60.0  # a quiet minute saves up the burst, no more
+    assert sum(bucket.take() for _ in range(10)) == 3
+    off = TokenBucket(rate=0, burst=5, clock=lambda: now[0])
+    assert not any(off.take() for _ in range(5))  # rate 0: key misses are never answered
+

@@ -79,13 +79,13 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-def api_answer(url: str, question: str, k: int) -> dict:
-    query = urllib.parse.urlencode({"q": question, "k": k})
+def api_answer(url: str, question: str, k: int, n: int = 1) -> dict:
+    query = urllib.parse.urlencode({"q": question, "k": k, "n": n})
     with urllib.request.urlopen(f"{url}/qa?{query}", timeout=60) as resp:
         return json.loads(resp.read())
 
 
-def ask(browser, question: str, *, k: str | None = None) -> None:
+def ask(browser, question: str, *, k: str | None = None, n: str | None = None) -> None:
     """Type into the question box and press Enter, as a keyboard user does."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -93,6 +93,8 @@ def ask(browser, question: str, *, k: str | None = None) -> None:
 
     if k is not None:
         Select(browser.find_element(By.ID, "k")).select_by_visible_text(k)
+    if n is not None:
+        Select(browser.find_element(By.ID, "n")).select_by_visible_text(n)
     box = browser.find_element(By.ID, "question")
     box.clear()
     box.send_keys(question, Keys.ENTER)
@@ -119,7 +121,7 @@ def test_page_asks_and_highlights_the_answer(api, browser, tmp_path):
     assert browser.title == "shardqa"
     assert browser.switch_to.active_element.get_attribute("id") == "question"  # focus
     labels = {e.get_attribute("for") for e in browser.find_elements(By.TAG_NAME, "label")}
-    assert {"question", "k", "token"} <= labels
+    assert {"question", "k", "n", "token"} <= labels
     ask(browser, QUESTIONS[0], k="3")
     result = shown(browser, "result")
     mark = result.find_element(By.CSS_SELECTOR, "#passage-text mark")
@@ -141,6 +143,32 @@ def test_page_asks_and_highlights_the_answer(api, browser, tmp_path):
     screenshot = tmp_path / "page.png"
     browser.save_screenshot(str(screenshot))
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_page_shows_the_next_distinct_answers_in_their_passages(api, browser):
+    from selenium.webdriver.common.by import By
+
+    url, _ = api
+    browser.get(url + "/")
+    assert browser.find_element(By.ID, "n").get_attribute("value") == "3"  # the default
+    ask(browser, QUESTIONS[4], k="5", n="5")
+    shown(browser, "result")
+    body = api_answer(url, QUESTIONS[4], 5, 5)  # what the page was given, from the cache
+    assert body["cached"] is True and len(body["answers"]) == 5
+    more = browser.find_element(By.ID, "more")
+    assert more.is_displayed()
+    items = more.find_elements(By.CSS_SELECTOR, "#answers li")
+    assert len(items) == 4  # numbered from 2: the answer above is the first
+    assert more.find_element(By.ID, "answers").get_attribute("start") == "2"
+    for item, expected in zip(items, body["answers"][1:], strict=True):
+        assert item.find_element(By.TAG_NAME, "strong").text == expected["answer"]
+        assert item.find_element(By.TAG_NAME, "mark").text == expected["answer"]
+        assert item.find_element(By.TAG_NAME, "p").text == expected["passage"]["text"]
+        assert f"score {expected['score']:.2f}" in item.text
+        assert f"confidence {round(100 * expected['confidence'])}%" in item.text
+    ask(browser, QUESTIONS[4], n="1")  # one answer: no further answers shown
+    shown(browser, "result")
+    assert not browser.find_element(By.ID, "more").is_displayed()
 
 
 def test_page_shows_api_errors_as_messages(api, browser):
@@ -221,6 +249,11 @@ def main(url: str, question: str, out: str) -> None:
             ask(driver, question)
             mark = shown(driver, "result").find_element("css selector", "#passage-text mark")
             print(f"answer: {mark.text}")
+            # the whole page, further answers included: the window grows to the content
+            page, view = driver.execute_script(
+                "return [document.documentElement.scrollHeight, window.innerHeight]")
+            size = driver.get_window_size()
+            driver.set_window_size(size["width"], size["height"] + max(0, page - view))
             driver.save_screenshot(out)
         finally:
             driver.quit()

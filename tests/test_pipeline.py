@@ -10,12 +10,21 @@ import pytest
 
 from cluster import keys, partitions
 from gears import ranking
-from gears.asker import MIN_RANK_RATIO, RETRIEVAL_WEIGHT, Asker, QuestionError, answer_score
+from gears.asker import (
+    MAX_N,
+    MIN_RANK_RATIO,
+    RETRIEVAL_WEIGHT,
+    Asker,
+    QuestionError,
+    answer_score,
+    cache_form,
+)
+from models.squad import normalize_answer
 from tests.corpus import QUESTIONS
 
 
-def direct_answer(client, tiny_artifact, question, k=5):
-    """The reader runtime called directly on the same top-k passages: the reference."""
+def direct_spans(client, question, k=5, top=1):
+    """The reader runtime called directly on the same top-k passages: (ranked, spans)."""
     from models import store
     from models.tokenization import tokenize_passages, window_token_budget
 
@@ -28,7 +37,13 @@ def direct_answer(client, tiny_artifact, question, k=5):
              for r in ranked]
     tokens = tokenize_passages(loaded.tokenizer, texts, window_token_budget(
         int(meta["max_seq_len"]), int(meta["max_question_tokens"])), 128)
-    spans = reader.read_many([(question, list(zip(texts, tokens, strict=True)))])[0]
+    return ranked, reader.read_many([(question, list(zip(texts, tokens, strict=True)))],
+                                    top=top)[0]
+
+
+def direct_answer(client, tiny_artifact, question, k=5):
+    """The reference best answer."""
+    ranked, spans = direct_spans(client, question, k)
     best = None
     top = max(r.score for r in ranked)
     for r, span in zip(ranked, spans, strict=True):
@@ -88,8 +103,11 @@ def test_keymiss_fills_answer_key_on_owning_master(shared_pipeline):
         raw = client.get(key)
     assert raw is not None, "the worker did not fill the answer key"
     body = json.loads(raw)
-    expected = Asker(client, timeout_s=20).ask(question)
+    expected = Asker(client, timeout_s=20).ask(question, n=MAX_N)
     assert body["answer"] == expected.answer and body["passage_id"] == expected.passage_id
+    # redis-cli users get the further answers too (the key has no room for an n)
+    assert [a["answer"] for a in body["answers"]] == [a.answer for a in expected.answers]
+    assert len(body["answers"]) > 1
     owner = client.get_node_from_key(key)
     assert client.get_redis_connection(owner).get(key) == raw
     # the redis-cli function says where the answer is, or returns it
@@ -106,6 +124,9 @@ def test_bad_questions_are_rejected(shared_pipeline):
     for k in [0, 51, "3", True, 2.5]:
         with pytest.raises(QuestionError):
             asker.ask("valid question", k)
+    for n in [0, 11, "3", True, 2.5, None]:
+        with pytest.raises(QuestionError, match="n must be an integer from 1 to 10"):
+            asker.ask("valid question", 5, n)
     # hash-tag characters and odd text are just text
     for odd, asked in [("what is {p0.0}?", "what is {p0.0}?"), ("}{", "}{"),
                        ("a" * 900, "a" * 900), ("naïve café ☕?", "naïve café ☕?"),
@@ -123,3 +144,78 @@ def test_concurrent_asks_batch_on_the_shards(shared_pipeline):
         answers = list(pool.map(lambda q: asker.ask(q, use_cache=False), questions))
     assert all(a.answer is not None for a in answers)
     assert max(max(a.batch_sizes) for a in answers) > 1
+
+
+def direct_answers(client, question, k=5):
+    """The reference answers: every passage's best and next distinct spans from the reader
+    itself, scored as answers, best first, one per SQuAD-normalised text."""
+    ranked, spans = direct_spans(client, question, k, top=MAX_N)
+    top = ranked[0].score
+    found = sorted(((answer_score(s.score, r.score, top, RETRIEVAL_WEIGHT), r.pid, s.start,
+                     s.end, s.text)
+                    for r, best in zip(ranked, spans, strict=True) if best
+                    for s in (best, *best.more)), key=lambda c: (-c[0], *c[1:4]))
+    out, seen = [], set()
+    for score, pid, start, end, text in found:
+        key = normalize_answer(text)
+        if (key and key not in seen) or not out:
+            seen.add(key)
+            out.append((pid, start, end, text, score))
+    return out[:MAX_N]
+
+
+def test_several_distinct_answers_equal_the_reader_s_and_share_one_cache_entry(
+        shared_pipeline):
+    client = shared_pipeline
+    asker = Asker(client, timeout_s=20)
+    for question in QUESTIONS:
+        answer = asker.ask(question, n=3, use_cache=False)
+        body = answer.public(3)
+        answers = body["answers"]
+        assert len(answers) == 3, answers
+        best = answers[0]
+        assert (best["answer"], best["start"], best["passage"]) == (
+            body["answer"], body["start"], body["passage"])
+        assert len({normalize_answer(a["answer"]) for a in answers}) == 3  # distinct
+        for a in answers:
+            assert a["passage"]["text"][a["start"]:a["end"]] == a["answer"]
+            assert 0 < a["confidence"] <= 1
+            assert a["retrieval"]["mode"] == "bm25" and a["retrieval"]["bm25"] >= 1
+        assert [a["score"] for a in answers] == sorted((a["score"] for a in answers),
+                                                       reverse=True)
+        expected = direct_answers(client, question)
+        assert [(a.passage_id, a.start, a.end, a.answer) for a in answer.answers] == [
+            e[:4] for e in expected]
+        assert [a.score for a in answer.answers] == pytest.approx([e[4] for e in expected],
+                                                                  abs=1e-3)
+        # n is how many a caller is shown: one cache entry serves every n
+        assert "answers" not in answer.public()
+        every = answer.public(MAX_N)["answers"]
+        assert every[:3] == answers and len(every) == len(expected)
+        for n in (1, 2, MAX_N):
+            again = asker.ask(question, n=n)
+            assert again.cached and again.public(n).get("answers", []) == (
+                every[:n] if n > 1 else [])
+            assert again.public(n)["answer"] == body["answer"]
+
+
+def test_an_answer_cached_before_several_answers_serves_n_1_and_is_a_miss_for_more(
+        shared_pipeline):
+    client = shared_pipeline
+    asker = Asker(client, timeout_s=20)
+    question = QUESTIONS[3]
+    fresh = asker.ask(question, use_cache=False)
+    key = keys.answer_cache(asker.generation(fresh=True), 5, cache_form(question))
+    head, more = client.get(key).split(b"\n")  # the answer, then its further answers
+    assert set(json.loads(more)) == {"answers", "passages"} and b"answers" not in head
+    client.set(key, head, ex=60)  # what an older shardqa cached: the answer's JSON alone
+    hit = asker.ask(question)
+    assert hit.cached and hit.answer == fresh.answer and hit.answers is None
+    assert "answers" not in hit.public()
+    assert asker.cached(question, 5, 3) is None  # the API's cache-only look
+    several = asker.ask(question, n=3)
+    assert not several.cached and len(several.public(3)["answers"]) == 3
+    assert json.loads(client.get(key).split(b"\n")[1])["answers"]  # the new kind now
+    assert asker.ask(question, n=3).cached
+    client.set(key, head + b"\n[1, 2]", ex=60)  # further answers that do not parse
+    assert asker.ask(question).cached and not asker.ask(question, n=2).cached

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -52,12 +53,38 @@ def test_ask_returns_a_typed_answer_equal_to_the_asker(qa, redis_cluster):
 
 
 def test_unknown_fields_pass_through():
+    passage = {"id": "d.0", "title": "T", "text": "a b"}
     body = {"question": "q", "answer": "a", "score": 1.0, "start": 0, "end": 1, "cached": False,
-            "passage": {"id": "d.0", "title": "T", "text": "a b"}, "timings_ms": {"total": 1},
-            "retrieval": {"bm25": 1, "dense": 3}, "answers": [{"answer": "b"}]}
+            "passage": passage, "timings_ms": {"total": 1},
+            "retrieval": {"bm25": 1, "dense": 3}, "shiny": [{"answer": "b"}],
+            "answers": [{"answer": "a", "score": 1.0, "passage": passage, "start": 0, "end": 1},
+                        {"answer": "b", "score": 0.5, "confidence": 0.25, "passage": passage,
+                         "start": 2, "end": 3, "retrieval": {"bm25": 1}}]}
     answer = shardqa.Answer.from_body(body)
-    assert answer.retrieval == {"bm25": 1, "dense": 3} and answer.answers[0]["answer"] == "b"
+    assert answer.retrieval == {"bm25": 1, "dense": 3} and answer.shiny[0]["answer"] == "b"
+    second = answer.answers[1]
+    assert isinstance(second, shardqa.AnswerSpan) and second.passage.text[2:3] == "b"
+    assert second.confidence == 0.25 and answer.answers[0].confidence is None
     assert answer.to_dict() == body
+    del body["answers"]
+    assert shardqa.Answer.from_body(body).answers == ()
+
+
+def test_ask_n_returns_the_distinct_answers_typed(qa, redis_cluster):
+    from models.squad import normalize_answer
+
+    answer = qa.ask(QUESTIONS[0], k=5, n=3, use_cache=False)
+    assert len(answer.answers) == 3 and answer.answers[0].answer == answer.answer
+    assert len({normalize_answer(a.answer) for a in answer.answers}) == 3
+    for a in answer.answers:
+        assert isinstance(a, shardqa.AnswerSpan) and a.passage.id
+        assert a.passage.text[a.start:a.end] == a.answer and 0 < a.confidence <= 1
+    direct = Asker(redis_cluster.client_as("api")).ask(QUESTIONS[0], 5, 3).public(3)
+    assert answer.to_dict()["answers"] == direct["answers"]
+    assert qa.ask(QUESTIONS[0], k=5).answers == ()  # n=1: the answer alone, as before
+    for n in (0, 11):
+        with pytest.raises(QuestionError, match="n must be an integer from 1 to 10"):
+            qa.ask(QUESTIONS[0], n=n)
 
 
 @pytest.mark.parametrize("question,k", [("", 5), ("   ", 5), ("x" * 1001, 5), ("ok?", 0),
@@ -124,6 +151,30 @@ def test_cli_ask_uses_the_python_api(qa, redis_cluster):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: the question is empty"
 
 
+def test_cli_ask_n_prints_the_next_answers(qa, redis_cluster):
+    directory = redis_cluster.target.directory
+    expected = qa.ask(QUESTIONS[1], k=5, n=3).answers
+    out = run_cli("ask", QUESTIONS[1], "--n", "3", "--dir", directory, check=True,
+                  env={"COLUMNS": "1000"})  # rich wraps at the terminal's width
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"{expected[0].answer}  (score ")
+    at = lines.index("next answers:")
+    for rank, other in enumerate(expected[1:], start=2):  # each with its passage around it
+        assert lines[at + 2 * rank - 3].startswith(f"{rank}. {other.answer}  (score ")
+        assert other.answer in lines[at + 2 * rank - 2]
+    body = json.loads(run_cli("ask", QUESTIONS[1], "--n", "3", "--json", "--dir", directory,
+                              check=True).stdout)
+    assert [a["answer"] for a in body["answers"]] == [a.answer for a in expected]
+    single = run_cli("ask", QUESTIONS[1], "--dir", directory, check=True)
+    assert "next answers:" not in single.stdout
+    for bad in ("0", "11", "x"):
+        proc = run_cli("ask", QUESTIONS[1], "--n", bad, "--dir", directory)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr == "error: n must be an integer from 1 to 10\n"
+    proc = run_cli("ask", QUESTIONS[1], "--k", "0", "--dir", directory)
+    assert proc.returncode == 2 and proc.stderr == "error: k must be an integer from 1 to 50\n"
+
+
 def readme_example() -> str:
     blocks = re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), re.S | re.M)
     return next(b for b in blocks if "shardqa.connect(" in b)
@@ -140,4 +191,7 @@ def test_readme_example_runs(qa, redis_cluster, tmp_path):
     assert re.fullmatch(r"\d+ passages written, 0 malformed", lines[0])
     answer, title, _score, cached = lines[1].split(" | ")
     assert answer and title and cached in ("True", "False")
-    assert lines[2].startswith(answer) and int(lines[3]) > 0
+    assert lines[2].startswith(answer) and int(lines[4]) > 0
+    answers = ast.literal_eval(lines[3])  # [(answer, confidence), ...], best first
+    assert answers[0][0] == answer and len(answers) == 3
+    assert all(0 <= confidence <= 1 for _, confidence in answers)

@@ -7,7 +7,7 @@ import pytest
 from cluster import keys, partitions
 from cluster.partitions import PartitionMap
 from gears.consumer import Entry, Poison
-from gears.protocol import ReadRequest
+from gears.protocol import ReadReply, ReadRequest, SpanReply
 from gears.read_server import parse_request
 
 PMAP = PartitionMap.create(4, [[(0, 5460)], [(5461, 10922)], [(10923, 16383)]])
@@ -45,6 +45,9 @@ def test_a_good_request_parses():
     ({"deadline": "soon"}, "bad field"),
     ({"q": "x" * 70_000}, "over 65536 bytes"),
     ({"q": b"\xff\xfe"}, "bad field"),
+    ({"spans": "0"}, "spans 0 is not from 1 to 10"),
+    ({"spans": "11"}, "spans 11 is not from 1 to 10"),
+    ({"spans": "x"}, "bad field"),
 ])
 def test_what_cannot_be_answered_is_poison(changes, why):
     with pytest.raises(Poison, match=why):
@@ -56,3 +59,22 @@ def test_a_missing_field_is_poison():
     del entry.fields["reply"]
     with pytest.raises(Poison, match="missing field 'reply'"):
         parse_request(entry, _Shard(), 65536)
+
+
+def test_versions_mix_during_an_upgrade():
+    """A request from an older asker (no ``spans``) asks for one span a passage; a reply
+    carries ``more`` only when there is some, and a newer peer's fields are ignored."""
+    entry = _entry(PMAP[1])
+    assert parse_request(entry, _Shard(), 65536).spans == 1
+    del entry.fields["spans"]
+    assert parse_request(entry, _Shard(), 65536).spans == 1
+    assert parse_request(_entry(PMAP[1], {"spans": "10"}), _Shard(), 65536).spans == 10
+    reply = ReadReply("a1", 1, "w", [SpanReply("d.0", 0, 3, "abc", 2.0)])
+    assert '"more"' not in reply.to_json()  # what older askers read
+    reply.spans.append(SpanReply("d.1", 4, 6, "de", 1.5, more=[[0, 2, "xy", 1.0]]))
+    back = ReadReply.from_json(reply.to_json())
+    assert back.spans[0].more == [] and back.spans[1].all_spans() == [
+        (4, 6, "de", 1.5), (0, 2, "xy", 1.0)]
+    newer = reply.to_json().replace('"more"', '"shiny":1,"more"', 1)
+    newer = newer.replace('"ask_id"', '"later":[],"ask_id"', 1)
+    assert ReadReply.from_json(newer) == back

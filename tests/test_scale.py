@@ -23,7 +23,7 @@ from cluster.waiting import until
 from gears.asker import Asker, NoReply
 from loaders.documents import Document
 from models import store
-from tests.conftest import WorkerPool, run_cli, start_cluster, start_pipeline
+from tests.conftest import WorkerPool, run_cli, start_cluster, start_pipeline, wait_reembedded
 from tests.corpus import QUESTIONS
 
 #: what a client may see while a slot is half-moved; asking again is a retried request
@@ -215,6 +215,7 @@ def test_add_master_while_asking(tmp_path, tiny_artifact, tiny_encoder_artifact)
     try:
         client = start_pipeline(handle, pool, tiny_artifact)
         store.push(client, tiny_encoder_artifact, variant="int8")  # passages get vectors
+        wait_reembedded(client)  # the corpus ingested before the push too: answers stay hybrid
         pmap = partitions.load(client)
         moving = [m.partition.index for m in rebalance.plan(
             pmap, partitions.owners(client, pmap), [*handle.masters, "~new"])]

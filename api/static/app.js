@@ -73,8 +73,8 @@ function sameAnswer(item, body) {
   return item.answer === body.answer && item.start === body.start && a.id === b.id;
 }
 
-// Further answers (a list of answers like the main one), when the server sends them; the
-// main answer is not repeated if the list holds it too.
+// Further answers: the server's "answers" (with n > 1: the n best distinct answers, best
+// first, each with its passage); the main answer is not repeated.
 function showMore(body) {
   const more = $("more");
   const list = $("answers");
@@ -84,7 +84,9 @@ function showMore(body) {
   for (const item of rest) {
     const li = el("li");
     const passage = item.passage || {};
-    li.append(el("strong", item.answer), ` (score ${formatScore(item.score)})`);
+    const sure = typeof item.confidence === "number"
+      ? `, confidence ${Math.round(100 * item.confidence)}%` : "";
+    li.append(el("strong", item.answer), ` (score ${formatScore(item.score)}${sure})`);
     if (passage.title) li.append(" — ", el("em", passage.title));
     const text = el("p");
     highlighted(text, passage.text, item.start, item.end);
@@ -132,7 +134,9 @@ async function ask(event) {
   try {
     const response = await fetch("qa", {
       method: "POST", headers,
-      body: JSON.stringify({ question: $("question").value, k: Number($("k").value) }),
+      body: JSON.stringify({
+        question: $("question").value, k: Number($("k").value), n: Number($("n").value),
+      }),
     });
     let body = null;
     try { body = await response.json(); } catch (_) { body = null; }
