@@ -1,15 +1,18 @@
 """What an uncached hybrid question costs through the API, stage by stage (issue 13).
 
-Several APIs (e.g. the code before and after a change, each a ``shardqa serve`` on the same
-cluster and workers) answer the same questions in alternating blocks, the answer cache
-invalidated before every block (the generation bumped), so each answer is computed afresh
-and both sides see the same load. Per API: client latency, the server's stage timings
+Several deployments (e.g. the code before and after a change, each its own cluster, workers
+and ``shardqa serve`` with the same corpus) answer the same questions in alternating blocks,
+the answer cache invalidated before every block (the generation bumped), so each answer is
+computed afresh and both sides see the same load. Per API: client latency, the server's
+stage timings
 (``timings_ms`` of each answer), passages and token windows read, the right passage among
 those read and F1 (the questions have gold answers), and CPU time per question of the API
 process, the shard workers and the Redis nodes (from /proc: wall times on a shared machine
 are noisy, CPU seconds much less so).
 
-    python -m bench.hybrid_speed --dir CLUSTER --api before URL PID --api after URL PID
+    python -m bench.hybrid_speed api --api before URL PID DIR --api after URL PID DIR --out F
+    python -m bench.hybrid_speed embedding --out F   # passages per CPU second by cut, batch
+    python -m bench.hybrid_speed threads --out F     # torch threads, OpenMP waiting
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from bench import corpus
 from bench.retrieval_fusion import NATURAL
 from bench.timing import ApiClient
 from cluster import heartbeat, keys, partitions
-from cluster.options import target_options
 from models.evaluation import percentiles
 from models.squad import read_squad, score_answer
 
@@ -63,14 +65,20 @@ def question_set(natural: Path, dev: Path, dev_count: int) -> list:
 
 
 class Side:
-    """One API's answers and costs."""
+    """One deployment's answers and costs."""
 
-    def __init__(self, name: str, url: str, pid: int):
+    def __init__(self, name: str, url: str, pid: int, directory: str):
+        from cluster.connection import Target, connect
+
         self.name, self.api, self.pid = name, ApiClient(url), pid
+        self.client = connect(Target(directory=directory))  # admin: bumps the generation
+        self.pmap = partitions.load(self.client)
         self.rows: list[dict] = []
         self.cpu = {"api": 0.0, "workers": 0.0, "redis": 0.0}
 
-    def ask_block(self, client, pmap, block: list, k: int) -> None:
+    def ask_block(self, block: list, k: int) -> None:
+        client, pmap = self.client, self.pmap
+        new_generation(client)
         groups = process_groups(client, self.pid)
         before = snapshot(groups)
         for set_name, ex in block:
@@ -125,9 +133,16 @@ def new_generation(client, settle_s: float = 0.3) -> None:
     time.sleep(settle_s)
 
 
-@click.command()
-@click.option("--api", "apis", type=(str, str, int), multiple=True, required=True,
-              metavar="NAME URL PID", help="an API to ask (several: alternating blocks)")
+@click.group()
+def main() -> None:
+    """What hybrid asking and ingest cost, piece by piece (issue 13)."""
+
+
+@main.command("api")
+@click.option("--api", "apis", type=(str, str, int, str), multiple=True, required=True,
+              metavar="NAME URL PID DIR",
+              help="an API to ask, its PID and its local cluster folder (several: "
+                   "alternating blocks)")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1, 50))
 @click.option("--dev-count", default=100, show_default=True, type=click.IntRange(0))
 @click.option("--block", default=8, show_default=True, type=click.IntRange(1))
@@ -137,13 +152,8 @@ def new_generation(client, settle_s: float = 0.3) -> None:
               default=NATURAL, show_default=True)
 @click.option("--note", default="", help="what else ran on the machine, for the record")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@target_options
-def main(apis, k, dev_count, block, dev, natural, note, out, target):
+def api_command(apis, k, dev_count, block, dev, natural, note, out):
     """Uncached latency, stages, passages read and CPU per question of each API."""
-    from cluster.connection import connect
-
-    client = connect(target)
-    pmap = partitions.load(client)
     sides = [Side(*a) for a in apis]
     questions = question_set(natural, dev, dev_count)
     load = [os.getloadavg()]
@@ -151,8 +161,7 @@ def main(apis, k, dev_count, block, dev, natural, note, out, target):
         chunk = questions[start:start + block]
         order = sides if b % 2 == 0 else sides[::-1]  # neither side always goes first
         for side in order:
-            new_generation(client)
-            side.ask_block(client, pmap, chunk, k)
+            side.ask_block(chunk, k)
         print(f"{start + len(chunk)}/{len(questions)}", flush=True)
     load.append(os.getloadavg())
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "k": k,
@@ -160,6 +169,179 @@ def main(apis, k, dev_count, block, dev, natural, note, out, target):
               "note": note, "apis": {s.name: s.summary() for s in sides}}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["apis"], indent=1))
+
+
+# --- the pieces, in process (CPU time: the machine is shared) ------------------------------
+
+@main.command("embedding")
+@click.option("--passages", "count", default=300, show_default=True, type=click.IntRange(8))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def embedding_command(count, out):
+    """Passages embedded per CPU second (int8, 1 thread) by token cut and batch size, and
+    how close each cut's vectors stay to the encoder's own 256-token ones."""
+    import numpy as np
+    import torch
+
+    from bench.retrieval_fusion import corpus_passages, load_encoder
+    from models.default import default_encoder_artifact
+    from models.encoder import passage_input
+
+    torch.set_num_threads(1)
+    artifact = default_encoder_artifact()
+    passages = corpus_passages()
+    picked = np.random.default_rng(0).choice(len(passages), size=count, replace=False)
+    texts = [passage_input(passages[i].title, passages[i].text) for i in picked]
+    rows, vectors = {}, {}
+    for cut, batch in ((256, 32), (256, 8), (128, 64), (128, 32), (128, 8)):
+        encoder = load_encoder(artifact, "int8", 1, max_seq_len=cut, max_batch=batch)
+        encoder.warm_up()
+        runs = [_cpu_timed(encoder.embed, texts) for _ in range(2)]  # the better one counts
+        vectors[(cut, batch)] = runs[0][0]
+        seconds = min(s for _, s in runs)
+        rows[f"cut {cut}, batch {batch}"] = {"passages_per_cpu_s": round(count / seconds, 1)}
+    for (cut, batch), v in vectors.items():
+        cosine = (v * vectors[(256, 32)]).sum(axis=1)
+        rows[f"cut {cut}, batch {batch}"]["cosine_to_256"] = {
+            "mean": round(float(cosine.mean()), 4), "min": round(float(cosine.min()), 4)}
+    tokens = [len(ids) for ids in load_encoder(artifact, "int8", 1).token_ids(texts)]
+    _write(out, {"passages": count, "artifact": artifact.name, "variant": "int8",
+                 "threads": 1, "mean_tokens_at_256": round(float(np.mean(tokens)), 1),
+                 "share_over_128_tokens": round(float(np.mean([t > 128 for t in tokens])), 3),
+                 "rows": rows})
+
+
+@main.command("threads")
+@click.option("--questions", "count", default=100, show_default=True, type=click.IntRange(4))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def threads_command(count, out):
+    """Torch threads and OpenMP waiting: one question embedded on 1 or 2 threads, and a
+    3 x 220-token fp32 read on 2 threads spinning (OpenMP's default) or waiting passively,
+    and on 1 thread (each read in a process of its own: the policy is read at start)."""
+    import subprocess
+    import sys
+
+    result = {"question_embedding": question_threads(count), "reader_forward": {}}
+    for name, threads, policy in (("2 threads, spinning", 2, "ACTIVE"),
+                                  ("2 threads, passive", 2, "PASSIVE"),
+                                  ("1 thread", 1, "PASSIVE")) * 2:
+        env = {**os.environ, "OMP_WAIT_POLICY": policy}
+        done = subprocess.run([sys.executable, "-m", "bench.hybrid_speed", "forward",
+                               str(threads)], env=env, capture_output=True, text=True,
+                              check=True)
+        result["reader_forward"].setdefault(name, []).append(json.loads(done.stdout))
+    _write(out, result)
+
+
+def question_threads(count: int) -> dict:
+    """Wall and CPU ms (p50) of embedding one question, on 1 and on 2 torch threads."""
+    import torch
+
+    from bench.retrieval_fusion import load_encoder
+    from models.default import default_encoder_artifact
+
+    encoder = load_encoder(default_encoder_artifact(), "int8")
+    encoder.warm_up()
+    questions = [ex.question for _, ex in question_set(NATURAL, corpus.DEV, count)][:count]
+    out = {}
+    for threads in (2, 1, 2, 1):
+        torch.set_num_threads(threads)
+        wall, cpu = [], []
+        for q in questions:
+            t0, c0 = time.perf_counter(), time.process_time()
+            encoder.embed([q])
+            wall.append(1000 * (time.perf_counter() - t0))
+            cpu.append(1000 * (time.process_time() - c0))
+        out.setdefault(f"{threads} threads", []).append(
+            {"wall_ms_p50": round(statistics.median(wall), 2),
+             "cpu_ms_p50": round(statistics.median(cpu), 2)})
+    return out
+
+
+@main.command("fanout")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
+              help="a local cluster folder with a hybrid corpus")
+@click.option("--questions", "count", default=100, show_default=True, type=click.IntRange(4))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def fanout_command(directory, count, out):
+    """The round trip that carries BM25 rank and VSIM of every partition, with VSIM in a
+    Redis background thread (its default) or in the main thread (NOTHREAD), alternately on
+    the same questions; and whether the fused top 5 ever differ."""
+    from cluster.connection import Target, connect
+    from gears import retrieval
+
+    client = connect(Target(directory=directory, role="api"))
+    pmap = partitions.load(client)
+    encoder = retrieval.QuestionEncoder(client, threads=retrieval.QUESTION_THREADS)
+    plan = encoder.current(pmap)
+    if plan is None:
+        raise click.ClickException(f"the cluster cannot rank hybrid: {encoder.why}")
+    times: dict[str, list[float]] = {"threaded": [], "NOTHREAD": []}
+    differ = 0
+    for _, ex in question_set(NATURAL, corpus.DEV, count)[:count]:
+        vectors = encoder.embed(ex.question, plan)
+        tops = {}
+        for mode in (("threaded", "NOTHREAD") if len(times["threaded"]) % 2
+                     else ("NOTHREAD", "threaded")):
+            t0 = time.perf_counter()
+            found = _fanout(client, pmap, ex.question, plan, vectors, mode == "NOTHREAD")
+            times[mode].append(1000 * (time.perf_counter() - t0))
+            tops[mode] = [(f.pid, f.score) for f in found.passages]
+        differ += tops["threaded"] != tops["NOTHREAD"]
+    _write(out, {"questions": count, "masters": len(client.get_primaries()),
+                 "partitions": len(pmap.partitions), "fused_top5_differing": differ,
+                 "round_trip_ms_p50": {m: round(statistics.median(v), 2)
+                                       for m, v in times.items()}})
+
+
+def _fanout(client, pmap, question, plan, vectors, nothread: bool):
+    """retrieval.hybrid with VSIM in Redis' main thread, or in its background thread."""
+    from gears import dense, retrieval
+
+    shipped = dense.VectorQuery.options
+    dense.VectorQuery.options = ("NOTHREAD",) if nothread else ()
+    try:
+        return retrieval.hybrid(client, pmap, question, 5, plan, vectors)
+    finally:
+        dense.VectorQuery.options = shipped
+
+
+@main.command("forward", hidden=True)
+@click.argument("threads", type=int)
+def forward_command(threads):
+    """One process's fp32 reader forward (3 windows of 220 tokens): wall and CPU ms p50."""
+    import torch
+
+    from models.default import default_artifact
+    from models.export import read_metadata
+
+    artifact = default_artifact()
+    torch.set_num_threads(threads)
+    module = torch.jit.load(str(artifact / read_metadata(artifact)["variants"]["fp32"]["file"]))
+    ids = torch.randint(1000, 20000, (3, 220))
+    wall, cpu = [], []
+    with torch.inference_mode():
+        for i in range(10):
+            t0, c0 = time.perf_counter(), time.process_time()
+            module(ids, torch.ones_like(ids), torch.zeros_like(ids))
+            if i >= 2:  # TorchScript optimizes on its second call
+                wall.append(1000 * (time.perf_counter() - t0))
+                cpu.append(1000 * (time.process_time() - c0))
+    click.echo(json.dumps({"wall_ms_p50": round(statistics.median(wall), 1),
+                           "cpu_ms_p50": round(statistics.median(cpu), 1)}))
+
+
+def _cpu_timed(work, *args):
+    """(work(*args), CPU seconds it took this process)."""
+    c0 = time.process_time()
+    result = work(*args)
+    return result, time.process_time() - c0
+
+
+def _write(out: Path, result: dict) -> None:
+    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "loadavg": [round(x, 2) for x in os.getloadavg()], **result}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -35,12 +35,12 @@ def search(client, pmap: PartitionMap, vector: np.ndarray, k: int = 5,
 
 
 class VectorQuery:
-    """One VSIM call per partition (alone, or in the BM25 rank's round trip).
+    """One VSIM call per partition (alone, or in the BM25 rank's round trip)."""
 
-    ``NOTHREAD``: a partition's vector set is small (hundreds to thousands of vectors), so
-    searching it in Redis' main thread costs less than handing each of the 16 searches to a
-    background thread and back: BM25 rank + VSIM of 16 partitions over 2 masters p50 19.5
-    -> 11.7 ms, the same results (bench/results/hybrid-speed-2026-12-06.json)."""
+    #: a partition's vector set is small (hundreds to thousands of vectors): searching it in
+    #: Redis' main thread costs less than handing each of the 16 searches to a background
+    #: thread and back (bench/results/hybrid-speed-2026-12-06.json, ``fanout``)
+    options: tuple[str, ...] = ("NOTHREAD",)
 
     def __init__(self, blob: bytes, k: int, ef: int | None = None):
         self.blob, self.k = blob, int(k)
@@ -48,7 +48,7 @@ class VectorQuery:
 
     def queue(self, pipe, p) -> None:
         pipe.execute_command("VSIM", keys.vectors(p.tag), "FP32", self.blob, "WITHSCORES",
-                             "COUNT", self.k, *self.extra, "NOTHREAD")
+                             "COUNT", self.k, *self.extra, *self.options)
 
 
 def parse(index: int, reply) -> list[Ranked]:

@@ -18,6 +18,14 @@ def default_threads(workers: int = 1) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
+#: how the worker's OpenMP threads wait between parallel regions (``OMP_WAIT_POLICY``, unless
+#: the environment sets it): spinning, OpenMP's default, burns the cores the API, Redis and
+#: the other workers need. A 3 x 220-token fp32 read on 2 threads, 2 busy cores: 658-816 ms
+#: spinning, 204-217 ms passive, 204-212 ms on 1 thread (bench/results/
+#: hybrid-speed-2026-12-06.json, ``threads``); on idle cores passive threads still share it.
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     max_batch: int = 16  # requests per batch (RedisAI's BATCHSIZE)
@@ -25,12 +33,13 @@ class WorkerSettings:
     max_batch_pairs: int = 8  # (question, window) pairs per forward pass, and per reply group
     ingest_batch: int = 256  # ingest entries per partition per indexing step
     #: passages embedded per forward pass: small batches keep the activations in cache
-    #: (bench/results/hybrid-speed-2026-12-06.json: int8, 1 thread, 128 tokens: 97 passages
-    #: per CPU second at 8, 92 at 32, 66 at 64)
+    #: (int8, 1 thread, cut at 128 tokens: 103 passages per CPU second at 8, 99 at 32, 74 at
+    #: 64; bench/results/hybrid-speed-2026-12-06.json, ``embedding``)
     embed_batch: int = 8
     #: passages are cut at this many tokens before embedding (None: the encoder's own
-    #: max_seq_len); all-MiniLM-L6-v2 was trained at 128 word pieces, and 256 cost 1.45x
-    #: the CPU for the same recall (bench/results/hybrid-speed-2026-12-06.json)
+    #: max_seq_len, 256 for all-MiniLM-L6-v2, which was trained at 128 word pieces): 1.33x
+    #: fewer CPU seconds a passage; fused recall@5 natural 91.1 -> 91.1, SQuAD dev 92.4 ->
+    #: 92.0 (bench/results/retrieval-fusion-2026-12-06-128.json)
     embed_max_tokens: int | None = 128
     #: passages a re-embed step embeds (gears/reembed.py); a question arriving meanwhile
     #: waits for it: ~1 s at MiniLM int8's ~35 passages/s on 2 busy cores
