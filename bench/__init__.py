@@ -2,4 +2,5 @@
 
 #: The parts of a bench run, in order (``shardqa bench --only``). Kept here, not in bench.run,
 #: so the CLI can name them without importing torch.
-PHASES = ("machine", "forward", "quality", "api", "baselines", "cached", "options", "rank")
+PHASES = ("machine", "forward", "quality", "api", "baselines", "cached", "options", "rank",
+          "budget")

@@ -13,7 +13,9 @@ Phases (each prints what it does; loops show a progress bar on a terminal):
    at concurrency 1, 4, 16; the baselines on the same questions; cached latency (Redis GET,
    HTTP API);
 6. reader options on ranked candidates (padding, int8, skipping low-ranked candidates);
-7. rank latency at 10k/50k/100k passages on an index-only cluster.
+7. rank latency at 10k/50k/100k passages on an index-only cluster;
+8. the CPU budget of an uncached question at concurrency 16 (k=5, int8): CPU ms per question
+   by process, Redis' commands, py-spy's stages and top frames (bench/cpu_budget.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from bench import corpus, options, rank_scale
+from bench import corpus, cpu_budget, options, rank_scale
 from bench.baselines import NaiveBaseline, pattern_answer
 from bench.reader_forward import cpu_name, forward_rows, matmul_gflops, model_flops
 from bench.testbed import Testbed
@@ -72,7 +74,10 @@ class BenchSettings:
     rank_targets: tuple[int, ...] = (10_000, 50_000, 100_000)
     rank_questions: int = 200
     forward_runs: int = 7
+    budget_questions: int = 160  # asked at concurrency 16 for the CPU budget (after 32 more)
     only: tuple[str, ...] = ()  # phases to run (empty: all of bench.PHASES)
+    port_base: int | None = None  # first port of the bench cluster (default: free ports)
+    api_port: int | None = None  # the bench API's port (default: a free one)
 
     @classmethod
     def for_run(cls, quick: bool, **overrides) -> BenchSettings:
@@ -83,6 +88,7 @@ class BenchSettings:
             s.cached_repeats, s.distractor_docs = 200, 1500
             s.quality_questions, s.option_questions = 64, 12
             s.rank_targets, s.rank_questions, s.forward_runs = (2_000, 5_000, 10_000), 30, 3
+            s.budget_questions = 48
         for name, value in overrides.items():
             if value is not None:
                 setattr(s, name, value)
@@ -180,9 +186,10 @@ class Bench:
 
         latency_qs = pool.take(s.latency_questions * len(s.ks))
         throughput_qs = pool.take(sum(s.throughput_questions.values()))
+        self.budget_qs = pool.take(32 + s.budget_questions) if self.want("budget") else []
         work = Path(tempfile.mkdtemp(prefix="shardqa-bench-"))
         try:
-            if any(self.want(p) for p in ("api", "baselines", "cached", "options")):
+            if any(self.want(p) for p in ("api", "baselines", "cached", "options", "budget")):
                 self.deployment(work, artifact, variants, latency_qs, throughput_qs)
             if self.want("rank"):
                 self.phase("rank latency against corpus size (index-only cluster)")
@@ -243,7 +250,8 @@ class Bench:
         s, r = self.s, self.result
         self.phase(f"deployment: {s.masters} masters, one worker each "
                    f"({s.worker_threads} thread), the API")
-        with Testbed(work / "main", masters=s.masters, threads=s.worker_threads) as bed:
+        with Testbed(work / "main", masters=s.masters, threads=s.worker_threads,
+                     port_base=s.port_base, api_port=s.api_port) as bed:
             bed.start(artifact, variants[0])
             pmap = partitions.load(bed.client)
             api = ApiClient(bed.api_url)
@@ -256,6 +264,18 @@ class Bench:
                                    bed.worker_counters().items()}
             if self.want("options"):
                 self._options(bed, pmap, artifact, variants, latency_qs)
+            if self.want("budget"):
+                self._budget(bed, artifact, variants)
+
+    def _budget(self, bed: Testbed, artifact: Path, variants: list[str]) -> None:
+        variant = variants[-1]  # int8 where the artifact has it
+        if bed.model_version is None or not bed.model_version.endswith(":" + variant):
+            bed.use_variant(artifact, variant)
+        self.phase(f"CPU budget: {self.s.budget_questions} uncached questions at concurrency "
+                   f"16, k=5, {variant}")
+        warm, asked = self.budget_qs[:32], self.budget_qs[32:]
+        self.result["cpu_budget"] = {"variant": variant, **cpu_budget.measure(
+            bed, asked, warm, concurrency=16, k=5, say=self.say)}
 
     def _ingest(self, bed: Testbed) -> None:
         self.phase("ingest: dev paragraphs + Wikipedia distractors")

@@ -42,8 +42,12 @@ class Testbed:
     __test__ = False  # not a pytest class, despite the name
 
     def __init__(self, root: Path, *, masters: int = 2, threads: int = 1, api: bool = True,
-                 worker_options: dict | None = None):
+                 worker_options: dict | None = None, port_base: int | None = None,
+                 api_port: int | None = None):
+        """``port_base`` / ``api_port``: where the nodes and the API listen (default: free
+        ports found at start)."""
         self.root = Path(root)
+        self.port_base, self.api_port = port_base, api_port
         self.masters = masters
         self.threads = threads
         self.with_api = api
@@ -60,7 +64,7 @@ class Testbed:
     def start(self, artifact: Path | None = None, variant: str = "fp32",
               timeout: float = 180) -> Testbed:
         bring_up(self.stack.cluster, masters=self.masters,
-                 port_base=free_port_base(self.masters))
+                 port_base=self.port_base or free_port_base(self.masters))
         self.client = connect(self.target, max_connections=256)
         if artifact is not None:
             from models import store
@@ -78,7 +82,7 @@ class Testbed:
             state["workers"][master] = self.stack.spawn(
                 f"worker-{master.replace(':', '-')}", args)
         if self.with_api:
-            port = free_port()
+            port = self.api_port or free_port()
             pid = self.stack.spawn("api", ["serve", "--host", "127.0.0.1", "--port", str(port)])
             self.api_url = f"http://127.0.0.1:{port}"
             state["api"] = {"pid": pid, "url": self.api_url}
