@@ -138,3 +138,19 @@ def test_py_spy_samples_the_function_that_burns_the_cpu(tmp_path):
     assert got["samples"] >= 20
     assert got["top_self"][0]["frame"] == "spin_here (<string>)"
     assert got["top_self"][0]["share"] > 0.8
+
+
+def test_the_bench_report_shows_the_budget_by_process_with_its_stages():
+    from bench import report
+
+    budget = {"concurrency": 16, "k": 5, "variant": "int8", "questions_per_s": 20.0,
+              "machine": {"others_cores_mean": 0.1},
+              "cpu_ms_per_question": {"by_process": {"api": 4.0, "worker a": 60.0},
+                                      "ours_total": 64.0},
+              "profiles": {"worker a": {"stages": [
+                  {"frame": "reader forward (TorchScript)", "cpu_ms_per_question": 29.0}],
+                  "pool_threads_cpu_ms_per_question": 30.0}}}
+    md = "\n".join(report._budget(budget))
+    assert "| worker a | 60.0 | reader forward (TorchScript) 29.00, torch pool threads 30.0 |" in md
+    assert "| api | 4.0 |  |" in md and "**64.0**" in md
+    assert report._budget(None) == []
