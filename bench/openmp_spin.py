@@ -1,7 +1,7 @@
 """How long torch's idle OpenMP threads spin, against a lone forward pass (models/openmp.py).
 
-For each setting (spin counts: libgomp's default 300,000 and the shipped one by default;
-and no spinning at all, ``OMP_WAIT_POLICY=PASSIVE``),
+For each setting (spin counts: libgomp's default 300,000 and a short 10,000 by default;
+and no spinning at all, ``OMP_WAIT_POLICY=PASSIVE``, what shardqa sets),
 a fresh interpreter (libgomp reads the setting once, when torch loads) times the int8 reader
 at 2 threads: the wall and CPU ms of one forward pass at a few shapes, and the CPU the
 process burns in a 20 ms pause after each pass (what a worker's idle pool thread costs the
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_SPINS = (300_000, 10_000)  # libgomp's default, the shipped setting
+DEFAULT_SPINS = (300_000, 10_000)  # libgomp's default, and a short spin
 SHAPES = ((1, 192), (5, 192))
 PAUSE_S = 0.02
 

@@ -1,27 +1,29 @@
-"""torch's OpenMP thread pool: how long an idle thread spins before it sleeps.
+"""torch's OpenMP thread pool: idle threads sleep instead of spinning.
 
-libgomp, the OpenMP runtime torch's CPU kernels run on here, reads ``GOMP_SPINCOUNT`` (and
-``OMP_WAIT_POLICY``) once, when torch loads. Its default, 300,000 rounds, keeps each thread
-of the pool spinning for milliseconds after every parallel region. A shard worker runs
-short forward passes with gaps between them (waiting for requests, talking to Redis), so its
-pool thread spun through those gaps on cores the other workers, the API and Redis needed,
-and inside a pass it spun for a peer the scheduler had put aside: at concurrency 16 (k=5,
-int8, two 2-thread workers on 2 cores) a question cost ~115 ms of worker CPU before and ~66
-after, 16 -> 24-28 questions/s (README *Performance*, CPU budget). 10,000 rounds still
-bridge the gaps between the operators of one forward pass on an idle machine; where cores
-are oversubscribed, ``OMP_WAIT_POLICY=PASSIVE`` (no spinning) does better still.
+libgomp, the OpenMP runtime torch's CPU kernels run on here, reads ``OMP_WAIT_POLICY`` and
+``GOMP_SPINCOUNT`` once, when torch loads. By default an idle thread of the pool spins for
+300,000 rounds (milliseconds) after every parallel region before it sleeps. A shard worker
+runs short forward passes with gaps between them (waiting for requests, talking to Redis),
+on cores it shares with the other workers, the API and Redis: its pool thread spun through
+those gaps on cores the others needed, and inside a pass it spun for a peer the scheduler had
+put aside. Measured (README *Performance*, CPU budget): at concurrency 16 (k=5, int8, two
+2-thread workers on 2 cores) a question cost ~115 ms of worker CPU with the default, 66 with
+10,000 rounds and 57 with none, and with other work on the machine the gap only grows;
+spinning helps only a lone forward pass on an otherwise idle machine. So the pool sleeps
+(``OMP_WAIT_POLICY=PASSIVE``); a machine that runs nothing but one worker can ask for
+spinning back with ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY=ACTIVE``.
 """
 
 from __future__ import annotations
 
 import os
 
-#: spins of an idle libgomp thread before it sleeps (libgomp's default: 300,000)
-SPIN_COUNT = 10_000
+#: what shardqa's processes tell libgomp unless their environment says otherwise
+WAIT_POLICY = "PASSIVE"
 
 
 def configure() -> None:
-    """Set the spin count for this process unless the environment already chose a policy;
+    """Set the wait policy for this process unless the environment already chose one;
     effective only before torch is first imported (``models/__init__`` calls it)."""
     if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+        os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
