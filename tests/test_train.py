@@ -166,3 +166,39 @@ def test_max_steps_ends_the_schedule_inside_an_epoch(setup, tmp_path):
     state = torch.load(short / "epoch-2" / "training_state.pt", weights_only=False)
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # decayed to zero at max_steps
     assert not (short / "epoch-3").exists()
+
+
+def test_init_trains_a_reader_further_in_fp32_with_its_head(setup, tmp_path):
+    """``--init``: an fp16-stored QA checkpoint (as the bundled reader) loads in fp32 and
+    training starts from its QA head, not a fresh one."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    encoder, data = setup
+    torch.manual_seed(7)
+    reader = AutoModelForQuestionAnswering.from_pretrained(str(encoder), local_files_only=True)
+    start = tmp_path / "reader"
+    reader.half().save_pretrained(str(start))
+    AutoTokenizer.from_pretrained(str(encoder)).save_pretrained(str(start))
+    stored = load_file(str(start / "model.safetensors"))
+    assert stored["qa_outputs.weight"].dtype == torch.float16
+    out = tmp_path / "run"
+    further = TrainSettings(**{**settings(encoder, data, epochs=1).__dict__, "encoder": None,
+                               "init": str(start), "lr": 1e-12})
+    train(further, out, threads=1, progress=False, log=lambda _: None)
+    trained = load_file(str(out / "model.safetensors"))
+    assert trained["qa_outputs.weight"].dtype == torch.float32
+    torch.testing.assert_close(trained["qa_outputs.weight"],
+                               stored["qa_outputs.weight"].float(), rtol=0, atol=1e-6)
+
+
+def test_init_refuses_an_encoder_and_the_cli_wants_one_start(setup, tmp_path):
+    encoder, data = setup
+    bare = TrainSettings(**{**settings(encoder, data, epochs=1).__dict__, "encoder": None,
+                            "init": str(encoder)})
+    with pytest.raises(ShardqaError, match="has no QA head"):
+        train(bare, tmp_path / "run", threads=1, progress=False, log=lambda _: None)
+    for args in ([], ["--encoder", str(encoder), "--init", str(encoder)]):
+        result = CliRunner().invoke(train_command, [*args, "--train", str(data),
+                                                    "--out", str(tmp_path / "o")])
+        assert isinstance(result.exception, ShardqaError), result.output
+        assert "exactly one of --encoder" in str(result.exception)
