@@ -12,7 +12,7 @@ are noisy, CPU seconds much less so).
 
     python -m bench.hybrid_speed api --api before URL PID DIR --api after URL PID DIR --out F
     python -m bench.hybrid_speed embedding --out F   # passages per CPU second by cut, batch
-    python -m bench.hybrid_speed threads --out F     # torch threads, OpenMP waiting
+    python -m bench.hybrid_speed question --out F    # a question on 1 or 2 torch threads
 """
 
 from __future__ import annotations
@@ -210,26 +210,13 @@ def embedding_command(count, out):
                  "rows": rows})
 
 
-@main.command("threads")
+@main.command("question")
 @click.option("--questions", "count", default=100, show_default=True, type=click.IntRange(4))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def threads_command(count, out):
-    """Torch threads and OpenMP waiting: one question embedded on 1 or 2 threads, and a
-    3 x 220-token fp32 read on 2 threads spinning (OpenMP's default) or waiting passively,
-    and on 1 thread (each read in a process of its own: the policy is read at start)."""
-    import subprocess
-    import sys
-
-    result = {"question_embedding": question_threads(count), "reader_forward": {}}
-    for name, threads, policy in (("2 threads, spinning", 2, "ACTIVE"),
-                                  ("2 threads, passive", 2, "PASSIVE"),
-                                  ("1 thread", 1, "PASSIVE")) * 2:
-        env = {**os.environ, "OMP_WAIT_POLICY": policy}
-        done = subprocess.run([sys.executable, "-m", "bench.hybrid_speed", "forward",
-                               str(threads)], env=env, capture_output=True, text=True,
-                              check=True)
-        result["reader_forward"].setdefault(name, []).append(json.loads(done.stdout))
-    _write(out, result)
+def question_command(count, out):
+    """One question embedded (int8) on 1 or 2 torch threads, alternately: wall and CPU ms.
+    (How torch's idle OpenMP threads wait is bench/openmp_spin.py's.)"""
+    _write(out, {"question_embedding": question_threads(count)})
 
 
 def question_threads(count: int) -> dict:
@@ -303,31 +290,6 @@ def _fanout(client, pmap, question, plan, vectors, nothread: bool):
         return retrieval.hybrid(client, pmap, question, 5, plan, vectors)
     finally:
         dense.VectorQuery.options = shipped
-
-
-@main.command("forward", hidden=True)
-@click.argument("threads", type=int)
-def forward_command(threads):
-    """One process's fp32 reader forward (3 windows of 220 tokens): wall and CPU ms p50."""
-    import torch
-
-    from models.default import default_artifact
-    from models.export import read_metadata
-
-    artifact = default_artifact()
-    torch.set_num_threads(threads)
-    module = torch.jit.load(str(artifact / read_metadata(artifact)["variants"]["fp32"]["file"]))
-    ids = torch.randint(1000, 20000, (3, 220))
-    wall, cpu = [], []
-    with torch.inference_mode():
-        for i in range(10):
-            t0, c0 = time.perf_counter(), time.process_time()
-            module(ids, torch.ones_like(ids), torch.zeros_like(ids))
-            if i >= 2:  # TorchScript optimizes on its second call
-                wall.append(1000 * (time.perf_counter() - t0))
-                cpu.append(1000 * (time.process_time() - c0))
-    click.echo(json.dumps({"wall_ms_p50": round(statistics.median(wall), 1),
-                           "cpu_ms_p50": round(statistics.median(cpu), 1)}))
 
 
 def _cpu_timed(work, *args):

@@ -4,7 +4,6 @@ shardqa.ask)."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import click
@@ -17,7 +16,7 @@ from cluster.connection import connect
 from cluster.options import log_level_option, start_logging, target_options
 from cluster.waiting import Deadline
 from gears.health import served_partitions, status
-from gears.settings import DEFAULTS, OMP_WAIT_POLICY, WorkerSettings
+from gears.settings import DEFAULTS, WorkerSettings
 
 console = Console(highlight=False)
 
@@ -70,7 +69,6 @@ def worker_command(master, cluster_url, max_batch, max_wait_ms, max_batch_pairs,
                    embed_batch, embed_max_tokens, reembed_batch, threads, max_deliveries,
                    keymiss_rate, keymiss_burst, log_level, target):
     """Run the shard worker beside one master (one per master)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)  # before torch loads OpenMP
     from cluster.connection import Target
     from gears.worker import ShardWorker
 

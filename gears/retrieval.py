@@ -11,12 +11,12 @@ of the two and each partition is searched with its own: vectors of two encoders 
 Encoders are loaded from the model store on the first question that needs them
 (sha256-checked, about a second), and the partitions' metadata is read again at most every
 ``ENCODER_CHECK_S``. Embedding one question costs about 2 ms of one core at int8 (a process
-that only asks runs torch on ``QUESTION_THREADS``, 1: two threads cost 2.5x the CPU and the
+that only asks runs torch on ``QUESTION_THREADS``, 1: two threads cost twice the CPU and the
 time; bench/results/hybrid-speed-2026-12-06.json), and the last ``EMBEDDING_CACHE``
 questions' vectors are kept per encoder. Then, after BM25's stats fan-out, one round trip per
-master carries both the
-BM25 ``rank`` and the ``VSIM`` of every partition, and the two lists (``fusion.CANDIDATES``
-each) are fused by the shipped method (gears/fusion.py). Each partition's ``VSIM`` goes
+master carries both the BM25 ``rank`` and the ``VSIM`` of every partition (in Redis' main
+thread: gears/dense.py), and the two lists (``fusion.CANDIDATES`` each) are fused by the
+shipped method (gears/fusion.py). Each partition's ``VSIM`` goes
 between two reads of its metadata in the same pipeline: unless both name the encoder the
 question was embedded with, that partition's dense list is dropped (a re-embed swapped its
 set in that instant) and the metadata is read again for the next question.
@@ -52,9 +52,9 @@ ENCODER_CHECK_S = 5.0
 RECHECK_S = 0.5
 NO_ENCODER = "no passage encoder pushed"
 #: torch threads of a process that only asks (the API, ``eval --mode open``, ``replay``): a
-#: question is one short input; on 2 threads it cost 4.7-5.5 ms of CPU and 5.7 ms instead of
-#: 1.7-2.0 and 1.8-2.3 (p50, 2 busy cores; bench/results/hybrid-speed-2026-12-06.json,
-#: ``threads``). Workers keep their own setting.
+#: question is one short input; on 2 threads it cost 3.6 ms of CPU and 3.7-3.8 ms instead of
+#: 1.7-2.0 and 1.7-2.1 (p50, 2 busy cores; bench/results/hybrid-speed-2026-12-06.json,
+#: ``question_embedding``). Workers keep their own setting.
 QUESTION_THREADS = 1
 #: question vectors kept per process (1.5 KB each): a question asked again once the answer
 #: cache no longer has it (every ingest starts a new corpus generation; another k) is not

@@ -18,14 +18,6 @@ def default_threads(workers: int = 1) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-#: how the worker's OpenMP threads wait between parallel regions (``OMP_WAIT_POLICY``, unless
-#: the environment sets it): spinning, OpenMP's default, burns the cores the API, Redis and
-#: the other workers need. A 3 x 220-token fp32 read on 2 threads, 2 busy cores: 658-816 ms
-#: spinning, 204-217 ms passive, 204-212 ms on 1 thread (bench/results/
-#: hybrid-speed-2026-12-06.json, ``threads``); on idle cores passive threads still share it.
-OMP_WAIT_POLICY = "PASSIVE"
-
-
 @dataclass(frozen=True)
 class WorkerSettings:
     max_batch: int = 16  # requests per batch (RedisAI's BATCHSIZE)
