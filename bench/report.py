@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from bench import comparison
+from bench.rank_scale import GROWTH_NAMES, by_growth
 
 
 def write(result: dict, out: Path) -> list[Path]:
@@ -110,13 +111,18 @@ def markdown(r: dict) -> str:
                   f"and indexed; {i['redis_bytes_per_passage']:,} Redis bytes per passage"]
     if r.get("rank_scale"):
         lines += ["", "## Rank latency against corpus size (k=5, ms)", "",
-                  "| passages | p50 | p95 | capped p50 | capped p95 | capped overlap@k | "
-                  "index B/passage |", "|---|---|---|---|---|---|---|"]
-        for row in r["rank_scale"]:
-            lines.append(f"| {row['passages']:,} | {_fmt(row['exact']['p50'], 2)} | "
-                         f"{_fmt(row['exact']['p95'], 2)} | {_fmt(row['capped']['p50'], 2)} | "
-                         f"{_fmt(row['capped']['p95'], 2)} | {row['capped_overlap_at_k']:.3f} | "
-                         f"{row['redis_bytes_per_passage_index_only']:,} |")
+                  "| growth | passages | terms | rarest term's postings | p50 | p95 | "
+                  "capped p50 | capped p95 | capped overlap@k | index B/passage |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for growth, rows in by_growth(r["rank_scale"]).items():
+            for row in rows:
+                lines.append(
+                    f"| {GROWTH_NAMES.get(growth, growth)} | {row['passages']:,} | "
+                    f"{_fmt(row.get('vocabulary'), 0)} | {_fmt(row.get('rarest_term_postings'))} | "
+                    f"{_fmt(row['exact']['p50'], 2)} | {_fmt(row['exact']['p95'], 2)} | "
+                    f"{_fmt(row['capped']['p50'], 2)} | {_fmt(row['capped']['p95'], 2)} | "
+                    f"{row['capped_overlap_at_k']:.3f} | "
+                    f"{row['redis_bytes_per_passage_index_only']:,} |")
     if r.get("forward"):
         lim = r["matmul"]
         lines += ["", "## Reader forward vs the fp32 matmul limit", "",
@@ -236,9 +242,11 @@ def readme_section(r: dict, out: Path) -> str:
                      f"{i['indexed_passages_per_s']:,} passages/s {work}; "
                      f"{i['redis_bytes_per_passage']:,} Redis bytes per passage.")
     if r.get("rank_scale"):
-        lines.append("Rank (k=5) p50: " + ", ".join(
-            f"{_fmt(row['exact']['p50'], 2)} ms at {row['passages']:,}"
-            for row in r["rank_scale"]) + " passages.")
+        lines.append("Rank (k=5, cap " + str(r["rank_scale"][-1]["cap"]) + ") p50: " + "; ".join(
+            f"{GROWTH_NAMES.get(growth, growth)}: " + ", ".join(
+                f"{_fmt(row['capped']['p50'], 2)} ms at {row['passages']:,}" for row in rows)
+            + f" passages ({rows[-1]['capped']['p50'] / rows[0]['capped']['p50']:.2f}x)"
+            for growth, rows in by_growth(r["rank_scale"]).items()) + ".")
     lines += optimizations(r)
     if r.get("goals"):
         lines += ["", "| goal | target | measured | reached |", "|---|---|---|---|"]
@@ -315,13 +323,13 @@ def optimizations(r: dict) -> list[str]:
         flags = ", ".join(b["cpu_bf16_flags"]) or "none of amx_bf16/avx512_bf16"
         lines.append(f"- bf16: CPU flags {flags}; bf16 matmul {b['matmul_bf16_gflops']} vs "
                      f"fp32 {b['matmul_fp32_gflops']} GFLOP/s: {b['decision']}")
-    rs = r.get("rank_scale") or []
-    if rs:
-        last = rs[-1]
+    for growth, rows in by_growth(r.get("rank_scale") or []).items():
+        last = rows[-1]
         order = ("timed in alternating order" if last.get("order") == "interleaved" else
                  "exact timed first for every question, so capped may profit from warm caches")
         lines.append(f"- rank reading at most {last['cap']} postings per term and partition "
-                     f"(shipped; exact scores for every passage found): p50 "
+                     f"(shipped; exact scores for every passage found), "
+                     f"{GROWTH_NAMES.get(growth, growth)}: p50 "
                      f"{last['exact']['p50']:.1f} -> "
                      f"{last['capped']['p50']:.1f} ms at {last['passages']:,} passages "
                      f"({order}), top-{last['k']} overlap {last['capped_overlap_at_k']:.2f}")
@@ -383,15 +391,14 @@ def plots(r: dict, out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     if r.get("rank_scale"):
-        rows = r["rank_scale"]
-        sizes = [row["passages"] for row in rows]
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for key, label in (("exact", "rank, every posting"),
-                           ("capped", "rank, capped postings (shipped)")):
-            line, = ax.plot(sizes, [row[key]["p50"] for row in rows], marker="o",
-                            label=f"{label} p50")
-            ax.plot(sizes, [row[key]["p95"] for row in rows], linestyle="--",
-                    color=line.get_color(), alpha=0.6)
+        for growth, rows in by_growth(r["rank_scale"]).items():
+            sizes = [row["passages"] for row in rows]
+            for key, label in (("exact", "every posting"), ("capped", "capped (shipped)")):
+                line, = ax.plot(sizes, [row[key]["p50"] for row in rows], marker="o",
+                                label=f"{GROWTH_NAMES.get(growth, growth)}, {label} p50")
+                ax.plot(sizes, [row[key]["p95"] for row in rows], linestyle="--",
+                        color=line.get_color(), alpha=0.6)
         ax.set_xlabel("passages in the corpus")
         ax.set_ylabel("rank latency, ms (dashed: p95)")
         ax.grid(True, alpha=0.3)

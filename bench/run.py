@@ -213,7 +213,7 @@ class Bench:
                     work / "rank", masters=s.masters, targets=list(s.rank_targets),
                     base=corpus.dev_documents(s.dev), seeds=corpus.distractors(),
                     questions=[q.question for q in questions[: s.rank_questions]],
-                    say=self.say)
+                    port_base=s.port_base, say=self.say)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         r["goals"] = goals(r)
@@ -648,11 +648,12 @@ def goals(r: dict) -> list[dict]:
         share = typical["ts_fp32"]["share_of_matmul"]
         goal("reader forward (fp32, 5 x 192) share of matmul GFLOP/s, 2 threads",
              round(100 * share, 1), ">= 50", share >= 0.5, "%")
-    rs = r.get("rank_scale") or []
-    if len(rs) >= 2:
+    for growth, rs in rank_scale.by_growth(r.get("rank_scale") or []).items():
+        if len(rs) < 2:
+            continue
         ratio = rs[-1]["capped"]["p50"] / rs[0]["capped"]["p50"]
         goal(f"rank p50 (shipped, cap {rs[-1]['cap']}) at {rs[-1]['passages']:,} / at "
-             f"{rs[0]['passages']:,} passages",
+             f"{rs[0]['passages']:,} passages, {rank_scale.GROWTH_NAMES.get(growth, growth)}",
              round(ratio, 2), "<= 2", ratio <= 2, "x")
     q = r.get("quality", {})
     if "int8" in q and not r.get("reader", {}).get("random_qa_head"):

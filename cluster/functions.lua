@@ -2,7 +2,7 @@
 -- The shardqa functions library, loaded on every master (FUNCTION LOAD REPLACE).
 -- Every function touches only the keys it is given, all in one partition's slot.
 
-local VERSION = '5'
+local VERSION = '6'
 
 local function shardqa_version(keys, args)
   return VERSION
@@ -28,11 +28,17 @@ end
 -- Returns {passage id, score, passage id, score, ...} best first, at most k pairs.
 --
 -- MaxScore: terms are taken rarest (highest weight) first, and each one's postings bring new
--- candidates, every one scored in full at once (ZMSCORE of the other terms, its length). A
--- term can add at most weight x (k1 + 1) to a passage; once the terms not yet read could
--- not lift a passage that has none of the terms read so far past the current k-th best,
--- their postings are never read: common words cost nothing unless the rare ones leave the
--- top k short. The result is the top k that reading every term would give (exact BM25).
+-- candidates, every one scored in full (ZMSCORE of the other terms, its length). What a term
+-- can add to a passage is bounded by the partition's highest tf of it (a passage is at least
+-- tf terms long): once the terms not yet read could not lift a passage that has none of the
+-- terms read so far to the current k-th best, their postings are never read: common words
+-- cost nothing unless the rare ones leave the top k short. Within a term, postings are read
+-- highest tf first in growing chunks, and the rest of them are left unread once even the
+-- last tf read could not bring a new passage up to the k-th best. A candidate's other terms
+-- are looked up rarest first, and it is dropped as soon as what it has plus what the terms
+-- not yet looked up could add falls below the k-th best. Only what cannot reach the k-th
+-- best is ever skipped (ties included, with a margin for rounding), so the result is the top
+-- k that scoring every passage would give (exact BM25).
 -- cap > 0 also reads at most cap postings per term, highest tf first, so the work stops
 -- growing with the corpus even for questions made only of common words; every passage found
 -- still gets its exact score (an unseen passage may hold a cut term, at most with the last
@@ -44,18 +50,25 @@ local function rank(keys, args)
   local avgdl = tonumber(args[4]) or 1
   local cap = tonumber(args[5]) or 0
   if avgdl <= 0 then avgdl = 1 end
-  local w, order = {}, {}
+  local w, order, ub = {}, {}, {}
+  -- most(t, tf): the most term t adds to a passage holding it tf times (dl >= tf)
+  local function most(t, tf)
+    return w[t] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * tf / avgdl))
+  end
   for i = 2, #keys do
     w[i] = tonumber(args[4 + i]) or 1
-    order[#order + 1] = i
+    local top = redis.call('ZRANGE', keys[i], 0, 0, 'REV', 'WITHSCORES')
+    if #top > 0 then  -- a term no passage of this partition holds adds nothing here
+      ub[i] = most(i, tonumber(top[2]))
+      order[#order + 1] = i
+    end
   end
   table.sort(order, function(x, y)
     if w[x] ~= w[y] then return w[x] > w[y] end
     return x < y
   end)
   local rest = {[#order + 1] = 0}  -- rest[j]: the most terms order[j..] can add together
-  for j = #order, 1, -1 do rest[j] = rest[j + 1] + w[order[j]] * (k1 + 1) end
-  local chunk = 4000
+  for j = #order, 1, -1 do rest[j] = rest[j + 1] + ub[order[j]] end
   local seen, best = {}, {}
   local done = {}  -- terms read before, every posting of them: unseen passages lack them
   local open = 0   -- the most the cut terms read so far can add to an unseen passage
@@ -73,53 +86,90 @@ local function rank(keys, args)
     end
   end
 
+  local function short(bound)  -- bound cannot reach the k-th best (margin for rounding)
+    return #best >= k and bound * (1 + 1e-9) < best[k][2]
+  end
+
+  -- score the passages new[] that term i brought (tf[x] each), dropping the hopeless early
+  local function score(i, new, tf)
+    local bound, tfs, alive = {}, {}, {}
+    local remain = 0
+    for x = 1, #new do
+      bound[x] = most(i, tf[x])
+      tfs[x] = {[i] = tf[x]}
+      alive[x] = x
+    end
+    local look = {}
+    for _, t in ipairs(order) do
+      if t ~= i and not done[t] then
+        look[#look + 1] = t
+        remain = remain + ub[t]
+      end
+    end
+    for _, t in ipairs(look) do
+      remain = remain - ub[t]
+      local pids = {}
+      for y = 1, #alive do pids[y] = new[alive[y]] end
+      local got = redis.call('ZMSCORE', keys[t], unpack(pids))
+      local still = {}
+      for y = 1, #alive do
+        local x = alive[y]
+        if got[y] then
+          local v = tonumber(got[y])
+          tfs[x][t] = v
+          bound[x] = bound[x] + most(t, v)
+        end
+        if not short(bound[x] + remain) then still[#still + 1] = x end
+      end
+      alive = still
+      if #alive == 0 then return end
+    end
+    local pids = {}
+    for y = 1, #alive do pids[y] = new[alive[y]] end
+    local lens = redis.call('HMGET', keys[1], unpack(pids))
+    for y = 1, #alive do
+      local x = alive[y]
+      local norm = k1 * (1 - b + b * (tonumber(lens[y]) or avgdl) / avgdl)
+      local s = 0
+      for t, v in pairs(tfs[x]) do
+        s = s + w[t] * v * (k1 + 1) / (v + norm)
+      end
+      keep(new[x], s)
+    end
+  end
+
   for j = 1, #order do
-    if #best >= k and rest[j] + open <= best[k][2] then break end
+    if short(rest[j] + open) then break end
     local i = order[j]
-    local postings, complete
-    if cap > 0 then
-      postings = redis.call('ZRANGE', keys[i], 0, cap - 1, 'REV', 'WITHSCORES')
-      complete = #postings < 2 * cap or redis.call('ZCARD', keys[i]) <= cap
-    else
-      postings = redis.call('ZRANGE', keys[i], 0, -1, 'WITHSCORES')
-      complete = true
-    end
-    local new, tfs = {}, {}
-    for x = 1, #postings, 2 do
-      local pid = postings[x]
-      if not seen[pid] then
-        seen[pid] = true
-        new[#new + 1] = pid
-        tfs[pid] = {[i] = tonumber(postings[x + 1])}
-      end
-    end
-    for start = 1, #new, chunk do
-      local stop = math.min(start + chunk - 1, #new)
-      for _, t in ipairs(order) do
-        if t ~= i and not done[t] then
-          local got = redis.call('ZMSCORE', keys[t], unpack(new, start, stop))
-          for x = start, stop do
-            local tf = got[x - start + 1]
-            if tf then tfs[new[x]][t] = tonumber(tf) end
-          end
+    local limit = cap > 0 and cap or math.huge
+    local from, size, last, complete = 0, 128, nil, false
+    while true do
+      local want = math.min(size, limit - from)
+      local postings = redis.call('ZRANGE', keys[i], from, from + want - 1, 'REV', 'WITHSCORES')
+      local n = #postings / 2
+      from = from + n
+      local new, tf = {}, {}
+      for x = 1, #postings, 2 do
+        local pid = postings[x]
+        if not seen[pid] then
+          seen[pid] = true
+          new[#new + 1] = pid
+          tf[#tf + 1] = tonumber(postings[x + 1])
         end
       end
-      local lens = redis.call('HMGET', keys[1], unpack(new, start, stop))
-      for x = start, stop do
-        local dl = tonumber(lens[x - start + 1]) or avgdl
-        local norm = k1 * (1 - b + b * dl / avgdl)
-        local s = 0
-        for t, tf in pairs(tfs[new[x]]) do
-          s = s + w[t] * tf * (k1 + 1) / (tf + norm)
-        end
-        keep(new[x], s)
-      end
+      if #new > 0 then score(i, new, tf) end
+      if n > 0 then last = tonumber(postings[#postings]) end
+      if n < want then complete = true break end
+      if from >= limit then complete = redis.call('ZCARD', keys[i]) <= limit break end
+      -- the unread postings hold term i at most last times, and the passages they bring
+      -- lack every term read in full: can one still reach the k-th best?
+      if short(most(i, last) + rest[j + 1] + open) then break end
+      size = math.min(4 * size, 4096)
     end
     if complete then
       done[i] = true
     else  -- an unseen passage has this term at most as often as the last posting read
-      local tf = tonumber(postings[#postings])
-      open = open + w[i] * tf * (k1 + 1) / (tf + k1 * (1 - b))
+      open = open + most(i, last)
     end
   end
   local out = {}

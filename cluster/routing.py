@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from redis.cluster import RedisCluster
@@ -93,7 +94,8 @@ def per_master(client: RedisCluster, partitions: Sequence[Partition],
                build: Callable[[object, Partition], None], *, many: bool = False
                ) -> dict[int, object]:
     """``build(pipe, partition)`` queues one command per partition; they go out as one
-    pipeline per master (one round trip each). Returns partition index -> reply.
+    pipeline per master (one round trip each, all masters at once). Returns partition
+    index -> reply.
 
     ``many``: ``build`` may queue several commands (or none) per partition, and each reply is
     the list of that partition's replies, in the order they were queued.
@@ -120,7 +122,7 @@ def _per_master_once(client, partitions, build, many: bool = False) -> dict[int,
     for p in partitions:
         node = owner(client, p.slot)
         by_node.setdefault(node.name, (node, []))[1].append(p)
-    replies: dict[int, object] = {}
+    pipes = []
     for node, parts in by_node.values():
         pipe = client.get_redis_connection(node).pipeline(transaction=False)
         counts = []
@@ -128,7 +130,10 @@ def _per_master_once(client, partitions, build, many: bool = False) -> dict[int,
             before = len(pipe)
             build(pipe, p)
             counts.append(len(pipe) - before)
-        results = pipe.execute(raise_on_error=False) if len(pipe) else []
+        pipes.append((pipe, parts, counts))
+    replies: dict[int, object] = {}
+    for (_, parts, counts), results in zip(pipes, _execute_all([p for p, _, _ in pipes]),
+                                           strict=True):
         redirect = next((r for r in results if isinstance(r, _REDIRECTS)), None)
         if redirect is not None:
             raise redirect
@@ -140,6 +145,33 @@ def _per_master_once(client, partitions, build, many: bool = False) -> dict[int,
             replies[p.index] = results[at:at + count]
             at += count
     return replies
+
+
+#: threads that wait on the other masters' replies while the caller waits on the first one
+_FAN_OUT = ThreadPoolExecutor(max_workers=32, thread_name_prefix="shardqa-fan-out")
+
+
+def _execute_all(pipes: list) -> list[list]:
+    """Every master's pipeline at once, so a fan-out waits for the slowest master rather
+    than for the sum of them all (each master scores its own partitions in parallel).
+    A stale route in any of them raises, after all have finished."""
+    def run(pipe) -> list:
+        return pipe.execute(raise_on_error=False) if len(pipe) else []
+
+    later = [_FAN_OUT.submit(run, pipe) for pipe in pipes[1:]]
+    first = None
+    try:
+        results = [run(pipes[0])] if pipes else []
+    except Exception as exc:  # noqa: BLE001 - raised once the others are done too
+        first, results = exc, []
+    for future in later:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - the first error wins, as before
+            first = first or exc
+    if first is not None:
+        raise first
+    return results
 
 
 def run_on_owner(client: RedisCluster, key: str, queue: Callable[[object], object], *,

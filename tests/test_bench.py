@@ -6,6 +6,7 @@ the tiny reader); nothing here asserts a time.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -108,12 +109,13 @@ def test_dev_questions_are_a_fixed_shuffle(tmp_path):
         corpus.dev_questions(tmp_path / "missing.json")
 
 
-def test_synthetic_stages_reach_each_target_with_distinct_passages():
+@pytest.mark.parametrize("growth", sorted(corpus.GROWTHS))
+def test_synthetic_stages_reach_each_target_with_distinct_passages(growth):
     base = [Document("dev:1", "", paragraphs=("one paragraph here.", "another one here."))]
     seeds = [Document(f"wiki:{i}", f"First sentence {i}. Second sentence {i}. Third {i}.")
              for i in range(7)]
     seen, totals = set(), []
-    for target, stage, total in corpus.synthetic_stages(base, seeds, [10, 25, 60]):
+    for target, stage, total in corpus.synthetic_stages(base, seeds, [10, 25, 60], growth):
         assert total >= target
         totals.append(total)
         for doc in stage:
@@ -125,6 +127,43 @@ def test_synthetic_stages_reach_each_target_with_distinct_passages():
     assert passage_id("dev:1", 0) in seen and passage_id("dev:1", 1) in seen  # base first
     with pytest.raises(corpus.CorpusError):
         list(corpus.synthetic_stages([], [], [5]))
+
+
+def test_heaps_fit_recovers_the_law_it_was_given():
+    # word n is new whenever floor(3 * n**0.5) grows: V(N) ~= 3 * N**0.5
+    tokens, vocabulary = [], 0
+    for n in range(1, 20_001):
+        if int(3 * n ** 0.5) > vocabulary:
+            vocabulary += 1
+            tokens.append(f"w{vocabulary}")
+        else:
+            tokens.append(tokens[-1])
+    scale, beta = corpus.heaps_fit(tokens)
+    assert beta == pytest.approx(0.5, abs=0.01) and scale == pytest.approx(3, rel=0.05)
+
+
+def test_natural_growth_keeps_inventing_words_on_the_seeds_zipf_curve():
+    """Rotated copies stop adding words once every seed is in; the natural growth keeps
+    adding new ones (Heaps' law), reuses the seeds' words by their frequency, and gives the
+    same corpus every time."""
+    words = [f"word{i}" for i in range(400)]
+    seeds = [Document(f"wiki:{i}", " ".join(words[int(400 / (1 + j % 97)) - 1] + " the"
+                                            for j in range(i, i + 60)) + ".")
+             for i in range(40)]
+
+    def grown(growth: str, n: int) -> list[Document]:
+        return list(itertools.islice(corpus.GROWTHS[growth](seeds), n))
+
+    for growth, new_words in (("rotated", False), ("natural", True)):
+        docs = grown(growth, 400)
+        vocab = [set(analyzer.terms(" ".join(d.text for d in docs[:n]))) for n in (40, 400)]
+        assert (len(vocab[1]) > len(vocab[0])) is new_words, growth
+    natural = grown("natural", 400)
+    assert [d.text for d in natural] == [d.text for d in grown("natural", 400)]
+    assert natural[:40] == seeds
+    later = Counter(w for d in natural[40:] for w in d.text.rstrip(".").split())
+    assert later.most_common(1)[0][0] == "the"  # the seeds' most frequent word stays so
+    assert all(len(split_passages(d)) == 1 for d in natural[40:])
 
 
 def _result() -> dict:
@@ -147,7 +186,10 @@ def _result() -> dict:
                                         4: {"questions_per_s": 30.0, "latency": lat}}},
         "cached": {"redis_get_cluster_client": lat, "redis_get_direct_node": lat,
                    "http_api": lat},
-        "rank_scale": [rank_row, {**rank_row, "passages": 5000}],
+        "rank_scale": [rank_row, {**rank_row, "passages": 5000},
+                       {**rank_row, "growth": "natural", "vocabulary": 700},
+                       {**rank_row, "growth": "natural", "passages": 5000, "vocabulary": 2100,
+                        "capped": {**lat, "p50": 25.0}}],
         "quality": {"fp32": {"exact_match": 60.0, "f1": 70.0, "count": 5,
                              "f1_delta_vs_fp32": 0.0},
                     "int8": {"exact_match": 59.0, "f1": 68.5, "count": 5,
@@ -169,8 +211,10 @@ def test_goals_say_what_was_reached_and_what_not():
     assert by_name["faster than naive, k=5"]["measured"] == 6.0
     assert by_name["cached p50, HTTP API"]["reached"] is False  # 10 ms > 1 ms
     assert by_name["int8 F1 cost on dev"]["reached"] is False  # -1.5 F1
-    rank = next(g for g in goals(r) if g["goal"].startswith("rank p50"))
-    assert rank["measured"] == 1.0 and rank["reached"] is True
+    rotated, natural = [g for g in goals(r) if g["goal"].startswith("rank p50")]
+    assert "rotated copies" in rotated["goal"] and "natural vocabulary" in natural["goal"]
+    assert rotated["measured"] == 1.0 and rotated["reached"] is True
+    assert natural["measured"] == 2.5 and natural["reached"] is False
 
 
 def test_report_writes_json_markdown_and_plots(tmp_path):
@@ -186,6 +230,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
             assert p.read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "run.md").read_text()
     assert "| shardqa int8 | 5 | 10.0 | 12.0 | 12.5 | 2 | 50.0 | 40.0 |" in md
+    assert "| natural vocabulary | 5,000 | 2,100 | - | 10.00 | 12.00 | 25.00 |" in md
     assert "**no**" in md
     readme = (tmp_path / "run-readme.md").read_text()
     assert readme.startswith("## Performance")
