@@ -49,6 +49,22 @@ def ask_http(url: str, question: str) -> tuple[dict, float]:
     return body, (time.perf_counter() - t0) * 1000
 
 
+def load_corpus(client, documents, source: str = "ovos-wiki"):
+    """Ingest ``documents``, then wait until every passage is indexed *and* embedded: the
+    ingest entries cover what this ingest wrote, the re-embed job the passages stored before
+    the encoder was pushed (a demo run again on an older cluster: all unchanged). Returns
+    the ingest report."""
+    from gears.cli import follow_embedding
+    from loaders.writer import ingest, wait_indexed
+
+    report = ingest(client, documents, source=source)
+    if report.written:
+        console.print("indexing and embedding the passages (about 2 minutes on 2 cores)")
+    wait_indexed(client)
+    follow_embedding(client)
+    return report
+
+
 @click.command("demo")
 @click.option("--api-port", default=ServeSettings.port, show_default=True,
               type=click.IntRange(1, 65535),
@@ -60,7 +76,6 @@ def ask_http(url: str, question: str) -> tuple[dict, float]:
 def demo_command(api_port, port_base, cluster_dir, questions):
     """Start everything, load the Wikipedia demo corpus, ask questions through the API."""
     from loaders.documents import read_documents
-    from loaders.writer import ingest, wait_indexed
 
     console.rule("1. cluster, shard workers, API")
     state = LocalStack(cluster_dir).up(masters=ClusterSpec.masters, port_base=port_base,
@@ -71,10 +86,7 @@ def demo_command(api_port, port_base, cluster_dir, questions):
 
     console.rule("2. the demo corpus (Wikipedia summaries)")
     client = connect(Target(directory=cluster_dir))
-    report = ingest(client, read_documents([], "ovos-wiki"), source="ovos-wiki")
-    if report.written:
-        console.print("indexing and embedding the passages (about 2 minutes on 2 cores)")
-    wait_indexed(client)
+    report = load_corpus(client, read_documents([], "ovos-wiki"))
     console.print(f"{report.written} passages written, {report.unchanged} unchanged")
 
     console.rule("3. questions through the API")

@@ -349,12 +349,14 @@ def up_command(corpus, model, encoder, masters, api_port, api_host, port_base, t
                       "/qa?q=your+question')")
         console.print(f"page: {state['api']['url']}/  (open it in a browser)")
     if corpus:
+        from gears.cli import follow_embedding
         from loaders.documents import read_documents
         from loaders.writer import ingest, wait_indexed
 
         client = connect(Target(directory=cluster_dir))
         ingest(client, read_documents(list(corpus)))
         wait_indexed(client)
+        follow_embedding(client)  # passages stored before the encoder: re-embedded
 
 
 @click.command("down")
