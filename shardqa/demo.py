@@ -27,7 +27,7 @@ from cluster.connection import Target, connect
 from cluster.local import ClusterSpec
 from cluster.options import dir_option, port_base_option
 from shardqa.ask import found_by
-from shardqa.stack import LocalStack
+from shardqa.stack import LocalStack, reader_variant_option
 
 console = Console(highlight=False)
 
@@ -71,16 +71,18 @@ def load_corpus(client, documents, source: str = "ovos-wiki"):
               envvar="SHARDQA_API_PORT")
 @port_base_option
 @dir_option
+@reader_variant_option
 @click.option("--question", "-q", "questions", multiple=True,
               help="ask these instead of the built-in questions")
-def demo_command(api_port, port_base, cluster_dir, questions):
+def demo_command(api_port, port_base, cluster_dir, reader_variant, questions):
     """Start everything, load the Wikipedia demo corpus, ask questions through the API."""
     from loaders.documents import read_documents
 
     console.rule("1. cluster, shard workers, API")
     state = LocalStack(cluster_dir).up(masters=ClusterSpec.masters, port_base=port_base,
                                        api_port=api_port, api_host=ServeSettings.host,
-                                       threads=None, model=None)
+                                       threads=None, model=None,
+                                       reader_variant=reader_variant)
     url = state["api"]["url"]
     console.print(f"up: {len(state['workers'])} shard workers, API at {url}")
 
