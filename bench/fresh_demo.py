@@ -67,7 +67,8 @@ PHASES = {
 def run_demo(clone: Path, port_base: int, api_port: int, log: Path) -> dict[str, float]:
     """``make demo`` in ``clone``; returns milestone -> seconds since it started."""
     env = {**os.environ, "SHARDQA_PORT_BASE": str(port_base),
-           "SHARDQA_API_PORT": str(api_port), "COLUMNS": "200"}
+           "SHARDQA_API_PORT": str(api_port), "COLUMNS": "200",
+           "PYTHONUNBUFFERED": "1"}  # each line as it is printed, not when a buffer fills
     env.pop("SHARDQA_DIR", None)
     env.pop("VIRTUAL_ENV", None)
     t0 = time.monotonic()
