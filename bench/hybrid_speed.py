@@ -11,6 +11,7 @@ process, the shard workers and the Redis nodes (from /proc: wall times on a shar
 are noisy, CPU seconds much less so).
 
     python -m bench.hybrid_speed api --api before URL PID DIR --api after URL PID DIR --out F
+    python -m bench.hybrid_speed api --stack fp32 DIR1 --stack int8 DIR2 --out F  # shardqa up
     python -m bench.hybrid_speed embedding --out F   # passages per CPU second by cut, batch
     python -m bench.hybrid_speed question --out F    # a question on 1 or 2 torch threads
 """
@@ -139,10 +140,14 @@ def main() -> None:
 
 
 @main.command("api")
-@click.option("--api", "apis", type=(str, str, int, str), multiple=True, required=True,
+@click.option("--api", "apis", type=(str, str, int, str), multiple=True,
               metavar="NAME URL PID DIR",
               help="an API to ask, its PID and its local cluster folder (several: "
                    "alternating blocks)")
+@click.option("--stack", "stacks", type=(str, click.Path(exists=True, file_okay=False)),
+              multiple=True, metavar="NAME DIR",
+              help="the same for the API of a 'shardqa up --dir DIR' stack (its URL and PID "
+                   "from the stack's state)")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1, 50))
 @click.option("--dev-count", default=100, show_default=True, type=click.IntRange(0))
 @click.option("--block", default=8, show_default=True, type=click.IntRange(1))
@@ -152,8 +157,11 @@ def main() -> None:
               default=NATURAL, show_default=True)
 @click.option("--note", default="", help="what else ran on the machine, for the record")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def api_command(apis, k, dev_count, block, dev, natural, note, out):
+def api_command(apis, stacks, k, dev_count, block, dev, natural, note, out):
     """Uncached latency, stages, passages read and CPU per question of each API."""
+    apis = [*apis, *(stack_api(name, directory) for name, directory in stacks)]
+    if not apis:
+        raise click.UsageError("give at least one --api or --stack")
     sides = [Side(*a) for a in apis]
     questions = question_set(natural, dev, dev_count)
     load = [os.getloadavg()]
@@ -169,6 +177,16 @@ def api_command(apis, k, dev_count, block, dev, natural, note, out):
               "note": note, "apis": {s.name: s.summary() for s in sides}}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["apis"], indent=1))
+
+
+def stack_api(name: str, directory: str) -> tuple[str, str, int, str]:
+    """(NAME, URL, PID, DIR) of the API a ``shardqa up --dir DIR`` stack runs."""
+    from shardqa.stack import LocalStack
+
+    api = LocalStack(directory).state().get("api") or {}
+    if not (api.get("url") and api.get("pid")):
+        raise click.BadParameter(f"{directory}: the stack runs no API", param_hint="--stack")
+    return name, api["url"], int(api["pid"]), directory
 
 
 # --- the pieces, in process (CPU time: the machine is shared) ------------------------------

@@ -183,6 +183,23 @@ def reembed_command(timeout, no_wait, target):
         follow(client, Deadline(timeout))
 
 
+def follow_embedding(client, timeout: float = 1800) -> bool:
+    """After an ingest: follow the re-embed until every partition's vectors are the current
+    encoder's, where the cluster embeds at all (vector sets and an encoder pushed). The
+    ingest entries ``wait_indexed`` counts only cover what the ingest wrote: a corpus already
+    stored before the encoder was pushed (re-ingested unchanged) or after a new encoder is
+    embedded by the workers' re-embed job, partition by partition, and asking before it ends
+    ranks those partitions by BM25 alone. Returns whether it had to wait."""
+    report = status(client)
+    progress = report["reembed"]
+    if not (report["retrieval"]["vector_sets"] and progress["encoder"]
+            and progress["partitions"]):
+        return False
+    console.print(reembed_line(progress))
+    follow(client, Deadline(timeout))
+    return True
+
+
 def follow(client, deadline: Deadline) -> None:
     """A progress bar of the passages embedded with the current encoder, until every
     partition's vectors are its; at the deadline, one line naming the partitions behind

@@ -15,6 +15,9 @@ from cluster.errors import ShardqaError
 
 BUNDLED = Path(__file__).resolve().parent / "default_reader"
 NAME = "minilm-squad"
+#: the reader variant ``shardqa up`` and ``shardqa demo`` push (``--reader-variant``)
+READER_VARIANT = "fp32"
+READER_VARIANTS = ("fp32", "int8")
 
 
 def default_artifact(variant_int8: bool = True, cache_dir: str | os.PathLike | None = None

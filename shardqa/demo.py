@@ -27,7 +27,7 @@ from cluster.connection import Target, connect
 from cluster.local import ClusterSpec
 from cluster.options import dir_option, port_base_option
 from shardqa.ask import found_by
-from shardqa.stack import LocalStack
+from shardqa.stack import LocalStack, reader_variant_option
 
 console = Console(highlight=False)
 
@@ -49,32 +49,46 @@ def ask_http(url: str, question: str) -> tuple[dict, float]:
     return body, (time.perf_counter() - t0) * 1000
 
 
+def load_corpus(client, documents, source: str = "ovos-wiki"):
+    """Ingest ``documents``, then wait until every passage is indexed *and* embedded: the
+    ingest entries cover what this ingest wrote, the re-embed job the passages stored before
+    the encoder was pushed (a demo run again on an older cluster: all unchanged). Returns
+    the ingest report."""
+    from gears.cli import follow_embedding
+    from loaders.writer import ingest, wait_indexed
+
+    report = ingest(client, documents, source=source)
+    if report.written:
+        console.print("indexing and embedding the passages (about 2 minutes on 2 cores)")
+    wait_indexed(client)
+    follow_embedding(client)
+    return report
+
+
 @click.command("demo")
 @click.option("--api-port", default=ServeSettings.port, show_default=True,
               type=click.IntRange(1, 65535),
               envvar="SHARDQA_API_PORT")
 @port_base_option
 @dir_option
+@reader_variant_option
 @click.option("--question", "-q", "questions", multiple=True,
               help="ask these instead of the built-in questions")
-def demo_command(api_port, port_base, cluster_dir, questions):
+def demo_command(api_port, port_base, cluster_dir, reader_variant, questions):
     """Start everything, load the Wikipedia demo corpus, ask questions through the API."""
     from loaders.documents import read_documents
-    from loaders.writer import ingest, wait_indexed
 
     console.rule("1. cluster, shard workers, API")
     state = LocalStack(cluster_dir).up(masters=ClusterSpec.masters, port_base=port_base,
                                        api_port=api_port, api_host=ServeSettings.host,
-                                       threads=None, model=None)
+                                       threads=None, model=None,
+                                       reader_variant=reader_variant)
     url = state["api"]["url"]
     console.print(f"up: {len(state['workers'])} shard workers, API at {url}")
 
     console.rule("2. the demo corpus (Wikipedia summaries)")
     client = connect(Target(directory=cluster_dir))
-    report = ingest(client, read_documents([], "ovos-wiki"), source="ovos-wiki")
-    if report.written:
-        console.print("indexing and embedding the passages (about 2 minutes on 2 cores)")
-    wait_indexed(client)
+    report = load_corpus(client, read_documents([], "ovos-wiki"))
     console.print(f"{report.written} passages written, {report.unchanged} unchanged")
 
     console.rule("3. questions through the API")

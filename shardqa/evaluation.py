@@ -58,12 +58,15 @@ class ReaderFit:
 
 
 def ingest_file(client, path: str, progress: bool = True):
-    """Every paragraph of the SQuAD file into the cluster, then wait for the workers."""
+    """Every paragraph of the SQuAD file into the cluster, then wait for the workers to
+    index it and to embed every stored passage (a re-embed under way is part of it)."""
+    from gears.cli import follow_embedding
     from loaders.documents import read_documents
     from loaders.writer import ingest, wait_indexed
 
     report = ingest(client, read_documents([path], "squad"), source=path, progress=progress)
     wait_indexed(client, progress=progress)
+    follow_embedding(client)
     return report
 
 

@@ -33,6 +33,7 @@ from cluster.local import LocalCluster, port_in_use, process_alive
 from cluster.options import dir_option, masters_option, port_base_option
 from cluster.waiting import until
 from gears.settings import default_threads
+from models.default import READER_VARIANT, READER_VARIANTS
 
 console = Console(highlight=False)
 STACK_FILE = "stack.json"
@@ -138,14 +139,14 @@ class LocalStack:
 
     def up(self, *, masters: int, port_base: int, api_port: int | None, api_host: str,
            threads: int | None, model: str | None, encoder: str | None = None,
-           timeout: float = 120) -> dict:
+           reader_variant: str | None = None, timeout: float = 120) -> dict:
         running = self.cluster.exists() and len(self.cluster.running_nodes()) == len(
             self.cluster.spec().nodes)
         if not running:
             bring_up(self.cluster, masters=masters, port_base=port_base)
         target = Target(directory=str(self.dir))
         client = connect(target)
-        ensure_model(client, model, encoder)
+        ensure_model(client, model, encoder, reader_variant)
         owners = sorted(set(partitions.owners(client, partitions.load(client)).values()))
         if threads is None:
             threads = default_threads(len(owners))
@@ -243,20 +244,24 @@ def _forget_supervised(directory: Path) -> None:
         pass
 
 
-def ensure_model(client, model: str | None, encoder: str | None = None) -> None:
+def ensure_model(client, model: str | None, encoder: str | None = None,
+                 reader_variant: str | None = None) -> None:
     """Push ``model`` (an exported reader artifact), or the default reader if no reader is in
-    the cluster; push ``encoder`` (an exported encoder artifact, int8), or the default
-    passage encoder if none is in the cluster, so answers are hybrid ("none": push none)."""
+    the cluster or a ``reader_variant`` is asked for, in that variant (default
+    models.default.READER_VARIANT); push ``encoder`` (an exported encoder artifact, int8), or
+    the default passage encoder if none is in the cluster, so answers are hybrid ("none":
+    push none)."""
     from models import store
 
     kinds = {row.get("kind") or "reader" for row in store.list_models(client)}
-    if model is None and "reader" not in kinds:
+    if model is None and ("reader" not in kinds or reader_variant is not None):
         from models.default import default_artifact
 
         model = str(default_artifact())
     if model is not None:
-        console.print(f"pushing reader model {model}")
-        store.push(client, Path(model))
+        variant = reader_variant or READER_VARIANT
+        console.print(f"pushing reader model {model} ({variant})")
+        store.push(client, Path(model), variant=variant)
     if encoder == NO_ENCODER or (encoder is None and "encoder" in kinds):
         return
     push_encoder(client, encoder)
@@ -316,6 +321,14 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+#: ``--reader-variant`` of ``up`` and ``demo``
+reader_variant_option = click.option(
+    "--reader-variant", default=None, type=click.Choice(READER_VARIANTS),
+    envvar="SHARDQA_READER_VARIANT",
+    help=f"which variant of the reader to push [default: {READER_VARIANT}, unless a reader "
+         "is pushed already] [env SHARDQA_READER_VARIANT]")
+
+
 @click.command("up")
 @click.option("--corpus", multiple=True, type=click.Path(exists=True),
               help="ingest these files/folders once everything is up")
@@ -324,6 +337,7 @@ def _http_ok(url: str) -> bool:
 @click.option("--encoder", default=None, metavar="DIRECTORY|none",
               help="exported passage encoder to push (int8) [default: the default encoder, "
                    "unless one is pushed]; none: push none (questions ranked by BM25 alone)")
+@reader_variant_option
 @masters_option
 @click.option("--api-port", default=ServeSettings.port, show_default=True,
               type=click.IntRange(0, 65535),
@@ -334,27 +348,30 @@ def _http_ok(url: str) -> bool:
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="torch threads per worker [default: cores / masters]")
 @dir_option
-def up_command(corpus, model, encoder, masters, api_port, api_host, port_base, threads,
-               cluster_dir):
+def up_command(corpus, model, encoder, reader_variant, masters, api_port, api_host, port_base,
+               threads, cluster_dir):
     """Start everything locally in the background: cluster, workers, API."""
     if encoder not in (None, NO_ENCODER) and not Path(encoder).is_dir():
         raise click.BadParameter(f"{encoder!r} is not a folder (nor 'none')",
                                  param_hint="--encoder")
     stack = LocalStack(cluster_dir)
     state = stack.up(masters=masters, port_base=port_base, api_port=api_port or None,
-                     api_host=api_host, threads=threads, model=model, encoder=encoder)
+                     api_host=api_host, threads=threads, model=model, encoder=encoder,
+                     reader_variant=reader_variant)
     console.print(f"workers: {', '.join(state['workers'])}")
     if state.get("api"):
         console.print(f"API: {state['api']['url']}  (try: curl '{state['api']['url']}"
                       "/qa?q=your+question')")
         console.print(f"page: {state['api']['url']}/  (open it in a browser)")
     if corpus:
+        from gears.cli import follow_embedding
         from loaders.documents import read_documents
         from loaders.writer import ingest, wait_indexed
 
         client = connect(Target(directory=cluster_dir))
         ingest(client, read_documents(list(corpus)))
         wait_indexed(client)
+        follow_embedding(client)  # passages stored before the encoder: re-embedded
 
 
 @click.command("down")

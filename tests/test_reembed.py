@@ -297,3 +297,32 @@ def settle_others(client, pmap, mine, timeout: float = 120) -> None:
 
 def _text(value):
     return value.decode() if isinstance(value, bytes) else value
+
+
+def test_the_demo_returns_once_passages_stored_before_the_encoder_are_embedded(
+        cluster, workers, tiny_artifact, tiny_encoder_artifact):
+    """``shardqa demo`` run again on a cluster whose passages were stored before the encoder
+    was pushed writes nothing new, so no ingest entry waits; it must still return only when
+    the re-embed job has given every passage its vector (it returned at once, with most
+    partitions' vector sets empty and their questions ranked by BM25 alone)."""
+    from gears.cli import follow_embedding
+    from shardqa.demo import load_corpus
+
+    client = cluster.client()
+    docs = [*CORPUS, *documents(60)]
+    start(client, workers, tiny_artifact)  # no encoder yet: BM25 alone
+    ingest(client, docs, progress=False)
+    wait_indexed(client, timeout=120, progress=False)
+    workers.stop_all()
+    store.push(client, tiny_encoder_artifact, variant="int8")
+    workers.start_all()  # they load torch for seconds: nothing is embedded yet
+    report = load_corpus(client, docs, source="test")
+    assert (report.written, report.unchanged) == (0, sum(expected(partitions.load(client),
+                                                                   docs).values()))
+    pmap = partitions.load(client)
+    counts = expected(pmap, docs)
+    encoder = current_id(client)
+    for index, s in vector_state(client, pmap).items():
+        assert (s["encoder"], s["next"], s["vectors"], s["passages"]) == (
+            encoder, None, counts[index], counts[index]), (index, s)
+    assert not follow_embedding(client)  # nothing behind: no wait, no output

@@ -21,7 +21,7 @@ from cluster.partitions import passage_id
 from cluster.waiting import until
 from gears.asker import Asker, NoReply
 from models import store
-from shardqa.stack import LocalStack, wait_healthy, worker_name
+from shardqa.stack import NO_ENCODER, LocalStack, ensure_model, wait_healthy, worker_name
 from tests.conftest import free_port_base, run_cli, run_up
 
 
@@ -154,6 +154,22 @@ def test_up_with_its_defaults_answers_with_the_bundled_reader(tmp_path):
     assert down.returncode == 0, down.stderr
     assert pids and not any(process_alive(p) for p in pids)
     assert not port_in_use(api_port) and not any(port_in_use(base + i) for i in range(3))
+def test_up_pushes_the_reader_variant_asked_for(cluster, tiny_artifact):
+    """``up --reader-variant``: the variant every master serves is the one asked for; without
+    it, a reader already pushed stays as it is."""
+    client = cluster.client()
+
+    def current() -> list[tuple[str, str]]:
+        return sorted({(r["name"], r["variant"]) for r in store.list_models(client)
+                       if r["kind"] == "reader" and r["current_on"]})
+
+    for variant in ("int8", "fp32"):
+        ensure_model(client, str(tiny_artifact), NO_ENCODER, reader_variant=variant)
+        assert current() == [("tiny", variant)]
+        ensure_model(client, None, NO_ENCODER)  # a reader is there: kept, in its variant
+        assert current() == [("tiny", variant)]
+
+
 def test_up_does_not_count_a_just_killed_workers_heartbeat(cluster, tmp_path):
     """Issue 14: a worker killed a second ago still has a fresh heartbeat; ``up`` took it
     for a healthy worker. A heartbeat counts only from the live PID the stack records."""
