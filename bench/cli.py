@@ -96,6 +96,14 @@ def bench_command(quick, out, model, dev, masters, worker_threads, only, port_ba
         budget.write_text(json.dumps({"started": result["started"], "machine": result["machine"],
                                       **result["cpu_budget"]}, indent=2) + "\n")
         console.print(f"wrote {budget}")
+    if "scale_model" in result:
+        scale = out.with_name(f"scale-model-{time.strftime('%Y-%m-%d', time.gmtime())}"
+                              f"{'-quick' if quick else ''}.json")
+        scale.write_text(json.dumps({"started": result["started"], "machine": result["machine"],
+                                     "command": "shardqa bench --only scale"
+                                     + (" --quick" if quick else ""),
+                                     **result["scale_model"]}, indent=2) + "\n")
+        console.print(f"wrote {scale}")
     for g in result.get("goals", []):
         mark = {True: "[green]reached[/]", False: "[red]not reached[/]", None: "-"}[g["reached"]]
         console.print(f"{g['goal']}: {g['measured']} {g['unit']} (goal {g['target']}) {mark}")

@@ -17,7 +17,9 @@ Phases (each prints what it does; loops show a progress bar on a terminal):
    and Haystack (bench/haystack_peer.py, the ``peer`` extra; skipped, saying so, without it);
 8. rank latency at 10k/50k/100k passages on an index-only cluster;
 9. the CPU budget of an uncached question at concurrency 16 (k=5, int8): CPU ms per question
-   by process, Redis' commands, py-spy's stages and top frames (bench/cpu_budget.py).
+   by process, Redis' commands, py-spy's stages and top frames (bench/cpu_budget.py);
+10. the scale model: Redis bytes per passage by category, rank and VSIM on one partition of
+   10k/30k/100k passages, 1 vs 2 masters, extrapolated to 10 M/100 M (bench/scale_model.py).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bench import corpus, cpu_budget, haystack_peer, options, rank_scale
+from bench import corpus, cpu_budget, haystack_peer, options, rank_scale, scale_model
 from bench.baselines import NaiveBaseline, pattern_answer
 from bench.one_process import OneProcessQA
 from bench.reader_forward import cpu_name, forward_rows, matmul_gflops, model_flops
@@ -214,6 +216,14 @@ class Bench:
                     base=corpus.dev_documents(s.dev), seeds=corpus.distractors(),
                     questions=[q.question for q in questions[: s.rank_questions]],
                     port_base=s.port_base, say=self.say)
+            if self.want("scale"):
+                self.phase("scale model: bytes per passage, one partition growing, masters")
+                r["scale_model"] = scale_model.run_scale(
+                    scale_model.ScaleSettings.for_run(s.quick), work / "scale",
+                    artifact=artifact, encoder=self.encoder(),
+                    dev_documents=corpus.dev_documents(s.dev),
+                    distractors=corpus.distractors(),
+                    questions=[q.question for q in questions], say=self.say)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         r["goals"] = goals(r)

@@ -48,8 +48,10 @@ class Testbed:
     def __init__(self, root: Path, *, masters: int = 2, threads: int = 1, api: bool = True,
                  worker_options: dict | None = None, replicas: int = 0,
                  supervised: bool = False, apis: dict[str, list[str]] | None = None,
-                 port_base: int | None = None, api_port: int | None = None):
-        """``apis``: name -> extra ``shardqa serve`` options, one API each (default: one
+                 port_base: int | None = None, api_port: int | None = None,
+                 partition_count: int | None = None):
+        """``partition_count``: partitions of the new cluster (default: the shipped
+        count). ``apis``: name -> extra ``shardqa serve`` options, one API each (default: one
         API, "api", with none; ``api=False``: no API). ``port_base`` / ``api_port``: where
         the nodes and the first API listen (default: free ports found at start)."""
         self.root = Path(root)
@@ -60,6 +62,7 @@ class Testbed:
         self.threads = threads
         self.apis = (apis or {"api": []}) if api else {}
         self.worker_options = worker_options or {}
+        self.partition_count = partition_count or partitions.DEFAULT_PARTITIONS
         self.stack = LocalStack(self.root / "cluster")
         self.target = Target(directory=str(self.stack.dir))
         self.client = None
@@ -78,7 +81,8 @@ class Testbed:
         from models import store
 
         bring_up(self.stack.cluster, masters=self.masters, replicas=self.replicas,
-                 port_base=self.port_base or free_port_base(self.masters * (1 + self.replicas)))
+                 port_base=self.port_base or free_port_base(self.masters * (1 + self.replicas)),
+                 partition_count=self.partition_count)
         self.client = connect(self.target, max_connections=256)
         if self.supervised:
             return self._start_supervised(artifact, timeout)

@@ -157,12 +157,18 @@ def master_slot_ranges(client) -> list[list[tuple[int, int]]]:
 def slot_table(client) -> dict[tuple[int, int], dict]:
     """(first, last) slot -> {"primary": "host:port", "replicas": [...]}, live from the cluster."""
     raw = client.cluster_slots()
+    # a node that never met another (a one-master cluster) reports itself with no host:
+    # it is the node the client reached
+    known = client.get_default_node().host
+
+    def address(node) -> str:
+        return f"{node[0] or known}:{node[1]}"
+
     table: dict[tuple[int, int], dict] = {}
     for (lo, hi), info in raw.items():
-        primary = info["primary"]
         table[(int(lo), int(hi))] = {
-            "primary": f"{primary[0]}:{primary[1]}",
-            "replicas": [f"{r[0]}:{r[1]}" for r in info.get("replicas", [])],
+            "primary": address(info["primary"]),
+            "replicas": [address(r) for r in info.get("replicas", [])],
         }
     return table
 
