@@ -91,9 +91,12 @@ def _layers(text: str | None) -> list[str] | None:
               help="questions whose windows rank the layers")
 @click.option("--max-layers", type=click.IntRange(min=1), default=8, show_default=True,
               help="give up after keeping this many layers in fp32")
+@click.option("--fp32-f1", type=float, default=None,
+              help="fp32's F1 on --dev if already known (e.g. from the model card): not "
+                   "scored again [default: score it]")
 @click.option("--write/--no-write", default=True, show_default=True,
               help="store the choice in SOURCE/shardqa-int8.json (export's default)")
-def int8_select_command(source, dev_file, budget, sample, max_layers, write):
+def int8_select_command(source, dev_file, budget, sample, max_layers, fp32_f1, write):
     """Choose the fewest Linear layers of the checkpoint SOURCE whose staying fp32 brings its
     int8 variant within --budget F1 of fp32 (reader mode on --dev)."""
     from models.int8_selection import select, write_choice
@@ -101,7 +104,7 @@ def int8_select_command(source, dev_file, budget, sample, max_layers, write):
 
     dev = dev_file or datasets.shown(datasets.SQUAD_DEV)
     record = select(source, dev_file or datasets.SQUAD_DEV, budget=budget, sample=sample,
-                    max_layers=max_layers, log=console.print)
+                    max_layers=max_layers, fp32_f1=fp32_f1, log=console.print)
     record["dev"] = str(dev)
     last = record["steps"][-1]
     verdict = "within" if record["reached"] else "NOT within"

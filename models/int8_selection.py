@@ -100,9 +100,11 @@ def rank_layers(model, with_types: bool, batches: list[tuple],
 
 
 def select(source: str | Path, dev: str | Path, *, budget: float = 1.0, sample: int = 300,
-           max_layers: int = 8, log: Callable[[str], None] | None = None) -> dict:
+           max_layers: int = 8, fp32_f1: float | None = None,
+           log: Callable[[str], None] | None = None) -> dict:
     """Rank the layers, then keep the fewest most sensitive ones in fp32 that bring int8's
-    dev F1 within ``budget`` of fp32's. Returns the record ``write_choice`` stores."""
+    dev F1 within ``budget`` of fp32's (``fp32_f1``: already known, not scored again).
+    Returns the record ``write_choice`` stores."""
     from models.export import _load, _quiet_libraries
 
     say = log or (lambda _msg: None)
@@ -111,8 +113,10 @@ def select(source: str | Path, dev: str | Path, *, budget: float = 1.0, sample: 
     with _quiet_libraries():
         model, tokenizer, _random = _load(resolved, local)
         with_types = takes_token_types(model)
-        say(f"fp32 dev F1 on {len(examples)} questions")
-        fp32 = dev_f1(QAOutputs(model, with_types), tokenizer, examples)
+        if fp32_f1 is None:
+            say(f"fp32 dev F1 on {len(examples)} questions")
+        fp32 = fp32_f1 if fp32_f1 is not None else dev_f1(QAOutputs(model, with_types),
+                                                          tokenizer, examples)
         say(f"fp32 F1 {fp32:.2f}; ranking layers on {min(sample, len(examples))} questions")
         ranking = rank_layers(model, with_types, sample_batches(tokenizer, examples[:sample]),
                               say)
