@@ -99,6 +99,7 @@ def _read_checkpoint(folder: Path, variant: str) -> tuple[_QAModule, tokenizers.
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar is not ours
     try:
         model = AutoModelForQuestionAnswering.from_pretrained(str(folder), local_files_only=True,
                                                               dtype=torch.float32)

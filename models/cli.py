@@ -45,8 +45,12 @@ def model_group() -> None:
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="readers: say 'no answer' when a passage's best span is less likely than "
                    "this (for SQuAD 1.1 readers) [default: off]")
+@click.option("--int8-keep-fp32", "keep_fp32", default=None, metavar="LAYERS",
+              help="readers: comma-separated Linear layers the int8 variant leaves in fp32, "
+                   "or 'none' [default: those SOURCE's shardqa-int8.json names, written by "
+                   "'shardqa model int8-select']")
 def export_command(source, name, out_dir, int8, kind, as_encoder, max_seq_len, null_threshold,
-                   temperature, min_confidence):
+                   temperature, min_confidence, keep_fp32):
     """Trace SOURCE (a Hugging Face extractive-QA checkpoint folder, or a sentence encoder)
     to TorchScript."""
     from models.export import check_name, checkpoint_kind, export
@@ -66,8 +70,50 @@ def export_command(source, name, out_dir, int8, kind, as_encoder, max_seq_len, n
         else:
             path = export(source, name, out, int8=int8, max_seq_len=max_seq_len or 384,
                           null_threshold=null_threshold, temperature=temperature,
-                          min_confidence=min_confidence, log=say)
+                          min_confidence=min_confidence, int8_keep_fp32=_layers(keep_fp32),
+                          log=say)
     console.print(f"{kind} artifact: {path}")
+
+
+def _layers(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [] if text.strip() == "none" else [x.strip() for x in text.split(",") if x.strip()]
+
+
+@model_group.command("int8-select")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("--dev", "dev_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="SQuAD-format file to score on [default: data/squad/dev.json]")
+@click.option("--budget", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="F1 points int8 may lose against fp32")
+@click.option("--sample", type=click.IntRange(min=1), default=300, show_default=True,
+              help="questions whose windows rank the layers")
+@click.option("--max-layers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="give up after keeping this many layers in fp32")
+@click.option("--fp32-f1", type=float, default=None,
+              help="fp32's F1 on --dev if already known (e.g. from the model card): not "
+                   "scored again [default: score it]")
+@click.option("--write/--no-write", default=True, show_default=True,
+              help="store the choice in SOURCE/shardqa-int8.json (export's default)")
+def int8_select_command(source, dev_file, budget, sample, max_layers, fp32_f1, write):
+    """Choose the fewest Linear layers of the checkpoint SOURCE whose staying fp32 brings its
+    int8 variant within --budget F1 of fp32 (reader mode on --dev)."""
+    from models.int8_selection import select, write_choice
+    from shardqa import datasets
+
+    dev = dev_file or datasets.shown(datasets.SQUAD_DEV)
+    record = select(source, dev_file or datasets.SQUAD_DEV, budget=budget, sample=sample,
+                    max_layers=max_layers, fp32_f1=fp32_f1, log=console.print)
+    record["dev"] = str(dev)
+    last = record["steps"][-1]
+    verdict = "within" if record["reached"] else "NOT within"
+    console.print(f"int8 keeping {', '.join(last['keep_fp32']) or 'nothing'} in fp32: F1 "
+                  f"{last['f1']:.2f} vs fp32 {record['fp32_f1']:.2f}, {verdict} {budget:g}")
+    if write:
+        console.print(f"wrote {write_choice(source, record)} (export it again to use it)")
+    if not record["reached"]:
+        raise SystemExit(1)
 
 
 def _progress_bar() -> Progress:

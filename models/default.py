@@ -8,6 +8,7 @@ README, the model card). The TorchScript artifact is built from it locally, once
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -23,13 +24,16 @@ READER_VARIANTS = ("fp32", "int8")
 def default_artifact(variant_int8: bool = True, cache_dir: str | os.PathLike | None = None
                      ) -> Path:
     """Export the bundled reader (fp32 + int8) unless an export of it is already cached."""
-    from models.export import EXPORT_SCHEME, export
+    from models.export import EXPORT_SCHEME, INT8_CHOICE, export
 
     if not (BUNDLED / "config.json").is_file():
         raise ShardqaError(f"the bundled reader is missing ({BUNDLED}); pass --model ARTIFACT")
     cache = Path(cache_dir or os.environ.get("SHARDQA_ARTIFACTS", ".shardqa/artifacts"))
     stamp = str(int((BUNDLED / "model.safetensors").stat().st_mtime)) if (
         BUNDLED / "model.safetensors").exists() else "0"
+    choice = BUNDLED / INT8_CHOICE  # a new choice of int8 layers is a new export
+    if choice.is_file():
+        stamp += "-" + hashlib.sha256(choice.read_bytes()).hexdigest()[:6]
     out = cache / f"{NAME}-{stamp}-x{EXPORT_SCHEME}"
     if (out / "shardqa-model.json").is_file():
         return out

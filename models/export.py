@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,12 @@ TOKENIZER = "tokenizer.json"
 VARIANT_FILES = {"fp32": "reader.pt", "int8": "reader-int8.pt"}
 MAX_QUESTION_TOKENS = 64
 #: bumped whenever export writes different modules for the same checkpoint (cached exports of
-#: an older scheme are then rebuilt): 2 = Int8Linear (8-bit activations, 7-bit weights)
-EXPORT_SCHEME = 2
+#: an older scheme are then rebuilt): 2 = Int8Linear (8-bit activations, 7-bit weights),
+#: 3 = the checkpoint's INT8_CHOICE layers kept fp32
+EXPORT_SCHEME = 3
+#: in a checkpoint folder: the Linear layers its int8 variant keeps in fp32 by default, as
+#: chosen on dev by ``shardqa model int8-select`` (``models/int8_selection.py``)
+INT8_CHOICE = "shardqa-int8.json"
 FP32_TOLERANCE = 1e-4
 #: (batch, length) of the parity inputs; the last length is replaced by max_seq_len.
 PARITY_SHAPES = ((1, 9), (2, 33), (4, 128), (8, None))
@@ -52,7 +56,7 @@ class ExportError(ShardqaError):
     exit_code = 2
 
 
-class _QAOutputs(torch.nn.Module):
+class QAOutputs(torch.nn.Module):
     """Calls the HF model with keywords and returns exactly (start_logits, end_logits)."""
 
     def __init__(self, model: torch.nn.Module, with_token_types: bool):
@@ -252,13 +256,26 @@ INT8_QCONFIG = torch.ao.quantization.QConfig(
         dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-64, quant_max=63))
 
 
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Every Linear to Int8Linear but the QA output layer (hidden x 2, negligible cost),
-    which stays fp32 since its outputs are the logits themselves."""
+def int8_candidates(model: torch.nn.Module) -> list[str]:
+    """The Linear layers int8 quantizes, in model order: all but the QA output layer
+    (hidden x 2, negligible cost), which stays fp32 since its outputs are the logits."""
+    return [name for name, mod in model.named_modules()
+            if isinstance(mod, torch.nn.Linear) and not name.endswith("qa_outputs")]
+
+
+def quantize_int8(model: torch.nn.Module, keep_fp32: Iterable[str] = ()) -> torch.nn.Module:
+    """Every int8 candidate Linear to Int8Linear but those named in ``keep_fp32`` (the
+    layers whose quantization costs the most accuracy; see ``models/int8_selection.py``)."""
     from torch.ao.quantization import quantize_dynamic
 
-    spec = {name: INT8_QCONFIG for name, mod in model.named_modules()
-            if isinstance(mod, torch.nn.Linear) and not name.endswith("qa_outputs")}
+    candidates = int8_candidates(model)
+    keep = set(keep_fp32)
+    unknown = sorted(keep - set(candidates))
+    if unknown:
+        example = candidates[0] if candidates else "none"
+        raise ExportError(f"--int8-keep-fp32: this model has no quantized Linear layer named "
+                          f"{', '.join(unknown)} (one it has: {example})")
+    spec = {name: INT8_QCONFIG for name in candidates if name not in keep}
     with warnings.catch_warnings():  # torch's deprecation notice is not shardqa's output
         warnings.simplefilter("ignore")
         return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8,
@@ -304,8 +321,12 @@ def _quiet_libraries() -> Iterator[None]:
 def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
            max_seq_len: int = 384, null_threshold: float | None = None,
            temperature: float | None = None, min_confidence: float | None = None,
+           int8_keep_fp32: Iterable[str] | None = None,
            log: Callable[[str], None] | None = None) -> Path:
     """Trace SOURCE to TorchScript, check parity, write the artifact folder ``out``.
+
+    ``int8_keep_fp32``: Linear layers the int8 variant leaves in fp32; None: those the
+    checkpoint folder's INT8_CHOICE names (none without one).
 
     ``null_threshold`` (SQuAD 2.0-style checkpoints): a passage says "no answer" when its
     null score beats its best span by more than this; None: the reader always answers.
@@ -315,11 +336,26 @@ def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
                "min_confidence": min_confidence}
     with _quiet_libraries():
         return _export(source, name, out, int8=int8, max_seq_len=max_seq_len,
-                       reading={k: v for k, v in reading.items() if v is not None}, log=log)
+                       reading={k: v for k, v in reading.items() if v is not None},
+                       keep_fp32=int8_keep_fp32, log=log)
+
+
+def int8_choice(source: str | Path) -> list[str]:
+    """The layers a checkpoint folder's INT8_CHOICE keeps in fp32 ([] without the file)."""
+    path = Path(source) / INT8_CHOICE
+    if not path.is_file():
+        return []
+    try:
+        layers = json.loads(path.read_text(encoding="utf-8"))["keep_fp32"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{path}: not a shardqa int8 choice ({exc})") from None
+    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+        raise ExportError(f"{path}: keep_fp32 must be a list of layer names")
+    return layers
 
 
 def _export(source: str | Path, name: str, out: Path, *, int8: bool,
-            max_seq_len: int, reading: dict[str, float],
+            max_seq_len: int, reading: dict[str, float], keep_fp32: Iterable[str] | None,
             log: Callable[[str], None] | None) -> Path:
     say = log or (lambda _msg: None)
     check_name(name)
@@ -328,12 +364,11 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
     say(f"loading {resolved}")
     model, tokenizer, random_head = _load(resolved, local)
     _check_seq_len(model.config, max_seq_len)
-    # RoBERTa, XLM-R (one token type) and DeBERTa-v3 (none) are read with type 0 throughout,
-    # as they were trained: the wrapper does not pass the reader's token types on
-    with_types = ("token_type_ids" in inspect.signature(model.forward).parameters
-                  and int(getattr(model.config, "type_vocab_size", 2) or 0) >= 2)
+    with_types = takes_token_types(model)
+    keep = list(keep_fp32) if keep_fp32 is not None else (
+        int8_choice(resolved) if local else [])
     traced, traced_int8, report = _trace_checked(model, tokenizer, with_types, max_seq_len,
-                                                 int8, say)
+                                                 keep if int8 else None, say)
     meta = {
         "kind": "reader",
         "name": name,
@@ -344,10 +379,19 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
         **reading,
         "parity": report,
     }
+    if int8:
+        meta["int8_fp32_layers"] = keep
     meta = write_artifact(out, {"fp32": traced, "int8": traced_int8}, VARIANT_FILES,
                           tokenizer, meta)
     say(f"wrote {out} (version {meta['version']})")
     return out
+
+
+def takes_token_types(model: torch.nn.Module) -> bool:
+    """RoBERTa, XLM-R (one token type) and DeBERTa-v3 (none) are read with type 0 throughout,
+    as they were trained: their wrapper does not pass the reader's token types on."""
+    return ("token_type_ids" in inspect.signature(model.forward).parameters
+            and int(getattr(model.config, "type_vocab_size", 2) or 0) >= 2)
 
 
 def _check_seq_len(config, max_seq_len: int) -> None:
@@ -360,17 +404,18 @@ def _check_seq_len(config, max_seq_len: int) -> None:
         raise ExportError(f"--max-seq-len {max_seq_len} leaves too little room for passages")
 
 
-def _trace_checked(model, tokenizer, with_types: bool, max_seq_len: int, int8: bool,
-                   say: Callable[[str], None]):
+def _trace_checked(model, tokenizer, with_types: bool, max_seq_len: int,
+                   int8: list[str] | None, say: Callable[[str], None]):
     """(fp32 TorchScript, int8 TorchScript or None, parity report); refuses an fp32 trace
-    that disagrees with the eager model, so nothing is written then."""
+    that disagrees with the eager model, so nothing is written then. ``int8``: None for no
+    int8 variant, else the Linear layers it keeps in fp32."""
     specials = special_ids(tokenizer)
     vocab = int(model.config.vocab_size)
     shapes = [(b, n or max_seq_len) for b, n in PARITY_SHAPES]
     inputs = [sample_inputs(vocab, specials, b, min(n, max_seq_len), seed=i)
               for i, (b, n) in enumerate(shapes)]
 
-    wrapper = _QAOutputs(model, with_types).eval()
+    wrapper = QAOutputs(model, with_types).eval()
     say("tracing fp32")
     traced = trace(wrapper, sample_inputs(vocab, specials, 2, 16, seed=99))
     fp32 = parity(wrapper, traced, inputs)
@@ -381,10 +426,11 @@ def _trace_checked(model, tokenizer, with_types: bool, max_seq_len: int, int8: b
                           f"{fp32['max_abs_diff']:.3g} > {FP32_TOLERANCE}; nothing written")
     report = {"fp32": fp32, "shapes": shapes, "tolerance": FP32_TOLERANCE}
     traced_int8 = None
-    if int8:
-        say("quantizing int8 (dynamic; 8-bit activations, 7-bit per-channel weights)")
-        qmodel = quantize_int8(model)
-        traced_int8 = trace(_QAOutputs(qmodel, with_types).eval(),
+    if int8 is not None:
+        kept = f"; {len(int8)} layers kept fp32" if int8 else ""
+        say(f"quantizing int8 (dynamic; 8-bit activations, 7-bit per-channel weights{kept})")
+        qmodel = quantize_int8(model, int8)
+        traced_int8 = trace(QAOutputs(qmodel, with_types).eval(),
                              sample_inputs(vocab, specials, 2, 16, seed=99))
         q = parity(wrapper, traced_int8, inputs)
         report["int8"] = q
