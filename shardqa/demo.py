@@ -27,7 +27,7 @@ from cluster.connection import Target, connect
 from cluster.local import ClusterSpec
 from cluster.options import dir_option, port_base_option
 from shardqa.ask import found_by
-from shardqa.stack import LocalStack, reader_variant_option
+from shardqa.stack import LocalStack, load_corpus, reader_variant_option
 
 console = Console(highlight=False)
 
@@ -47,22 +47,6 @@ def ask_http(url: str, question: str) -> tuple[dict, float]:
                                 timeout=60) as resp:
         body = json.loads(resp.read())
     return body, (time.perf_counter() - t0) * 1000
-
-
-def load_corpus(client, documents, source: str = "ovos-wiki"):
-    """Ingest ``documents``, then wait until every passage is indexed *and* embedded: the
-    ingest entries cover what this ingest wrote, the re-embed job the passages stored before
-    the encoder was pushed (a demo run again on an older cluster: all unchanged). Returns
-    the ingest report."""
-    from gears.cli import follow_embedding
-    from loaders.writer import ingest, wait_indexed
-
-    report = ingest(client, documents, source=source)
-    if report.written:
-        console.print("indexing and embedding the passages (about 2 minutes on 2 cores)")
-    wait_indexed(client)
-    follow_embedding(client)
-    return report
 
 
 @click.command("demo")
@@ -88,7 +72,9 @@ def demo_command(api_port, port_base, cluster_dir, reader_variant, questions):
 
     console.rule("2. the demo corpus (Wikipedia summaries)")
     client = connect(Target(directory=cluster_dir))
-    report = load_corpus(client, read_documents([], "ovos-wiki"))
+    report = load_corpus(
+        client, read_documents([], "ovos-wiki"), source="ovos-wiki",
+        announce="indexing and embedding the passages (about 2 minutes on 2 cores)")
     console.print(f"{report.written} passages written, {report.unchanged} unchanged")
 
     console.rule("3. questions through the API")

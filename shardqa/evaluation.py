@@ -60,14 +60,10 @@ class ReaderFit:
 def ingest_file(client, path: str, progress: bool = True):
     """Every paragraph of the SQuAD file into the cluster, then wait for the workers to
     index it and to embed every stored passage (a re-embed under way is part of it)."""
-    from gears.cli import follow_embedding
     from loaders.documents import read_documents
-    from loaders.writer import ingest, wait_indexed
+    from shardqa.stack import load_corpus
 
-    report = ingest(client, read_documents([path], "squad"), source=path, progress=progress)
-    wait_indexed(client, progress=progress)
-    follow_embedding(client)
-    return report
+    return load_corpus(client, read_documents([path], "squad"), source=path, progress=progress)
 
 
 def evaluate_open(client, examples: list[SquadExample], *, k: int = DEFAULT_K, asker=None,

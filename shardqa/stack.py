@@ -321,6 +321,23 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def load_corpus(client, documents, *, source: str = "", progress: bool = True,
+                announce: str | None = None):
+    """Ingest ``documents``, then wait until every passage is indexed *and* embedded: the
+    ingest entries cover what this ingest wrote, the re-embed job the passages stored before
+    the encoder was pushed (a corpus loaded again on an older cluster: all unchanged).
+    ``announce`` is printed once the ingest has written passages. Returns the ingest report."""
+    from gears.cli import follow_embedding
+    from loaders.writer import ingest, wait_indexed
+
+    report = ingest(client, documents, source=source, progress=progress)
+    if announce and report.written:
+        console.print(announce)
+    wait_indexed(client, progress=progress)
+    follow_embedding(client)
+    return report
+
+
 #: ``--reader-variant`` of ``up`` and ``demo``
 reader_variant_option = click.option(
     "--reader-variant", default=None, type=click.Choice(READER_VARIANTS),
@@ -364,14 +381,9 @@ def up_command(corpus, model, encoder, reader_variant, masters, api_port, api_ho
                       "/qa?q=your+question')")
         console.print(f"page: {state['api']['url']}/  (open it in a browser)")
     if corpus:
-        from gears.cli import follow_embedding
         from loaders.documents import read_documents
-        from loaders.writer import ingest, wait_indexed
 
-        client = connect(Target(directory=cluster_dir))
-        ingest(client, read_documents(list(corpus)))
-        wait_indexed(client)
-        follow_embedding(client)  # passages stored before the encoder: re-embedded
+        load_corpus(connect(Target(directory=cluster_dir)), read_documents(list(corpus)))
 
 
 @click.command("down")

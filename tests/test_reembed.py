@@ -306,7 +306,7 @@ def test_the_demo_returns_once_passages_stored_before_the_encoder_are_embedded(
     the re-embed job has given every passage its vector (it returned at once, with most
     partitions' vector sets empty and their questions ranked by BM25 alone)."""
     from gears.cli import follow_embedding
-    from shardqa.demo import load_corpus
+    from shardqa.stack import load_corpus
 
     client = cluster.client()
     docs = [*CORPUS, *documents(60)]
