@@ -92,13 +92,13 @@ def bench_command(quick, out, model, dev, masters, worker_threads, only, port_ba
     for path in report.write(result, out):
         console.print(f"wrote {path}")
     if "cpu_budget" in result:
-        budget = out.with_name(f"cpu-budget-{time.strftime('%Y-%m-%d', time.gmtime())}.json")
+        # named after the run's file, so two runs on one day do not overwrite each other
+        budget = out.with_name(f"cpu-budget-{out.stem}.json")
         budget.write_text(json.dumps({"started": result["started"], "machine": result["machine"],
                                       **result["cpu_budget"]}, indent=2) + "\n")
         console.print(f"wrote {budget}")
     if "scale_model" in result:
-        scale = out.with_name(f"scale-model-{time.strftime('%Y-%m-%d', time.gmtime())}"
-                              f"{'-quick' if quick else ''}.json")
+        scale = out.with_name(f"scale-model-{out.stem}.json")
         scale.write_text(json.dumps({"started": result["started"], "machine": result["machine"],
                                      "command": "shardqa bench --only scale"
                                      + (" --quick" if quick else ""),

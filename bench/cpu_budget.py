@@ -20,7 +20,8 @@ listed, both scaled to that process's CPU per question from the first pass.
 
 ``python -m bench.cpu_budget`` starts its own stack and writes
 ``bench/results/cpu-budget-DATE.json``; ``shardqa bench --only budget`` runs the same
-measurement on the bench's deployment.
+measurement on the bench's deployment (written beside the run's file as
+``cpu-budget-<run>.json``, e.g. ``cpu-budget-2026-12-06-1946.json``).
 """
 
 from __future__ import annotations
