@@ -102,8 +102,8 @@ def rank_layers(model, with_types: bool, batches: list[tuple],
 def select(source: str | Path, dev: str | Path, *, budget: float = 1.0, sample: int = 300,
            max_layers: int = 8, fp32_f1: float | None = None,
            log: Callable[[str], None] | None = None) -> dict:
-    """Rank the layers, then keep the fewest most sensitive ones in fp32 that bring int8's
-    dev F1 within ``budget`` of fp32's (``fp32_f1``: already known, not scored again).
+    """Rank the layers, then keep in fp32, most sensitive first, those that raise int8's dev F1
+    until it is within ``budget`` of fp32's (``fp32_f1``: already known, not scored again).
     Returns the record ``write_choice`` stores."""
     from models.export import _load, _quiet_libraries
 
@@ -120,21 +120,39 @@ def select(source: str | Path, dev: str | Path, *, budget: float = 1.0, sample: 
         say(f"fp32 F1 {fp32:.2f}; ranking layers on {min(sample, len(examples))} questions")
         ranking = rank_layers(model, with_types, sample_batches(tokenizer, examples[:sample]),
                               say)
-        steps = []
-        keep: list[str] = []
-        for name in [None] + [n for n, _gain in ranking[:max_layers]]:
-            keep = keep + [name] if name else keep
-            f1 = dev_f1(QAOutputs(quantize_int8(model, keep), with_types), tokenizer, examples)
-            steps.append({"keep_fp32": list(keep), "f1": f1})
-            say(f"int8 keeping {len(keep)} fp32: F1 {f1:.2f} ({f1 - fp32:+.2f})")
-            if fp32 - f1 <= budget:
-                break
-    reached = fp32 - steps[-1]["f1"] <= budget
-    return {"keep_fp32": steps[-1]["keep_fp32"] if reached else [],
+        steps = greedy([n for n, _gain in ranking[:max_layers]], fp32, budget,
+                       lambda keep: dev_f1(QAOutputs(quantize_int8(model, keep), with_types),
+                                           tokenizer, examples), say)
+    best = [st for st in steps if st["kept"]][-1]  # F1 rises along the kept steps
+    reached = fp32 - best["f1"] <= budget
+    return {"keep_fp32": best["keep_fp32"] if reached else [],
             "reached": reached, "budget_f1": budget, "dev": str(dev), "questions": len(examples),
             "fp32_f1": fp32, "steps": steps,
             "ranking": [{"layer": n, "divergence_removed": g} for n, g in ranking],
             "date": datetime.date.today().isoformat()}
+
+
+def greedy(ranked: list[str], fp32: float, budget: float,
+           score: Callable[[list[str]], float],
+           say: Callable[[str], None] = lambda _msg: None) -> list[dict]:
+    """Try the layers in ranked order, each added to the best set so far and kept only if it
+    raises dev F1 (a layer whose fp32 copy makes F1 worse is dropped, not carried on), until
+    int8 is within ``budget`` of fp32. One step per set scored; all-int8 first."""
+    steps: list[dict] = []
+    best: list[str] = []
+    best_f1 = float("-inf")
+    for name in [None, *ranked]:
+        trial = [*best, name] if name else best
+        f1 = score(trial)
+        kept = f1 > best_f1
+        steps.append({"keep_fp32": list(trial), "f1": f1, "kept": kept})
+        say(f"int8 keeping {len(trial)} fp32: F1 {f1:.2f} ({f1 - fp32:+.2f})"
+            f"{'' if kept else ', not kept'}")
+        if kept:
+            best, best_f1 = trial, f1
+        if fp32 - best_f1 <= budget:
+            break
+    return steps
 
 
 def write_choice(source: str | Path, record: dict) -> Path:

@@ -105,3 +105,15 @@ def test_int8_select_command_writes_the_choice(checkpoint, tmp_path):
     assert len(record["ranking"]) == 12 and record["steps"][0]["keep_fp32"] == []
     _module, meta = _int8_module(export(checkpoint, "t", tmp_path / "a", int8=True))
     assert meta["int8_fp32_layers"] == []
+
+
+def test_greedy_keeps_only_layers_that_raise_f1():
+    """A layer whose fp32 copy lowers F1 is dropped, and the search goes on from the best set."""
+    from models.int8_selection import greedy
+
+    gains = {"a": 0.4, "b": -0.3, "c": 0.5}
+    steps = greedy(["a", "b", "c"], fp32=70.0, budget=0.2,
+                   score=lambda keep: 69.0 + sum(gains[n] for n in keep))
+    assert [(st["keep_fp32"], st["kept"]) for st in steps] == [
+        ([], True), (["a"], True), (["a", "b"], False), (["a", "c"], True)]
+    assert steps[-1]["f1"] == pytest.approx(69.9)  # within 0.2 of fp32: stopped there
