@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -23,4 +23,8 @@ class Counters:
         self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """A snapshot: the heartbeat's thread reads it while the loop counts (copying the
+        dict is one step under the GIL; iterating it while it grows is not)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["batch_sizes"] = dict(self.batch_sizes)
+        return data

@@ -16,7 +16,8 @@ It replaces the RedisGears registrations of the old design. Its parts, one job e
 * KeyMissResponder (gears.keymiss): answers redis-cli GETs of ``sq:qa:<question>``;
 * ShardEvents (gears.events): wakes the loop on the master's ``xadd``/``keymiss`` events;
   it polls slowly as well, since pub/sub is at-most-once;
-* the heartbeat (cluster.heartbeat) every second: what it serves, whether it can read.
+* Pulse (gears.pulse): the heartbeat (cluster.heartbeat) every second from a thread of its
+  own: what it serves, whether it can read, when the loop last turned.
 
 The loop below only composes them. Processing an entry twice is harmless, so a crash at
 any point loses nothing: pending entries are read again at start (the consumer name is
@@ -44,6 +45,7 @@ from gears.follower import Shard
 from gears.indexer import Bm25Stage, Indexer, IngestStage
 from gears.keymiss import KeyMissResponder
 from gears.model_slot import ModelSlot
+from gears.pulse import Pulse
 from gears.read_server import ReadServer
 from gears.reembed import Reembedder
 from gears.settings import WorkerSettings
@@ -96,7 +98,8 @@ class ShardWorker:
         self.stopping = threading.Event()
         self._refresh = Every(s.refresh_s)
         self._claim = Every(max(1.0, s.claim_idle_ms / 2000))
-        self._beat = Every(s.heartbeat_s)
+        self.turned: float | None = None  # unix time the loop last finished a turn
+        self.pulse = Pulse(target, self.worker_id, self.heartbeat, s.heartbeat_s)
 
     def ingest_stages(self, windows: TokenWindows) -> list[IngestStage]:
         """What every ingested batch goes through, in order."""
@@ -112,10 +115,12 @@ class ShardWorker:
             self.duties(force=True)
         except CLUSTER_TROUBLE as exc:
             log.warning("cluster not reachable yet (%s); retrying", exc)
+        self.pulse.start()
         try:
             while not self.stopping.is_set():
                 self.turn()
         finally:
+            self.pulse.stop()
             self.keymiss.shutdown()
             try:
                 heartbeat.remove(self.client, self.worker_id)
@@ -137,6 +142,8 @@ class ShardWorker:
             log.exception("unexpected error in the worker loop; carrying on")
             self.counters.errors += 1
             time.sleep(0.5)
+        finally:
+            self.turned = time.time()
 
     def step(self) -> int:
         """One turn of the loop; returns how many entries it handled."""
@@ -148,7 +155,7 @@ class ShardWorker:
         return handled
 
     def duties(self, force: bool = False) -> None:
-        """What is due: follow the shard and the model, claim stale entries, heartbeat."""
+        """What is due: follow the shard and the model, claim stale entries."""
         if self.consumer.moved:  # a slot is moving away: look at the map again now
             self.consumer.moved = False
             self._refresh.soon()
@@ -156,8 +163,6 @@ class ShardWorker:
             self.follow_shard()
         if self._claim.due() or force:
             self.consumer.claim_stale()
-        if self._beat.due() or force:
-            heartbeat.write(self.client, self.worker_id, self.heartbeat())
 
     def follow_shard(self) -> None:
         change = self.shard.refresh()
@@ -178,8 +183,9 @@ class ShardWorker:
             log.warning("still cannot reach the cluster (%s)", exc)
 
     def heartbeat(self) -> Heartbeat:
+        """The record the pulse writes (read from its thread: plain attribute reads)."""
         return Heartbeat(
             master=self.master, time=time.time(), serving=self.shard.serving,
             partitions=[p.index for p in self.shard.owned], pid=os.getpid(),
             model=self.slot.version if self.slot.reader is not None else None,
-            no_reader=self.slot.problem, counters=self.counters.as_dict())
+            no_reader=self.slot.problem, turned=self.turned, counters=self.counters.as_dict())

@@ -63,3 +63,51 @@ def test_live_workers_on_a_real_cluster_is_what_every_reader_sees(cluster, monke
     assert set(running_workers(client, now)) == {"fresh", "stale"}
     heartbeat.remove(client, "fresh")
     assert set(heartbeat.all_workers(client)) == {"stale"}
+
+
+def test_stuck_rule_default_setting_and_records_without_it(monkeypatch):
+    monkeypatch.delenv(heartbeat.STUCK_ENV, raising=False)
+    assert heartbeat.stuck_s() == heartbeat.DEFAULT_STUCK_S == 60.0
+    b = beat(at=1000.0, turned=950.0)
+    assert b.fresh(now=1000.0) and not b.stuck(now=1000.0)
+    assert beat(at=1000.0, turned=939.0).stuck(now=1000.0)  # beats, but the loop hangs
+    assert not beat(at=1000.0, turned=939.0).fresh(now=1000.0)
+    assert beat(at=1000.0).fresh(now=1000.0)  # no turn reported yet: the beat alone counts
+    monkeypatch.setenv(heartbeat.STUCK_ENV, "120")
+    assert beat(at=1000.0, turned=939.0).fresh(now=1000.0)
+    raw = json.dumps({"master": "m", "time": 1, "turned": "x"})
+    assert Heartbeat.decode(raw) is None
+
+
+def test_a_busy_loop_still_beats_and_a_hung_one_is_noticed(cluster, monkeypatch):
+    """The pulse writes the heartbeat from its own thread: a worker whose loop is held by a
+    long batch stays live; once its loop has not turned for SHARDQA_LOOP_STUCK_S it is not."""
+    import time
+
+    from gears.settings import WorkerSettings
+    from gears.worker import ShardWorker
+
+    monkeypatch.setenv(heartbeat.STALE_ENV, "2")
+    monkeypatch.setenv(heartbeat.STUCK_ENV, "4")
+    client = cluster.client()
+    worker = ShardWorker(cluster.target, cluster.masters[0], WorkerSettings(heartbeat_s=0.2))
+    worker.turn()  # one turn of the loop, then it is held (nothing calls turn for a while)
+    worker.pulse.start()
+    try:
+        time.sleep(2.5)  # longer than the staleness rule, without a turn of the loop
+        beat_now = heartbeat.all_workers(client)[worker.worker_id]
+        assert beat_now.turned is not None and beat_now.age() < 2
+        assert worker.worker_id in heartbeat.live_workers(client)
+        while time.time() - beat_now.turned <= 4.5:  # past the stuck rule: a hung loop
+            time.sleep(0.2)
+        assert worker.worker_id in heartbeat.all_workers(client)
+        assert worker.worker_id not in heartbeat.live_workers(client)
+        worker.turn()  # the loop turns again: live at the next beat
+        time.sleep(0.6)
+        assert worker.worker_id in heartbeat.live_workers(client)
+    finally:
+        worker.pulse.stop()
+        worker.keymiss.shutdown()
+        heartbeat.remove(client, worker.worker_id)
+    time.sleep(0.5)
+    assert worker.worker_id not in heartbeat.all_workers(client)  # nothing beats after stop
