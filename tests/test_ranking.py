@@ -129,6 +129,13 @@ def test_capped_rank_scores_every_passage_it_finds_exactly(cluster):
         assert r.score == pytest.approx(exact[r.pid], rel=1e-9)
 
 
+def zipf_text(rng, words: list[str], shape: float, shortest: int, longest: int) -> str:
+    """A Zipf-like passage: low-numbered words are common, high-numbered ones rare."""
+    top = len(words) - 1
+    return " ".join(words[min(top, int(rng.paretovariate(shape)) - 1)]
+                    for _ in range(rng.randint(shortest, longest)))
+
+
 def test_maxscore_top_k_equals_reading_every_posting(cluster):
     """Rare terms first, common ones skipped once they cannot matter: the same top k."""
     import random
@@ -139,9 +146,7 @@ def test_maxscore_top_k_equals_reading_every_posting(cluster):
     words = [f"w{i}" for i in range(40)]
     corpus = {}
     for d in range(120):
-        # a Zipf-like mix: low-numbered words are common, high-numbered ones rare
-        picks = [words[min(39, int(rng.paretovariate(1.1)) - 1)] for _ in range(rng.randint(3, 30))]
-        corpus[f"z{d}"] = ("", " ".join(picks))
+        corpus[f"z{d}"] = ("", zipf_text(rng, words, 1.1, 3, 30))
     put_corpus(client, pmap, corpus)
     for _ in range(40):
         question = " ".join(rng.sample(words, rng.randint(1, 6)))
@@ -215,9 +220,7 @@ def test_long_postings_pruned_by_bounds_give_the_exact_top_k_ties_included(clust
     words = [f"v{i}" for i in range(60)]
     texts = {}
     for d in range(900):
-        picks = [words[min(59, int(rng.paretovariate(0.9)) - 1)]
-                 for _ in range(rng.randint(3, 40))]
-        texts[f"n{d:04d}"] = " ".join(picks)
+        texts[f"n{d:04d}"] = zipf_text(rng, words, 0.9, 3, 40)
         if d % 7 == 0:  # an exact copy under another id: the same score
             texts[f"c{d:04d}"] = texts[f"n{d:04d}"]
     node, tag, pids = one_partition_corpus(client, pmap, texts)
