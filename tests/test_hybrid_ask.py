@@ -147,8 +147,10 @@ def _pooled_by_hand(asker: Asker, question: str, rule) -> tuple[dict[str, float]
 
     def by_text(t: float) -> dict[str, float]:
         e = np.exp((scores - scores.max()) / t)
-        return {k: float(e[[i for i, x in enumerate(keys) if x == k]].sum() / e.sum())
-                for k in set(keys)}
+        pooled = {k: float(e[[i for i, x in enumerate(keys) if x == k]].sum() / e.sum())
+                  for k in set(keys)}
+        pooled[""] = float(e.max() / e.sum())  # an empty text pools with nothing (the best)
+        return pooled
 
     if rule.choice_temperature is None:
         best = {k: float(max(x for x, y in zip(scores, keys, strict=True) if y == k))
