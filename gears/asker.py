@@ -33,9 +33,8 @@ import redis
 
 from cluster import keys, partitions, routing
 from cluster.errors import ShardqaError
-from gears import fusion, health, ranking, retrieval
+from gears import fusion, health, ranking, retrieval, selection
 from gears.protocol import MAX_SPANS, ReadReply, ReadRequest, now_ms
-from models.decoding import answer_confidence
 from models.squad import normalize_answer
 
 log = logging.getLogger("shardqa.ask")
@@ -209,10 +208,9 @@ class Answer:
         }
 
 
-#: how much the passage's retrieval score (fused, or BM25 alone; relative to the best
-#: passage's) adds to the reader's span score; the reader alone is poorly calibrated across
-#: passages
-RETRIEVAL_WEIGHT = 4.0
+#: how much the passage's retrieval score (relative to the best passage's) adds to the
+#: reader's span score: gears.selection owns it (BM25 alone, and hybrid)
+RETRIEVAL_WEIGHT = selection.BM25.weight
 
 #: candidates ranking below this share of the best retrieval score are not read: a passage far
 #: below the best rarely holds the answer, and reading it costs a full reader pass and
@@ -236,12 +234,12 @@ MIN_RANK_RATIO = 0.85
 #: F1 (the natural set's goal; one natural question is 1.8 points). Weights 4 / 6 / 10 at
 #: 0.6: F1 54.8 / 53.8 / 56.1 natural, 57.8 / 58.4 / 58.9 SQuAD: 8 stays (10 is as good).
 HYBRID_MIN_RANK_RATIO = 0.6
-HYBRID_RETRIEVAL_WEIGHT = 8.0
+HYBRID_RETRIEVAL_WEIGHT = selection.HYBRID.weight
 
 
 def answer_score(span_score: float, retrieved: float, top: float, weight: float) -> float:
     """Reader span score (start + end logit) plus ``weight`` x the passage's relative
-    retrieval score."""
+    retrieval score (selection.Selection with the "relative" feature)."""
     return span_score + (weight * retrieved / top if top > 0 else 0.0)
 
 
@@ -391,7 +389,7 @@ class Asker:
     def _compute(self, q: str, k: int, gen: int, cache_key: str, t0: float) -> Answer:
         t_rank = time.perf_counter()
         found = self.retrieve(q, k)
-        ratio, weight = self.settings(found.mode)
+        ratio, rule = self.settings(found.mode)
         ranked = ranking.above_floor(found.passages, ratio)
         rank_ms = _ms(t_rank)
         ranked, missing = self._live(ranked)
@@ -400,7 +398,7 @@ class Asker:
                         answers=[])
         if ranked:
             replies, wait_ms = self._read(q, ranked)
-            self._merge(answer, ranked, replies, weight)
+            self._merge(answer, ranked, replies, rule)
             answer.timings_ms = {
                 "rank": rank_ms, "wait": wait_ms,
                 "queue": max((r.queue_ms for r in replies), default=0.0),
@@ -515,18 +513,17 @@ class Asker:
             reply = ReadReply.from_json(got[1])
             replies.setdefault(reply.partition, reply)
 
-    def settings(self, mode: str) -> tuple[float, float]:
-        """(min_rank_ratio, retrieval_weight) for a question ranked in ``mode``."""
-        hybrid = mode == "hybrid"
+    def settings(self, mode: str) -> tuple[float, selection.Selection]:
+        """(min_rank_ratio, answer-choice rule) for a question ranked in ``mode``: the
+        mode's defaults (gears.selection), a ``retrieval_weight`` given replacing its
+        weight."""
         ratio = self.min_rank_ratio
-        weight = self.retrieval_weight
-        return (ratio if ratio is not None else
-                HYBRID_MIN_RANK_RATIO if hybrid else MIN_RANK_RATIO,
-                weight if weight is not None else
-                HYBRID_RETRIEVAL_WEIGHT if hybrid else RETRIEVAL_WEIGHT)
+        if ratio is None:
+            ratio = HYBRID_MIN_RANK_RATIO if mode == "hybrid" else MIN_RANK_RATIO
+        return ratio, selection.default(mode).with_weight(self.retrieval_weight)
 
     def _merge(self, answer: Answer, ranked: list[fusion.Fused],
-               replies: list[ReadReply], weight: float) -> None:
+               replies: list[ReadReply], rule: selection.Selection) -> None:
         read = [span for reply in replies for span in reply.spans]
         answer.batch_sizes = sorted(r.batch_requests for r in replies)
         spans = [span for span in read if not span.null]
@@ -535,22 +532,18 @@ class Asker:
                              f"{'s' if len(read) > 1 else ''} it read")
         if not spans:
             return
-        retrieved = {r.pid: r.score for r in ranked}
-        top = max(retrieved.values())
-
-        def score(pid: str, span_score: float) -> float:
-            return answer_score(span_score, retrieved.get(pid, 0.0), top, weight)
-
-        # deterministic whatever order the replies came in: score, then passage, then offset
-        best = min(spans, key=lambda s: (-score(s.pid, s.score), s.pid, s.start, s.end))
-        log_zs = [s.log_z for s in read]
-        answer.answer, answer.score = best.text, score(best.pid, best.score)
-        answer.confidence = answer_confidence(best.score, best.temperature, log_zs)
-        answer.start, answer.end, answer.passage_id = best.start, best.end, best.pid
-        answer.answers = [AnswerSpan(best.text, answer.score, best.pid, best.start, best.end,
-                                     answer.confidence)]
-        answer.answers += distinct_answers(spans, score, log_zs, {normalize_answer(best.text)},
-                                           MAX_N - 1)
+        top = max(r.score for r in ranked)
+        feature = {r.pid: rule.feature(r, position, top)
+                   for position, r in enumerate(ranked, start=1)}
+        found = sorted(((rule.score(raw, feature.get(s.pid, 0.0)), s.pid, start, end, text)
+                        for s in spans for start, end, text, raw in s.all_spans()),
+                       key=lambda c: (-c[0], c[1], c[2], c[3]))
+        chosen = rule.answers([c[0] for c in found], [normalize_answer(c[4]) for c in found])
+        answer.answers = distinct_answers(found, chosen, MAX_N)
+        first = answer.answers[0]
+        answer.answer, answer.score, answer.confidence = first.answer, first.score, \
+            first.confidence
+        answer.start, answer.end, answer.passage_id = first.start, first.end, first.passage_id
         self._fetch_passages(answer)
 
     def _fetch_passages(self, answer: Answer) -> None:
@@ -567,27 +560,20 @@ class Asker:
         answer.passages = found
 
 
-def distinct_answers(spans: list, score, log_zs: list, seen: set[str], count: int
+def distinct_answers(found: list[tuple], chosen: list[tuple[int, float]], count: int
                      ) -> list[AnswerSpan]:
-    """The ``count`` best answers of the spans read (each passage's best and next distinct
-    ones), by ``score(pid, span score)``, one per answer text: texts equal under SQuAD
-    normalisation ("Gustave Eiffel", "gustave Eiffel.") are one answer, its best-scoring
-    occurrence kept; texts in ``seen``, or empty once normalised ("the", "."), are left
-    out. Ties: passage, then offsets. Each one's confidence is its own probability among
-    the candidate spans of every passage read, as the answer's is."""
-    found = sorted(((score(s.pid, raw), s.pid, start, end, text, raw, s.temperature)
-                    for s in spans for start, end, text, raw in s.all_spans()),
-                   key=lambda c: (-c[0], c[1], c[2], c[3]))
+    """The ``count`` best answers: the first is the answer whatever its text; the others are
+    distinct answers (selection.Selection.answers: one per text under SQuAD normalisation,
+    "Gustave Eiffel" and "gustave Eiffel." are one) whose text is not empty once normalised
+    ("the", "."). ``found``: the candidates (score, passage, start, end, text)."""
     out: list[AnswerSpan] = []
-    for total, pid, start, end, text, raw, temperature in found:
+    for index, confidence in chosen:
         if len(out) == count:
             break
-        key = normalize_answer(text)
-        if not key or key in seen:
+        score, pid, start, end, text = found[index]
+        if out and not normalize_answer(text):
             continue
-        seen.add(key)
-        out.append(AnswerSpan(text, total, pid, start, end,
-                              answer_confidence(raw, temperature, log_zs)))
+        out.append(AnswerSpan(text, score, pid, start, end, confidence))
     return out
 
 

@@ -27,6 +27,9 @@ class Fused:
     partition: int
     score: float
     ranks: dict[str, int] = field(default_factory=dict)  # retriever -> 1-based rank
+    #: retriever -> its own score (BM25 sum, dense cosine): what an answer's confidence and
+    #: bench/open_select.py may weigh besides the fused score
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 def _weights(lists: Mapping[str, list[Ranked]], weights: Mapping[str, float] | None
@@ -46,6 +49,7 @@ def _collect(lists: Mapping[str, list[Ranked]], contribution) -> list[Fused]:
             if entry is None:
                 entry = fused[item.pid] = Fused(item.pid, item.partition, 0.0)
             entry.ranks[name] = position
+            entry.scores[name] = float(item.score)
             entry.score += contribution(name, position, item)
     return sorted(fused.values(), key=lambda f: (-f.score, f.pid))
 

@@ -218,7 +218,8 @@ def bm25_only(client, pmap: PartitionMap, question: str, k: int,
               cap: int | None = None) -> Candidates:
     """The BM25 top ``k``, as the asker ranked before hybrid retrieval."""
     ranked = ranking.rank(client, pmap, question, k, cap=cap)
-    return Candidates("bm25", [Fused(r.pid, r.partition, r.score, {"bm25": i})
+    return Candidates("bm25", [Fused(r.pid, r.partition, r.score, {"bm25": i},
+                                     {"bm25": float(r.score)})
                                for i, r in enumerate(ranked, start=1)])
 
 

@@ -109,3 +109,95 @@ def reliability_plot(curves: dict[str, tuple[Sequence[float], Sequence[float]]],
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# --- open mode: choosing the answer across passages, and its confidence -----------------------
+
+#: retrieval weights and temperatures tried when fitting the open-mode answer choice
+OPEN_WEIGHTS = tuple(float(w) for w in np.arange(0.0, 16.01, 1.0))
+OPEN_TEMPERATURES = tuple(float(t) for t in np.geomspace(0.5, 16.0, 31))
+
+
+def open_scores(span: Sequence[float], retrieval: Sequence[float], weight: float
+                ) -> np.ndarray:
+    """Each candidate span's answer score across passages: the reader's span score (start +
+    end logit) plus ``weight`` x its passage's retrieval feature."""
+    return np.asarray(span, dtype=np.float64) + weight * np.asarray(retrieval, dtype=np.float64)
+
+
+def open_probabilities(scores: Sequence[float], temperature: float) -> np.ndarray:
+    """softmax(score / temperature) over a question's candidate spans (every passage read)."""
+    z = np.asarray(scores, dtype=np.float64) / float(temperature)
+    if not z.size:
+        return z
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+def pooled(probabilities: Sequence[float], keys: Sequence[str]) -> np.ndarray:
+    """Each candidate's answer probability: the sum over the candidates with its key (its
+    normalised text: the same answer found in several passages, or twice in one, is one
+    answer); an empty key pools with nothing."""
+    total: dict[str, float] = {}
+    for p, key in zip(probabilities, keys, strict=True):
+        if key:
+            total[key] = total.get(key, 0.0) + float(p)
+    return np.asarray([total[key] if key else float(p)
+                       for p, key in zip(probabilities, keys, strict=True)], dtype=np.float64)
+
+
+def choose(span: Sequence[float], retrieval: Sequence[float], keys: Sequence[str],
+           weight: float, temperature: float) -> tuple[int, float]:
+    """(index, probability) of the answer: the answer (key) with the highest pooled
+    probability, shown at its best-scoring candidate (ties: the higher score, then the
+    first)."""
+    scores = open_scores(span, retrieval, weight)
+    answer = pooled(open_probabilities(scores, temperature), keys)
+    best = max(range(len(scores)), key=lambda i: (answer[i], scores[i], -i))
+    return best, float(answer[best])
+
+
+def answer_probability(span: Sequence[float], retrieval: Sequence[float],
+                       keys: Sequence[str], weight: float, temperature: float, index: int
+                       ) -> float:
+    """Candidate ``index``'s answer probability (pooled over its key) at ``temperature``."""
+    scores = open_scores(span, retrieval, weight)
+    return float(pooled(open_probabilities(scores, temperature), keys)[index])
+
+
+def fit_open_choice(questions: Sequence[tuple], weights: Sequence[float] = OPEN_WEIGHTS,
+                    temperatures: Sequence[float] = OPEN_TEMPERATURES
+                    ) -> tuple[float, float, float]:
+    """(weight, choice temperature, mean F1): the answer choice with the best F1.
+
+    ``questions``: (span scores, retrieval features, keys, F1 of each candidate) per question
+    (a question without candidates scores 0). The choice temperature says how much an
+    answer's other occurrences add to its best one. Ties keep the first (smallest) weight,
+    then temperature."""
+    if not questions:
+        raise ValueError("no questions to fit the answer choice on")
+    best = (float(weights[0]), float(temperatures[0]), -1.0)
+    for w in weights:
+        for t in temperatures:
+            f1 = float(np.mean([q[3][choose(q[0], q[1], q[2], w, t)[0]] if len(q[0]) else 0.0
+                                for q in questions]))
+            if f1 > best[2] + 1e-12:
+                best = (float(w), float(t), f1)
+    return best
+
+
+def fit_open_temperature(questions: Sequence[tuple], chosen: Sequence[int | None],
+                         correct: Sequence[float], weight: float) -> float:
+    """The confidence temperature: the one whose pooled probabilities of the ``chosen``
+    candidates best predict ``correct`` (their exact match), by negative log-likelihood."""
+    y = np.asarray(correct, dtype=np.float64)
+    if not y.size:
+        raise ValueError("no questions to fit a temperature on")
+    best, best_nll = 1.0, np.inf
+    for t in TEMPERATURES:
+        p = np.clip([answer_probability(q[0], q[1], q[2], weight, t, c) if c is not None
+                     else 0.0 for q, c in zip(questions, chosen, strict=True)], 1e-9, 1 - 1e-9)
+        nll = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+        if nll < best_nll:
+            best, best_nll = t, nll
+    return best

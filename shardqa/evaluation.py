@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -20,6 +20,7 @@ from rich.table import Table
 
 from cluster.errors import ShardqaError
 from cluster.options import target_options
+from gears import selection
 from gears.asker import (
     DEFAULT_K,
     HYBRID_MIN_RANK_RATIO,
@@ -303,6 +304,8 @@ def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, 
             if retrieval_weight is None:
                 body["asking"]["retrieval_weight"] = (HYBRID_RETRIEVAL_WEIGHT if hybrid
                                                       else RETRIEVAL_WEIGHT)
+            rule = selection.default(retrieval_mode).with_weight(retrieval_weight)
+            body["asking"]["selection"] = asdict(rule)  # the answer choice and confidence
         Path(json_out).write_text(json.dumps(body, indent=2, ensure_ascii=False)
                                   + "\n", encoding="utf-8")
         console.print(f"report written to {json_out}")

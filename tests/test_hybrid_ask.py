@@ -4,16 +4,19 @@ saying which retriever found its passage; BM25 alone without an encoder or when 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from gears import analyzer, health
-from gears.asker import Asker
+from gears import analyzer, health, ranking, selection
+from gears.asker import DEFAULT_K, Asker, normalize
 from loaders.documents import Document
 from loaders.passages import split_passages
 from loaders.writer import ingest, wait_indexed
 from models import store
 from models.encoder import passage_input
+from models.squad import normalize_answer
 from shardqa.ask import retrieval_line
 from tests.conftest import run_cli
 from tests.corpus import CORPUS, QUESTIONS
@@ -121,3 +124,61 @@ def test_bm25_mode_never_embeds_and_a_cache_hit_embeds_nothing(hybrid_pipeline):
     with pytest.raises(ValueError):
         Asker(api, retrieval_mode="colbert")
 
+
+
+def _pooled_by_hand(asker: Asker, question: str, rule) -> tuple[dict[str, float], dict]:
+    """The workers' candidate spans for ``question`` read again, and each answer text's
+    probability under ``rule`` computed here: (text -> confidence, text -> choice value: its
+    pooled probability at the choice temperature, or its best score without one)."""
+    q = normalize(question)
+    found = asker.retrieve(q, DEFAULT_K)
+    ratio, _ = asker.settings(found.mode)
+    ranked = ranking.above_floor(found.passages, ratio)
+    replies, _ = asker._read(q, ranked)
+    top = max(r.score for r in ranked)
+    feature = {r.pid: rule.feature(r, i, top) for i, r in enumerate(ranked, start=1)}
+    scores, keys = [], []
+    for reply in replies:
+        for span in reply.spans:
+            for _start, _end, text, raw in span.all_spans():
+                scores.append(raw + rule.weight * feature[span.pid])
+                keys.append(normalize_answer(text))
+    scores = np.asarray(scores)
+
+    def by_text(t: float) -> dict[str, float]:
+        e = np.exp((scores - scores.max()) / t)
+        pooled = {k: float(e[[i for i, x in enumerate(keys) if x == k]].sum() / e.sum())
+                  for k in set(keys)}
+        pooled[""] = float(e.max() / e.sum())  # an empty text pools with nothing (the best)
+        return pooled
+
+    if rule.choice_temperature is None:
+        best = {k: float(max(x for x, y in zip(scores, keys, strict=True) if y == k))
+                for k in set(keys)}
+        return by_text(rule.temperature), best
+    return by_text(rule.temperature), by_text(rule.choice_temperature)
+
+
+def test_the_answer_s_confidence_is_the_fitted_rule_s(hybrid_pipeline, monkeypatch):
+    """The choice and the confidence read gears.selection's fitted rule: the answer's
+    confidence is its text's probability pooled over the workers' candidate spans, at the
+    fitted weight and temperature; another temperature there changes it accordingly."""
+    api = hybrid_pipeline.client_as("api")
+    asker = Asker(api, timeout_s=20)
+    assert asker.settings("hybrid")[1] == selection.HYBRID
+    assert selection.HYBRID.temperature != 1.0  # fitted (bench/open_select.py)
+    for question in QUESTIONS[:3]:
+        answer = asker.ask(question, use_cache=False)
+        confidence, choice = _pooled_by_hand(asker, question, selection.HYBRID)
+        key = normalize_answer(answer.answer)
+        assert answer.confidence == pytest.approx(confidence[key], rel=1e-3)
+        assert choice[key] == pytest.approx(max(choice.values()), rel=1e-6)
+        assert answer.public()["confidence"] == answer.confidence
+    hotter = replace(selection.HYBRID, temperature=3 * selection.HYBRID.temperature)
+    monkeypatch.setattr(selection, "HYBRID", hotter)
+    again = asker.ask(QUESTIONS[0], use_cache=False)
+    confidence, _ = _pooled_by_hand(asker, QUESTIONS[0], hotter)
+    assert again.confidence == pytest.approx(confidence[normalize_answer(again.answer)],
+                                             rel=1e-3)
+    first = asker.ask(QUESTIONS[0])  # from the cache, as computed last
+    assert first.cached and first.confidence == again.confidence

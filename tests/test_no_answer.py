@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from cluster import keys, partitions
-from gears import ranking
-from gears.asker import MIN_RANK_RATIO, Asker
+from gears import ranking, selection
+from gears.asker import MAX_N, MIN_RANK_RATIO, Asker
 from models.calibration import confidences, fit_null_threshold, fit_temperature, reliability
 from models.decoding import answer_confidence, log_partition, says_no_answer, span_band
 from models.export import export, read_metadata
-from models.squad import read_squad, score_answer
+from models.squad import normalize_answer, read_squad, score_answer
 from models.tokenization import tokenize_passages, window_token_budget
 from shardqa.client import Answer as ClientAnswer
 from shardqa.datasets import SQUAD_DEV
@@ -190,10 +190,14 @@ def test_pipeline_says_no_answer_with_a_reason_and_caches_it(shared_pipeline, re
 
 
 def test_pipeline_confidence_is_the_softmax_over_the_passages_read(shared_pipeline):
+    """BM25 alone: the answer is the best span score + 4 x relative BM25 score; its
+    confidence is its text's probability in a softmax over every candidate span of every
+    passage read (the reader's best and next distinct spans, retrieval weight included)."""
     from models import store
 
     client = shared_pipeline
     asker = Asker(client, timeout_s=30)
+    rule = selection.BM25
     pmap = partitions.load(client)
     loaded = store.load(client, client.get_primaries()[0].name)
     reader = loaded.reader()
@@ -209,7 +213,16 @@ def test_pipeline_confidence_is_the_softmax_over_the_passages_read(shared_pipeli
                  for r in ranked]
         tokens = tokenize_passages(loaded.tokenizer, texts, window_token_budget(
             int(loaded.meta["max_seq_len"]), int(loaded.meta["max_question_tokens"])), 128)
-        spans = reader.read_many([(question, list(zip(texts, tokens, strict=True)))])[0]
-        chosen = spans[[r.pid for r in ranked].index(answer.passage_id)]
-        expected = answer_confidence(chosen.score, 1.0, [s.log_z for s in spans if s])
+        spans = reader.read_many([(question, list(zip(texts, tokens, strict=True)))],
+                                 top=MAX_N)[0]
+        top = max(r.score for r in ranked)
+        candidates = [(s.score + rule.weight * r.score / top, s.text)
+                      for r, best in zip(ranked, spans, strict=True) if best
+                      for s in (best, *best.more)]
+        scores = np.asarray([c[0] for c in candidates])
+        e = np.exp((scores - scores.max()) / rule.temperature)
+        key = normalize_answer(answer.answer)  # "" (e.g. "."): an answer of its own
+        expected = (sum(x for x, c in zip(e, candidates, strict=True)
+                        if normalize_answer(c[1]) == key) if key else e.max()) / e.sum()
+        assert answer.score == pytest.approx(scores.max(), rel=1e-4)
         assert answer.confidence == pytest.approx(expected, rel=1e-4)
