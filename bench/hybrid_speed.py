@@ -23,6 +23,7 @@ import json
 import os
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -325,7 +326,9 @@ def rank_command(directory, count, depth, out):
     retriever from every partition, every reply pair a Ranked) and as shipped (``depth``
     first, a second round trip where a partition may hold more), alternately: wall ms of
     its parts, Redis' command time, second round trips, and whether the fused top 100
-    (hence every top k) differs anywhere."""
+    (hence every top k) differs anywhere. The "before" side's wall time is also split: the
+    round trips (stats fan-out excluded), parsing the replies into the best 100 of each list,
+    fusing them."""
     from cluster.connection import Target, connect
     from gears import retrieval
     from gears.asker import normalize
@@ -347,7 +350,8 @@ def rank_command(directory, count, depth, out):
     sides = {"before": lambda q: _before(client, pmap, q, plan, vectors[q]),
              "after": lambda q: _after(client, pmap, q, plan, vectors[q], depth)}
     wall = {side: [] for side in sides}
-    server = dict.fromkeys(sides, 0.0)
+    server: dict[str, Counter] = {side: Counter() for side in sides}
+    parts: dict[str, list[float]] = {"round_trips": [], "parse": [], "fuse": []}
     differ: dict[str, list[str]] = {name: [] for name in sets}
     deeper = 0
     for i, (name, q) in enumerate(asked):
@@ -357,8 +361,12 @@ def rank_command(directory, count, depth, out):
             t0 = time.perf_counter()
             tops[side], extra = sides[side](q)
             wall[side].append(1000 * (time.perf_counter() - t0))
-            server[side] += _command_us(admin) - us
-            deeper += extra if side == "after" else 0
+            server[side].update(_command_us(admin) - us)
+            if side == "after":
+                deeper += extra
+            else:
+                for part, ms in extra.items():
+                    parts[part].append(ms)
         if tops["before"] != tops["after"]:
             differ[name].append(q)
     _write(out, {
@@ -370,8 +378,11 @@ def rank_command(directory, count, depth, out):
         "questions_with_a_second_round_trip": deeper,
         "wall_ms_p50": {s: round(statistics.median(v), 2) for s, v in wall.items()},
         "wall_ms_mean": {s: round(statistics.fmean(v), 2) for s, v in wall.items()},
-        "redis_command_ms_per_question": {s: round(v / 1000 / len(asked), 2)
-                                          for s, v in server.items()}})
+        "before_parts_ms_p50": {part: round(statistics.median(v), 2)
+                                for part, v in parts.items()},
+        "redis_command_ms_per_question": {
+            s: {name: round(us / 1000 / len(asked), 2) for name, us in sorted(v.items())}
+            for s, v in server.items()}})
 
 
 def _before(client, pmap, question, plan, vectors):
@@ -390,13 +401,19 @@ def _before(client, pmap, question, plan, vectors):
         pipe.hget(keys.vector_meta(p.tag), keys.VECTOR_ENCODER)
 
     bm25, dns = [], []
-    for index, replies in routing.per_master(client, pmap.partitions, build, many=True).items():
+    t0 = time.perf_counter()
+    replied = routing.per_master(client, pmap.partitions, build, many=True)
+    t1 = time.perf_counter()
+    for index, replies in replied.items():
         if rank is not None:
             bm25 += ranking.parse(index, replies[0])
         dns += dense.parse(index, replies[-2])
-    fused = fusion.fuse(ranking.best(bm25, fusion.CANDIDATES),
-                        ranking.best(dns, fusion.CANDIDATES))
-    return [(f.pid, f.score, f.ranks) for f in fused[:fusion.CANDIDATES]], 0
+    bm25, dns = ranking.best(bm25, fusion.CANDIDATES), ranking.best(dns, fusion.CANDIDATES)
+    t2 = time.perf_counter()
+    fused = fusion.fuse(bm25, dns)
+    t3 = time.perf_counter()
+    ms = {"round_trips": 1000 * (t1 - t0), "parse": 1000 * (t2 - t1), "fuse": 1000 * (t3 - t2)}
+    return [(f.pid, f.score, f.ranks) for f in fused[:fusion.CANDIDATES]], ms
 
 
 def _after(client, pmap, question, plan, vectors, depth):
@@ -419,13 +436,14 @@ def _after(client, pmap, question, plan, vectors, depth):
     return [(f.pid, f.score, f.ranks) for f in found.passages], int(len(fetches) > 1)
 
 
-def _command_us(admin) -> float:
-    """Microseconds Redis spent in the rank, stats and VSIM commands, over every master."""
-    total = 0.0
+def _command_us(admin) -> Counter:
+    """Microseconds Redis spent in FCALL_RO (BM25 stats and rank), VSIM and HGET (the
+    encoder checks), summed over every master."""
+    total: Counter = Counter()
     for node in admin.get_primaries():
         stats = admin.get_redis_connection(node).info("commandstats")
-        total += sum(stats.get(name, {}).get("usec", 0)
-                     for name in ("cmdstat_fcall_ro", "cmdstat_VSIM", "cmdstat_hget"))
+        for name in ("fcall_ro", "VSIM", "hget"):
+            total[name.lower()] += stats.get(f"cmdstat_{name}", {}).get("usec", 0)
     return total
 
 
