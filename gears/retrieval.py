@@ -16,10 +16,12 @@ time; bench/results/hybrid-speed-2026-12-06.json), and the last ``EMBEDDING_CACH
 questions' vectors are kept per encoder. Then, after BM25's stats fan-out, one round trip per
 master carries both the BM25 ``rank`` and the ``VSIM`` of every partition (in Redis' main
 thread: gears/dense.py), and the two lists (``fusion.CANDIDATES`` each) are fused by the
-shipped method (gears/fusion.py). Each partition's ``VSIM`` goes
-between two reads of its metadata in the same pipeline: unless both name the encoder the
-question was embedded with, that partition's dense list is dropped (a re-embed swapped its
-set in that instant) and the metadata is read again for the next question.
+shipped method (gears/fusion.py); that round trip asks each partition for its best
+``PARTITION_DEPTH`` of each, and a second one only the partitions that may hold more.
+Each partition's ``VSIM`` goes between two reads of its metadata in the same pipeline:
+unless both name the encoder the question was embedded with, that partition's dense list is
+dropped (a re-embed swapped its set in that instant) and the metadata is read again for the
+next question.
 
 BM25 alone, as before hybrid retrieval existed, on Redis 7 / Valkey, without an encoder,
 while some partition has no searchable vectors (none embedded yet, or an encoder the store
