@@ -1,7 +1,8 @@
 """Choosing the candidate floor and the retrieval weight on data (the asker's two settings).
 
 Every question's top k is retrieved from a real cluster (BM25 ``rank`` in Redis, or hybrid:
-BM25 and VSIM fused) and every candidate read once by the reader (fp32); each setting is
+BM25 and VSIM fused) and every candidate read once by the reader (``--variant``, fp32 or
+int8); each setting is
 then replayed on those spans as the asker merges them (gears.asker): the candidates scoring
 at least ``ratio`` x the best are read, and an answer scores its span score plus ``weight``
 x its passage's relative retrieval score. Per setting: F1 and EM against the gold answers,
@@ -47,7 +48,7 @@ from shardqa import datasets
 
 console = Console(highlight=False, stderr=True)
 RESULTS = Path(__file__).resolve().parent / "results"
-RATIOS = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.85, 0.9, 1.0)  # 0: every candidate read
+RATIOS = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0)  # 0: every candidate read
 WEIGHTS = (0.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0)
 SHIPPED = {"bm25": (MIN_RANK_RATIO, RETRIEVAL_WEIGHT),
            "hybrid": (HYBRID_MIN_RANK_RATIO, HYBRID_RETRIEVAL_WEIGHT)}
@@ -155,13 +156,15 @@ def read_once(reader, examples: list[SquadExample], cands: list[list[Candidate]]
 @click.option("--masters", type=click.IntRange(1, 8), default=2, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True,
               help="torch threads (workers, then the reader)")
+@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+              show_default=True, help="the reader variant that reads the candidates")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON result [default: bench/results/floor-sweep-MODE-DATE.json]")
 @click.option("--running", is_flag=True,
               help="rank on the running cluster that --dir / --redis name (its corpus as it "
                    "is) instead of deploying one")
 @target_options
-def main(mode, names, questions, k, masters, threads, out, running, target):
+def main(mode, names, questions, k, masters, threads, variant, out, running, target):
     """F1 of every candidate floor x retrieval weight, open mode, per question set."""
     from models.default import default_artifact
 
@@ -181,10 +184,10 @@ def main(mode, names, questions, k, masters, threads, out, running, target):
             cands, size = gather(sets, k, mode, masters, threads, artifact, root)
         finally:
             shutil.rmtree(root, ignore_errors=True)
-    reader = load_reader(artifact, "fp32", threads)
+    reader = load_reader(artifact, variant, threads)
     ratio, weight = SHIPPED[mode]
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "retrieval": mode,
-              "k": k, "corpus_passages": size, "reader": f"{artifact.name} fp32",
+              "k": k, "corpus_passages": size, "reader": f"{artifact.name} {variant}",
               "shipped": {"ratio": ratio, "weight": weight}, "sets": {}}
     for name, examples in sets.items():
         console.print(f"{name}: reading the top {k} of {len(examples):,} questions once")
@@ -197,7 +200,8 @@ def main(mode, names, questions, k, masters, threads, out, running, target):
             console.print(f"{name} ratio {row['ratio']:<4} weight {row['weight']:<4} F1 "
                           f"{row['f1']:6.2f} passages {row['passages']:.2f} gold read "
                           f"{row['gold_read_pct']:.1f} %")
-    out = out or RESULTS / f"floor-sweep-{mode}-{time.strftime('%Y-%m-%d')}.json"
+    suffix = "" if variant == "fp32" else f"-{variant}"
+    out = out or RESULTS / f"floor-sweep-{mode}{suffix}-{time.strftime('%Y-%m-%d')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {out}")

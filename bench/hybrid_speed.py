@@ -14,6 +14,7 @@ are noisy, CPU seconds much less so).
     python -m bench.hybrid_speed api --stack fp32 DIR1 --stack int8 DIR2 --out F  # shardqa up
     python -m bench.hybrid_speed embedding --out F   # passages per CPU second by cut, batch
     python -m bench.hybrid_speed question --out F    # a question on 1 or 2 torch threads
+    python -m bench.hybrid_speed rank --dir DIR --out F  # the rank stage: before / after
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -29,7 +31,7 @@ import click
 from bench import corpus
 from bench.retrieval_fusion import NATURAL
 from bench.timing import ApiClient
-from cluster import heartbeat, keys, partitions
+from cluster import heartbeat, keys, partitions, routing
 from models.evaluation import percentiles
 from models.squad import read_squad, score_answer
 
@@ -308,6 +310,141 @@ def _fanout(client, pmap, question, plan, vectors, nothread: bool):
         return retrieval.hybrid(client, pmap, question, 5, plan, vectors)
     finally:
         dense.VectorQuery.options = shipped
+
+
+@main.command("rank")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
+              help="a local cluster folder with a hybrid corpus")
+@click.option("--questions", "count", default=0, type=click.IntRange(0),
+              help="the first N questions (natural, then SQuAD dev in file order) [default: "
+                   "all 1,131]")
+@click.option("--depth", default=None, type=click.IntRange(1),
+              help="candidates per partition in the first round trip [default: shipped]")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def rank_command(directory, count, depth, out):
+    """Hybrid retrieval (question embedded beforehand) as before (100 candidates of each
+    retriever from every partition, every reply pair a Ranked) and as shipped (``depth``
+    first, a second round trip where a partition may hold more), alternately: wall ms of
+    its parts, Redis' command time, second round trips, and whether the fused top 100
+    (hence every top k) differs anywhere. The "before" side's wall time is also split: the
+    round trips (stats fan-out excluded), parsing the replies into the best 100 of each list,
+    fusing them."""
+    from cluster.connection import Target, connect
+    from gears import retrieval
+    from gears.asker import normalize
+    from shardqa import datasets
+
+    depth = depth or retrieval.PARTITION_DEPTH
+    client = connect(Target(directory=directory, role="api"))
+    admin = connect(Target(directory=directory))  # INFO commandstats
+    pmap = partitions.load(client)
+    encoder = retrieval.QuestionEncoder(client, threads=retrieval.QUESTION_THREADS)
+    plan = encoder.current(pmap)
+    if plan is None:
+        raise click.ClickException(f"the cluster cannot rank hybrid: {encoder.why}")
+    sets = {"natural": read_squad(datasets.NATURAL_DEV),
+            "squad-dev": [e for e in read_squad(datasets.SQUAD_DEV) if e.has_answer]}
+    asked = [(name, normalize(e.question)) for name, xs in sets.items() for e in xs]
+    asked = asked[:count] if count else asked
+    vectors = {q: encoder.embed(q, plan) for _, q in asked}
+    sides = {"before": lambda q: _before(client, pmap, q, plan, vectors[q]),
+             "after": lambda q: _after(client, pmap, q, plan, vectors[q], depth)}
+    wall = {side: [] for side in sides}
+    server: dict[str, Counter] = {side: Counter() for side in sides}
+    parts: dict[str, list[float]] = {"round_trips": [], "parse": [], "fuse": []}
+    differ: dict[str, list[str]] = {name: [] for name in sets}
+    deeper = 0
+    for i, (name, q) in enumerate(asked):
+        tops = {}
+        for side in (("before", "after") if i % 2 else ("after", "before")):
+            us = _command_us(admin)
+            t0 = time.perf_counter()
+            tops[side], extra = sides[side](q)
+            wall[side].append(1000 * (time.perf_counter() - t0))
+            server[side].update(_command_us(admin) - us)
+            if side == "after":
+                deeper += extra
+            else:
+                for part, ms in extra.items():
+                    parts[part].append(ms)
+        if tops["before"] != tops["after"]:
+            differ[name].append(q)
+    _write(out, {
+        "questions": {name: sum(n == name for n, _ in asked) for name in sets},
+        "masters": len(client.get_primaries()), "partitions": len(pmap.partitions),
+        "candidates": retrieval.fusion.CANDIDATES, "depth": depth,
+        "fused_top100_differing": {name: len(qs) for name, qs in differ.items()},
+        "differing_questions": differ,
+        "questions_with_a_second_round_trip": deeper,
+        "wall_ms_p50": {s: round(statistics.median(v), 2) for s, v in wall.items()},
+        "wall_ms_mean": {s: round(statistics.fmean(v), 2) for s, v in wall.items()},
+        "before_parts_ms_p50": {part: round(statistics.median(v), 2)
+                                for part, v in parts.items()},
+        "redis_command_ms_per_question": {
+            s: {name: round(us / 1000 / len(asked), 2) for name, us in sorted(v.items())}
+            for s, v in server.items()}})
+
+
+def _before(client, pmap, question, plan, vectors):
+    """retrieval.hybrid as it was: 100 of each list from every partition, all parsed."""
+    from gears import dense, fusion, ranking
+
+    queries = {e: dense.VectorQuery(dense.vector_blob(v), fusion.CANDIDATES)
+               for e, v in vectors.items()}
+    rank = ranking.prepare(client, pmap, question, fusion.CANDIDATES)
+
+    def build(pipe, p) -> None:
+        if rank is not None:
+            rank.queue(pipe, p)
+        pipe.hget(keys.vector_meta(p.tag), keys.VECTOR_ENCODER)
+        queries[plan.partitions[p.index]].queue(pipe, p)
+        pipe.hget(keys.vector_meta(p.tag), keys.VECTOR_ENCODER)
+
+    bm25, dns = [], []
+    t0 = time.perf_counter()
+    replied = routing.per_master(client, pmap.partitions, build, many=True)
+    t1 = time.perf_counter()
+    for index, replies in replied.items():
+        if rank is not None:
+            bm25 += ranking.parse(index, replies[0])
+        dns += dense.parse(index, replies[-2])
+    bm25, dns = ranking.best(bm25, fusion.CANDIDATES), ranking.best(dns, fusion.CANDIDATES)
+    t2 = time.perf_counter()
+    fused = fusion.fuse(bm25, dns)
+    t3 = time.perf_counter()
+    ms = {"round_trips": 1000 * (t1 - t0), "parse": 1000 * (t2 - t1), "fuse": 1000 * (t3 - t2)}
+    return [(f.pid, f.score, f.ranks) for f in fused[:fusion.CANDIDATES]], ms
+
+
+def _after(client, pmap, question, plan, vectors, depth):
+    """retrieval.hybrid as shipped; (fused top 100, 1 if it took a second round trip)."""
+    from gears import fusion, retrieval
+
+    fetches = []
+    shipped = retrieval._Found.fetch
+
+    def counted(self, *args, **kwargs):
+        fetches.append(1)
+        return shipped(self, *args, **kwargs)
+
+    retrieval._Found.fetch = counted
+    try:
+        found = retrieval.hybrid(client, pmap, question, fusion.CANDIDATES, plan, vectors,
+                                 depth=depth)
+    finally:
+        retrieval._Found.fetch = shipped
+    return [(f.pid, f.score, f.ranks) for f in found.passages], int(len(fetches) > 1)
+
+
+def _command_us(admin) -> Counter:
+    """Microseconds Redis spent in FCALL_RO (BM25 stats and rank), VSIM and HGET (the
+    encoder checks), summed over every master."""
+    total: Counter = Counter()
+    for node in admin.get_primaries():
+        stats = admin.get_redis_connection(node).info("commandstats")
+        for name in ("fcall_ro", "VSIM", "hget"):
+            total[name.lower()] += stats.get(f"cmdstat_{name}", {}).get("usec", 0)
+    return total
 
 
 def _cpu_timed(work, *args):

@@ -13,7 +13,11 @@ import numpy as np
 
 from cluster import keys, routing
 from cluster.partitions import PartitionMap
-from gears.ranking import Ranked, best
+from gears.ranking import Key, Ranked, best
+
+#: Redis' HNSW search breadth when VSIM is given no EF (VSET_DEFAULT_SEARCH_EF in its
+#: vector-set module); a search explores max(EF, COUNT) nodes
+DEFAULT_EF = 100
 
 
 def vector_blob(vector: np.ndarray) -> bytes:
@@ -56,6 +60,18 @@ def parse(index: int, reply) -> list[Ranked]:
     if isinstance(reply, Exception):
         raise reply
     return [Ranked(pid, index, 2.0 * score - 1.0) for pid, score in _pairs(reply)]
+
+
+def keys_of(index: int, reply) -> list[Key]:
+    """A partition's VSIM reply as ranking sort keys (``-cosine``, id, partition), best first;
+    the same cosines as ``parse`` (an error reply raises)."""
+    if isinstance(reply, Exception):
+        raise reply
+    if not reply:
+        return []
+    items = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2],
+                                                              strict=True)
+    return [(-(2.0 * float(score) - 1.0), pid, index) for pid, score in items]
 
 
 def _pairs(reply) -> list[tuple[str, float]]:

@@ -98,6 +98,28 @@ def parse(index: int, reply) -> list[Ranked]:
                    float(reply[i + 1])) for i in range(0, len(reply), 2)]
 
 
+#: a candidate as a sort key: (-score, passage id as the server sent it, partition). Python
+#: orders these as ``best`` orders Ranked (a passage id's UTF-8 bytes sort as its text
+#: does), so a question's thousands of replied pairs are sorted as plain tuples and only the
+#: ones kept become Ranked (a Ranked of every pair took 3.0 of hybrid retrieval's 11.3 ms
+#: p50; bench/results/hybrid-rank-2026-12-06.json)
+Key = tuple[float, bytes | str, int]
+
+
+def keys_of(index: int, reply) -> list[Key]:
+    """A partition's ``rank`` reply as sort keys, best first (an error reply raises)."""
+    if isinstance(reply, Exception):
+        raise reply
+    return [(-float(score), pid, index) for pid, score in zip(reply[::2], reply[1::2],
+                                                               strict=True)]
+
+
+def best_keys(found: list[Key], k: int) -> list[Ranked]:
+    """The best ``k`` of sort keys as Ranked, best first (ties by passage id, as ``best``)."""
+    return [Ranked(pid.decode() if isinstance(pid, bytes) else pid, index, -negative)
+            for negative, pid, index in sorted(found)[:k]]
+
+
 def best(found: list[Ranked], k: int) -> list[Ranked]:
     """The best ``k`` of candidates from every partition, best first (ties by passage id)."""
     return sorted(found, key=lambda r: (-r.score, r.pid))[:k]

@@ -16,10 +16,12 @@ time; bench/results/hybrid-speed-2026-12-06.json), and the last ``EMBEDDING_CACH
 questions' vectors are kept per encoder. Then, after BM25's stats fan-out, one round trip per
 master carries both the BM25 ``rank`` and the ``VSIM`` of every partition (in Redis' main
 thread: gears/dense.py), and the two lists (``fusion.CANDIDATES`` each) are fused by the
-shipped method (gears/fusion.py). Each partition's ``VSIM`` goes
-between two reads of its metadata in the same pipeline: unless both name the encoder the
-question was embedded with, that partition's dense list is dropped (a re-embed swapped its
-set in that instant) and the metadata is read again for the next question.
+shipped method (gears/fusion.py); that round trip asks each partition for its best
+``PARTITION_DEPTH`` of each, and a second one only the partitions that may hold more.
+Each partition's ``VSIM`` goes between two reads of its metadata in the same pipeline:
+unless both name the encoder the question was embedded with, that partition's dense list is
+dropped (a re-embed swapped its set in that instant) and the metadata is read again for the
+next question.
 
 BM25 alone, as before hybrid retrieval existed, on Redis 7 / Valkey, without an encoder,
 while some partition has no searchable vectors (none embedded yet, or an encoder the store
@@ -32,7 +34,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import redis
@@ -60,6 +62,12 @@ QUESTION_THREADS = 1
 #: cache no longer has it (every ingest starts a new corpus generation; another k) is not
 #: embedded again
 EMBEDDING_CACHE = 4096
+#: candidates of each retriever every partition returns in the first round trip; the rest of
+#: a list's best ``fusion.CANDIDATES`` is fetched only from the partitions that may hold more
+#: (``deeper``), so the fused list is the same as from 100 per partition. Most questions need
+#: no second round trip; those whose article's paragraphs crowd one partition fetch that one
+#: again (bench/results/hybrid-rank-2026-12-06.json: depth, second round trips, rank ms)
+PARTITION_DEPTH = 20
 
 
 @dataclass
@@ -226,35 +234,93 @@ def bm25_only(client, pmap: PartitionMap, question: str, k: int,
 def hybrid(client, pmap: PartitionMap, question: str, k: int, plan: DensePlan,
            vectors: dict[str, np.ndarray], *, cap: int | None = None,
            candidates: int = fusion.CANDIDATES, method: str = fusion.METHOD,
-           dense_weight: float = fusion.DENSE_WEIGHT) -> Candidates:
+           dense_weight: float = fusion.DENSE_WEIGHT,
+           depth: int = PARTITION_DEPTH) -> Candidates:
     """The fused top ``k``: BM25 and VSIM candidates from one round trip per master, each
     partition's VSIM with the question's vector by the encoder of its vectors (``vectors``:
-    encoder id -> vector, QuestionEncoder.embed)."""
-    queries = {encoder_id: dense.VectorQuery(dense.vector_blob(vector), candidates)
-               for encoder_id, vector in vectors.items()}
+    encoder id -> vector, QuestionEncoder.embed).
+
+    Each list fused is each retriever's best ``candidates`` over all partitions, exactly:
+    every partition first returns its best ``depth`` of each, and only a partition whose
+    ``depth``-th still scores at least the ``candidates``-th best returned overall (it may
+    hold more of them) is asked for its best ``candidates`` in a second round trip
+    (``deepen``)."""
+    ef = max(candidates, dense.DEFAULT_EF)  # the same HNSW search at any COUNT <= ef
+    depth = max(1, min(depth, candidates))
+    blobs = {encoder_id: dense.vector_blob(vector) for encoder_id, vector in vectors.items()}
     rank = ranking.prepare(client, pmap, question, candidates, cap=cap)
-
-    def build(pipe, p) -> None:
-        if rank is not None:
-            rank.queue(pipe, p)
-        pipe.hget(keys.vector_meta(p.tag), keys.VECTOR_ENCODER)
-        queries[plan.partitions[p.index]].queue(pipe, p)
-        pipe.hget(keys.vector_meta(p.tag), keys.VECTOR_ENCODER)
-
-    found_bm25: list[ranking.Ranked] = []
-    found_dense: list[ranking.Ranked] = []
-    stale = []
-    for index, replies in routing.per_master(client, pmap.partitions, build, many=True).items():
-        if rank is not None:
-            found_bm25 += ranking.parse(index, replies[0])
-        before, found, after = replies[-3:]
-        if _text(before) == plan.partitions[index] == _text(after):
-            found_dense += dense.parse(index, found)
-        else:
-            stale.append(index)
-    fused = fusion.fuse(ranking.best(found_bm25, candidates), ranking.best(found_dense, candidates),
+    found = _Found(plan)
+    found.fetch(client, pmap.partitions, rank, blobs, depth, ef, (True, True))
+    found.deepen(client, pmap, rank, blobs, depth, candidates, ef)
+    fused = fusion.fuse(ranking.best_keys(found.all("bm25"), candidates),
+                        ranking.best_keys(found.all("dense"), candidates),
                         method=method, dense_weight=dense_weight)
-    return Candidates("hybrid", fused[:k], sorted(stale))
+    return Candidates("hybrid", fused[:k], sorted(found.stale))
+
+
+class _Found:
+    """Each partition's BM25 and dense candidates (ranking sort keys) of one question."""
+
+    def __init__(self, plan: DensePlan):
+        self.plan = plan
+        self.lists: dict[str, dict[int, list[ranking.Key]]] = {"bm25": {}, "dense": {}}
+        self.stale: set[int] = set()
+
+    def all(self, name: str) -> list[ranking.Key]:
+        return [key for found in self.lists[name].values() for key in found]
+
+    def fetch(self, client, parts, rank, blobs: dict[str, bytes], count: int, ef: int,
+              which: tuple[bool, bool]) -> None:
+        """One round trip per master: the best ``count`` of BM25 and/or (``which``) dense of
+        ``parts``; a partition whose set changed encoder meanwhile loses its dense list."""
+        bm25, dense_too = which[0] and rank is not None, which[1]
+        rank = replace(rank, k=count) if bm25 else None
+
+        def build(pipe, p) -> None:
+            if bm25:
+                rank.queue(pipe, p)
+            if dense_too:
+                meta = keys.vector_meta(p.tag)
+                pipe.hget(meta, keys.VECTOR_ENCODER)
+                encoder_id = self.plan.partitions[p.index]
+                dense.VectorQuery(blobs[encoder_id], count, ef).queue(pipe, p)
+                pipe.hget(meta, keys.VECTOR_ENCODER)
+
+        for index, replies in routing.per_master(client, parts, build, many=True).items():
+            if bm25:
+                self.lists["bm25"][index] = ranking.keys_of(index, replies[0])
+            if not dense_too:
+                continue
+            before, found, after = replies[-3:]
+            if _text(before) == self.plan.partitions[index] == _text(after):
+                self.lists["dense"][index] = dense.keys_of(index, found)
+            else:
+                self.stale.add(index)
+                self.lists["dense"].pop(index, None)
+
+    def deepen(self, client, pmap: PartitionMap, rank, blobs: dict[str, bytes], depth: int,
+               candidates: int, ef: int) -> None:
+        """The second round trip, for the partitions that may hold more of a list's best
+        ``candidates`` than the ``depth`` they returned (none, usually: one round trip)."""
+        if depth >= candidates:
+            return
+        more = {name: deeper(found, depth, candidates) for name, found in self.lists.items()}
+        for index in set(more["bm25"]) | set(more["dense"]):
+            which = (index in more["bm25"], index in more["dense"])
+            self.fetch(client, [pmap[index]], rank, blobs, candidates, ef, which)
+
+
+def deeper(found: dict[int, list[ranking.Key]], depth: int, candidates: int) -> list[int]:
+    """The partitions that returned a full ``depth`` whose last score is not below the
+    ``candidates``-th best of all returned (all full ones when fewer were returned): only
+    they can hold a passage of the best ``candidates`` that they did not return, since each
+    returned its best first."""
+    full = {index: got for index, got in found.items() if len(got) >= depth}
+    every = [key for got in found.values() for key in got]
+    if len(every) < candidates:
+        return sorted(full)
+    cut = sorted(every)[candidates - 1][0]  # -score of the candidates-th best
+    return sorted(index for index, got in full.items() if got[-1][0] <= cut)
 
 
 def _text(value) -> str | None:
