@@ -13,6 +13,7 @@ from models import export as export_module
 from models import store
 from models.export import ExportError, export, read_metadata, sha256_file
 from models.variants import VariantError, choose_reader_variant, fast_bf16
+from tests.conftest import run_cli
 from tests.corpus import QUESTIONS
 from tests.test_pipeline import direct_answer
 
@@ -117,3 +118,16 @@ def test_up_refuses_bf16_on_a_cpu_without_fast_bf16(monkeypatch, bf16_artifact):
     monkeypatch.setattr(variants, "cpu_flags", lambda: {"avx2", "avx512f"})
     with pytest.raises(VariantError, match="slower than fp32"):
         artifact_variant(bf16_artifact, "bf16")
+
+
+def test_cli_exports_bf16_for_readers_only(tiny_checkpoint, tiny_encoder_checkpoint, tmp_path):
+    out = tmp_path / "cli-bf16"
+    done = run_cli("model", "export", str(tiny_checkpoint), "--name", "tiny", "--out", str(out),
+                   "--bf16")
+    assert done.returncode == 0, done.stderr
+    assert "bf16: best span equals fp32's" in done.stdout
+    assert set(read_metadata(out)["variants"]) == {"fp32", "bf16"}
+    refused = run_cli("model", "export", str(tiny_encoder_checkpoint), "--name", "enc", "--out",
+                      str(tmp_path / "enc"), "--encoder", "--bf16")
+    assert refused.returncode == 2 and "--bf16 is for readers" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "enc").exists()
