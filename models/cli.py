@@ -14,6 +14,7 @@ from rich.table import Table
 from cluster.connection import connect
 from cluster.options import target_options
 from models.train import train_command
+from models.variants import ARTIFACT_VARIANTS
 
 console = Console(highlight=False)
 
@@ -29,6 +30,8 @@ def model_group() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="artifact folder [default: artifacts/NAME]")
 @click.option("--int8", is_flag=True, help="also write a dynamically quantized int8 variant")
+@click.option("--bf16", is_flag=True, help="readers: also write a bf16 variant (fast on CPUs "
+              "with avx512_bf16 or AMX only)")
 @click.option("--kind", type=click.Choice(["auto", "reader", "encoder"]), default="auto",
               show_default=True, help="reader (extractive QA) or encoder (sentence "
               "embeddings); auto: from the checkpoint's config")
@@ -49,8 +52,8 @@ def model_group() -> None:
               help="readers: comma-separated Linear layers the int8 variant leaves in fp32, "
                    "or 'none' [default: those SOURCE's shardqa-int8.json names, written by "
                    "'shardqa model int8-select']")
-def export_command(source, name, out_dir, int8, kind, as_encoder, max_seq_len, null_threshold,
-                   temperature, min_confidence, keep_fp32):
+def export_command(source, name, out_dir, int8, bf16, kind, as_encoder, max_seq_len,
+                   null_threshold, temperature, min_confidence, keep_fp32):
     """Trace SOURCE (a Hugging Face extractive-QA checkpoint folder, or a sentence encoder)
     to TorchScript."""
     from models.export import check_name, checkpoint_kind, export
@@ -65,10 +68,13 @@ def export_command(source, name, out_dir, int8, kind, as_encoder, max_seq_len, n
             console.print(message)
 
         if kind == "encoder":
+            if bf16:
+                raise click.UsageError("--bf16 is for readers")
             path = export_encoder(source, name, out, int8=int8, max_seq_len=max_seq_len,
                                   log=say)
         else:
-            path = export(source, name, out, int8=int8, max_seq_len=max_seq_len or 384,
+            path = export(source, name, out, int8=int8, bf16=bf16,
+                          max_seq_len=max_seq_len or 384,
                           null_threshold=null_threshold, temperature=temperature,
                           min_confidence=min_confidence, int8_keep_fp32=_layers(keep_fp32),
                           log=say)
@@ -123,7 +129,7 @@ def _progress_bar() -> Progress:
 
 @model_group.command("push")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
-@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+@click.option("--variant", type=click.Choice(ARTIFACT_VARIANTS), default="fp32",
               show_default=True)
 @click.option("--chunk-mb", type=click.FloatRange(0.001, 64), default=64, show_default=True,
               help="chunk size in MB (at most 64)")

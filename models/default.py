@@ -16,15 +16,14 @@ from cluster.errors import ShardqaError
 
 BUNDLED = Path(__file__).resolve().parent / "default_reader"
 NAME = "minilm-squad"
-#: the reader variant ``shardqa up`` and ``shardqa demo`` push (``--reader-variant``)
-READER_VARIANT = "fp32"
-READER_VARIANTS = ("fp32", "int8")
 
 
-def default_artifact(variant_int8: bool = True, cache_dir: str | os.PathLike | None = None
-                     ) -> Path:
-    """Export the bundled reader (fp32 + int8) unless an export of it is already cached."""
-    from models.export import EXPORT_SCHEME, INT8_CHOICE, export
+def default_artifact(variant_int8: bool = True, cache_dir: str | os.PathLike | None = None,
+                     bf16: bool | None = None) -> Path:
+    """Export the bundled reader (fp32 + int8, + bf16 where the CPU has fast bf16 or
+    ``bf16`` says so) unless an export of it with those variants is already cached."""
+    from models.export import EXPORT_SCHEME, INT8_CHOICE, export, read_metadata
+    from models.variants import fast_bf16
 
     if not (BUNDLED / "config.json").is_file():
         raise ShardqaError(f"the bundled reader is missing ({BUNDLED}); pass --model ARTIFACT")
@@ -35,10 +34,12 @@ def default_artifact(variant_int8: bool = True, cache_dir: str | os.PathLike | N
     if choice.is_file():
         stamp += "-" + hashlib.sha256(choice.read_bytes()).hexdigest()[:6]
     out = cache / f"{NAME}-{stamp}-x{EXPORT_SCHEME}"
-    if (out / "shardqa-model.json").is_file():
+    bf16 = fast_bf16() if bf16 is None else bf16
+    if (out / "shardqa-model.json").is_file() and (
+            not bf16 or "bf16" in read_metadata(out).get("variants", {})):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    return export(BUNDLED, NAME, out, int8=variant_int8)
+    return export(BUNDLED, NAME, out, int8=variant_int8, bf16=bf16)
 
 
 ENCODER_NAME = "minilm-l6-encoder"

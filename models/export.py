@@ -32,7 +32,7 @@ from models.tokenization import load_tokenizer, plain
 
 METADATA = "shardqa-model.json"
 TOKENIZER = "tokenizer.json"
-VARIANT_FILES = {"fp32": "reader.pt", "int8": "reader-int8.pt"}
+VARIANT_FILES = {"fp32": "reader.pt", "int8": "reader-int8.pt", "bf16": "reader-bf16.pt"}
 MAX_QUESTION_TOKENS = 64
 #: bumped whenever export writes different modules for the same checkpoint (cached exports of
 #: an older scheme are then rebuilt): 2 = Int8Linear (8-bit activations, 7-bit weights),
@@ -42,6 +42,10 @@ EXPORT_SCHEME = 3
 #: chosen on dev by ``shardqa model int8-select`` (``models/int8_selection.py``)
 INT8_CHOICE = "shardqa-int8.json"
 FP32_TOLERANCE = 1e-4
+#: the bf16 gate, in logits of the fp32 model: the span bf16 picks may score at most this much
+#: below fp32's own best span (by fp32's logits). bf16 keeps 8 bits of mantissa, so near-ties
+#: (random parity tokens, tiny models) may flip, but never to a span fp32 rates much worse.
+BF16_SPAN_TOLERANCE = 0.5
 #: (batch, length) of the parity inputs; the last length is replaced by max_seq_len.
 PARITY_SHAPES = ((1, 9), (2, 33), (4, 128), (8, None))
 
@@ -212,9 +216,17 @@ def _spans(start: torch.Tensor, end: torch.Tensor, mask: torch.Tensor, types: to
     return out
 
 
+def _regret(start: torch.Tensor, end: torch.Tensor, best: list, chosen: list) -> float:
+    """How much lower the reference logits score the ``chosen`` spans than their ``best``."""
+    worst = 0.0
+    for row, ((i, j), (k, m)) in enumerate(zip(best, chosen, strict=True)):
+        worst = max(worst, float(start[row, i] + end[row, j] - start[row, k] - end[row, m]))
+    return worst
+
+
 def parity(reference: Callable, candidate: Callable, inputs: list) -> dict:
     """Max |logit difference| (over real tokens) and how often the best span agrees."""
-    worst = 0.0
+    worst = regret = 0.0
     same = total = 0
     with torch.inference_mode():
         for ids, mask, types in inputs:
@@ -222,13 +234,14 @@ def parity(reference: Callable, candidate: Callable, inputs: list) -> dict:
             got = candidate(ids, mask, types)
             real = mask.bool()
             for a, b in ((ref[0], got[0]), (ref[1], got[1])):
-                worst = max(worst, float((a - b).abs()[real].max()))
+                worst = max(worst, float((a.float() - b.float()).abs()[real].max()))
             pa = _spans(ref[0], ref[1], mask, types)
-            pb = _spans(got[0], got[1], mask, types)
+            pb = _spans(got[0].float(), got[1].float(), mask, types)
             same += sum(x == y for x, y in zip(pa, pb, strict=True))
             total += len(pa)
+            regret = max(regret, _regret(ref[0], ref[1], pa, pb))
     return {"max_abs_diff": worst, "span_agreement": same / total if total else 1.0,
-            "pairs": total}
+            "max_span_regret": regret, "pairs": total}
 
 
 class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
@@ -282,6 +295,26 @@ def quantize_int8(model: torch.nn.Module, keep_fp32: Iterable[str] = ()) -> torc
                                 mapping={torch.nn.Linear: Int8Linear})
 
 
+class Float32Logits(torch.nn.Module):
+    """A bf16 reader (weights and activations in bf16) whose logits come out as float32, so
+    the worker decodes a bf16 variant exactly as the others."""
+
+    def __init__(self, outputs: QAOutputs):
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        start, end = self.outputs(input_ids, attention_mask, token_type_ids)
+        return start.float(), end.float()
+
+
+def to_bf16(model: torch.nn.Module, with_token_types: bool) -> torch.nn.Module:
+    """A copy of ``model`` in bf16 throughout (measured faster than fp32 under autocast, and
+    closer: autocast keeps some ops fp32 and pays a cast at each boundary)."""
+    return Float32Logits(QAOutputs(copy.deepcopy(model).to(torch.bfloat16),
+                                   with_token_types)).eval()
+
+
 def trace(wrapper: torch.nn.Module, example) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -319,14 +352,15 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
-           max_seq_len: int = 384, null_threshold: float | None = None,
+           bf16: bool = False, max_seq_len: int = 384, null_threshold: float | None = None,
            temperature: float | None = None, min_confidence: float | None = None,
            int8_keep_fp32: Iterable[str] | None = None,
            log: Callable[[str], None] | None = None) -> Path:
     """Trace SOURCE to TorchScript, check parity, write the artifact folder ``out``.
 
     ``int8_keep_fp32``: Linear layers the int8 variant leaves in fp32; None: those the
-    checkpoint folder's INT8_CHOICE names (none without one).
+    checkpoint folder's INT8_CHOICE names (none without one). ``bf16``: also a bf16 variant
+    (fast only on CPUs with AVX512-BF16 or AMX: models/default.py decides when to use it).
 
     ``null_threshold`` (SQuAD 2.0-style checkpoints): a passage says "no answer" when its
     null score beats its best span by more than this; None: the reader always answers.
@@ -335,7 +369,8 @@ def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
     reading = {"null_threshold": null_threshold, "temperature": temperature,
                "min_confidence": min_confidence}
     with _quiet_libraries():
-        return _export(source, name, out, int8=int8, max_seq_len=max_seq_len,
+        return _export(source, name, out, variants={"int8": int8, "bf16": bf16},
+                       max_seq_len=max_seq_len,
                        reading={k: v for k, v in reading.items() if v is not None},
                        keep_fp32=int8_keep_fp32, log=log)
 
@@ -354,7 +389,7 @@ def int8_choice(source: str | Path) -> list[str]:
     return layers
 
 
-def _export(source: str | Path, name: str, out: Path, *, int8: bool,
+def _export(source: str | Path, name: str, out: Path, *, variants: dict[str, bool],
             max_seq_len: int, reading: dict[str, float], keep_fp32: Iterable[str] | None,
             log: Callable[[str], None] | None) -> Path:
     say = log or (lambda _msg: None)
@@ -367,8 +402,9 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
     with_types = takes_token_types(model)
     keep = list(keep_fp32) if keep_fp32 is not None else (
         int8_choice(resolved) if local else [])
-    traced, traced_int8, report = _trace_checked(model, tokenizer, with_types, max_seq_len,
-                                                 keep if int8 else None, say)
+    int8 = variants.get("int8", False)
+    modules, report = _trace_checked(model, tokenizer, with_types, max_seq_len,
+                                     keep if int8 else None, variants.get("bf16", False), say)
     meta = {
         "kind": "reader",
         "name": name,
@@ -381,8 +417,7 @@ def _export(source: str | Path, name: str, out: Path, *, int8: bool,
     }
     if int8:
         meta["int8_fp32_layers"] = keep
-    meta = write_artifact(out, {"fp32": traced, "int8": traced_int8}, VARIANT_FILES,
-                          tokenizer, meta)
+    meta = write_artifact(out, modules, VARIANT_FILES, tokenizer, meta)
     say(f"wrote {out} (version {meta['version']})")
     return out
 
@@ -405,10 +440,11 @@ def _check_seq_len(config, max_seq_len: int) -> None:
 
 
 def _trace_checked(model, tokenizer, with_types: bool, max_seq_len: int,
-                   int8: list[str] | None, say: Callable[[str], None]):
-    """(fp32 TorchScript, int8 TorchScript or None, parity report); refuses an fp32 trace
-    that disagrees with the eager model, so nothing is written then. ``int8``: None for no
-    int8 variant, else the Linear layers it keeps in fp32."""
+                   int8: list[str] | None, bf16: bool, say: Callable[[str], None]):
+    """({variant: TorchScript module}, parity report); refuses an fp32 trace that disagrees
+    with the eager model, or a bf16 one that picks spans fp32 rates much worse, so nothing
+    is written then. ``int8``: None for no int8 variant, else the Linear layers it keeps in
+    fp32."""
     specials = special_ids(tokenizer)
     vocab = int(model.config.vocab_size)
     shapes = [(b, n or max_seq_len) for b, n in PARITY_SHAPES]
@@ -425,7 +461,10 @@ def _trace_checked(model, tokenizer, with_types: bool, max_seq_len: int,
         raise ExportError(f"TorchScript disagrees with the eager model: max |logit diff| "
                           f"{fp32['max_abs_diff']:.3g} > {FP32_TOLERANCE}; nothing written")
     report = {"fp32": fp32, "shapes": shapes, "tolerance": FP32_TOLERANCE}
-    traced_int8 = None
+    modules = {"fp32": traced}
+    if bf16:
+        modules["bf16"], report["bf16"] = _bf16_checked(model, wrapper, with_types, inputs,
+                                                        (vocab, specials), say)
     if int8 is not None:
         kept = f"; {len(int8)} layers kept fp32" if int8 else ""
         say(f"quantizing int8 (dynamic; 8-bit activations, 7-bit per-channel weights{kept})")
@@ -434,9 +473,26 @@ def _trace_checked(model, tokenizer, with_types: bool, max_seq_len: int,
                              sample_inputs(vocab, specials, 2, 16, seed=99))
         q = parity(wrapper, traced_int8, inputs)
         report["int8"] = q
+        modules["int8"] = traced_int8
         say(f"int8: best span equals fp32's on {q['span_agreement']:.1%} of {q['pairs']} pairs; "
             f"max |logit diff| {q['max_abs_diff']:.3g}")
-    return traced, traced_int8, report
+    return modules, report
+
+
+def _bf16_checked(model, wrapper: QAOutputs, with_types: bool, inputs: list,
+                  vocab_specials: tuple, say: Callable[[str], None]):
+    """(bf16 TorchScript, its parity) or a refusal past BF16_SPAN_TOLERANCE."""
+    vocab, specials = vocab_specials
+    say("tracing bf16 (weights and activations bf16, logits float32)")
+    traced = trace(to_bf16(model, with_types), sample_inputs(vocab, specials, 2, 16, seed=99))
+    b = {**parity(wrapper, traced, inputs), "tolerance_span_regret": BF16_SPAN_TOLERANCE}
+    say(f"bf16: best span equals fp32's on {b['span_agreement']:.1%} of {b['pairs']} pairs; "
+        f"fp32 rates bf16's spans at most {b['max_span_regret']:.3g} below its own; "
+        f"max |logit diff| {b['max_abs_diff']:.3g}")
+    if not b["max_span_regret"] <= BF16_SPAN_TOLERANCE:
+        raise ExportError(f"bf16 picks spans fp32 rates {b['max_span_regret']:.3g} logits "
+                          f"below its best (> {BF16_SPAN_TOLERANCE}); nothing written")
+    return traced, b
 
 
 def check_out(out: Path) -> Path:
@@ -454,7 +510,7 @@ def write_artifact(out: Path, modules: dict, files: dict[str, str], tokenizer,
     """Write the traced ``modules`` (variant -> module or None), the tokenizer and the
     metadata into ``out`` at once (a temporary folder renamed into place), so a failed
     export never leaves half an artifact. The version is the fp32 module's sha256 prefix."""
-    dtypes = {"fp32": "float32", "int8": "qint8"}
+    dtypes = {"fp32": "float32", "int8": "qint8", "bf16": "bfloat16"}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

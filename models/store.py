@@ -406,7 +406,7 @@ def push(client, artifact: Path, *, variant: str = "fp32", chunk_size: int = 64 
     info = read_metadata(artifact)
     variants = info.get("variants", {})
     if variant not in variants:
-        hint = " (export it with --int8)" if variant == "int8" else ""
+        hint = f" (export it with --{variant})" if variant in ("int8", "bf16") else ""
         raise ShardqaError(f"{artifact} has no {variant} variant{hint}; it has: "
                            f"{', '.join(sorted(variants)) or 'none'}")
     path = artifact / variants[variant]["file"]

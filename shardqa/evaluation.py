@@ -42,6 +42,7 @@ from models.evaluation import (
     summarize,
 )
 from models.squad import SquadExample, read_squad, score_answer
+from models.variants import ARTIFACT_VARIANTS
 from shardqa import datasets
 
 console = Console(highlight=False)
@@ -217,7 +218,7 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
 @click.option("--model", "model_path", default=None, type=click.Path(),
               help="reader mode: an exported artifact or a Hugging Face checkpoint folder "
                    "[default: the bundled reader]")
-@click.option("--variant", type=click.Choice(["fp32", "int8"]), default="fp32",
+@click.option("--variant", type=click.Choice(ARTIFACT_VARIANTS), default="fp32",
               show_default=True, help="reader mode: which artifact variant to run")
 @click.option("--max-seq-len", default=None, type=click.IntRange(16, 4096),
               help="reader mode: override the model's max_seq_len")

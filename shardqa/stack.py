@@ -33,7 +33,7 @@ from cluster.local import LocalCluster, port_in_use, process_alive
 from cluster.options import dir_option, masters_option, port_base_option
 from cluster.waiting import until
 from gears.settings import default_threads
-from models.default import READER_VARIANT, READER_VARIANTS
+from models.variants import READER_VARIANT, READER_VARIANTS, choose_reader_variant
 
 console = Console(highlight=False)
 STACK_FILE = "stack.json"
@@ -248,7 +248,7 @@ def ensure_model(client, model: str | None, encoder: str | None = None,
                  reader_variant: str | None = None) -> None:
     """Push ``model`` (an exported reader artifact), or the default reader if no reader is in
     the cluster or a ``reader_variant`` is asked for, in that variant (default
-    models.default.READER_VARIANT); push ``encoder`` (an exported encoder artifact, int8), or
+    models.variants.READER_VARIANT); push ``encoder`` (an exported encoder artifact, int8), or
     the default passage encoder if none is in the cluster, so answers are hybrid ("none":
     push none)."""
     from models import store
@@ -259,12 +259,27 @@ def ensure_model(client, model: str | None, encoder: str | None = None,
 
         model = str(default_artifact())
     if model is not None:
-        variant = reader_variant or READER_VARIANT
+        variant = artifact_variant(Path(model), reader_variant)
         console.print(f"pushing reader model {model} ({variant})")
         store.push(client, Path(model), variant=variant)
     if encoder == NO_ENCODER or (encoder is None and "encoder" in kinds):
         return
     push_encoder(client, encoder)
+
+
+def artifact_variant(artifact: Path, requested: str | None) -> str:
+    """The variant of ``artifact`` to push for ``requested`` (None: READER_VARIANT): "auto"
+    is bf16 on a fast-bf16 CPU if the artifact has it (else fp32, said); bf16 on a CPU
+    without fast bf16 is refused (models/variants.py)."""
+    from models.export import read_metadata
+
+    wanted = requested or READER_VARIANT
+    variant = choose_reader_variant(wanted)
+    if wanted == "auto" and variant not in read_metadata(artifact).get("variants", {}):
+        console.print(f"this CPU has fast bf16 but {artifact} has no bf16 variant (export it "
+                      "with --bf16): pushing fp32")
+        return "fp32"
+    return variant
 
 
 #: ``--encoder none``: push no passage encoder (questions are ranked by BM25 alone)
@@ -342,7 +357,8 @@ def load_corpus(client, documents, *, source: str = "", progress: bool = True,
 reader_variant_option = click.option(
     "--reader-variant", default=None, type=click.Choice(READER_VARIANTS),
     envvar="SHARDQA_READER_VARIANT",
-    help=f"which variant of the reader to push [default: {READER_VARIANT}, unless a reader "
+    help=f"which variant of the reader to push; auto: bf16 on a CPU with fast bf16 "
+         f"(avx512_bf16/amx_bf16), else fp32 [default: {READER_VARIANT}, unless a reader "
          "is pushed already] [env SHARDQA_READER_VARIANT]")
 
 

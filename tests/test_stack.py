@@ -145,10 +145,15 @@ def test_up_with_its_defaults_answers_with_the_bundled_reader(tmp_path):
             assert body["retrieval"]["mode"] == "hybrid" and body["retrieval"]["dense"]
         client = connect(Target(directory=str(tmp_path / "stack")))
         try:
-            current = [r["name"] for r in store.list_models(client) if r.get("current_on")]
+            rows = [r for r in store.list_models(client) if r.get("current_on")]
         finally:
             client.close()
-        assert set(current) == {"minilm-squad", "minilm-l6-encoder"}
+        assert {r["name"] for r in rows} == {"minilm-squad", "minilm-l6-encoder"}
+        # --reader-variant auto: bf16 where this CPU has fast bf16, else fp32
+        from models.variants import choose_reader_variant
+
+        assert {r["variant"] for r in rows if r["kind"] == "reader"} == {
+            choose_reader_variant("auto")}
     finally:
         down = run_cli("down", "--purge", env=env)
     assert down.returncode == 0, down.stderr
