@@ -254,6 +254,6 @@ def bf16_check(threads: int) -> dict:
     return {"cpu_bf16_flags": fast, "fast_bf16": bool(fast),
             "matmul_fp32_gflops": fp32["median_gflops"],
             "matmul_bf16_gflops": bf16["median_gflops"],
-            "decision": ("bf16 autocast is worth trying" if fast and
+            "decision": ("fast bf16: --reader-variant auto serves the bf16 reader" if fast and
                          bf16["median_gflops"] > 1.2 * fp32["median_gflops"]
-                         else "no fast bf16 on this CPU: fall back to fp32/int8")}
+                         else "no fast bf16 on this CPU: auto serves the fp32 reader")}
