@@ -37,7 +37,7 @@ from models.tokenization import (
     PassageTokens,
     window_token_budget,
 )
-from models.variants import cpu_flags
+from models.variants import FAST_BF16_FLAGS, cpu_flags, fast_bf16
 
 STRIDE = DEFAULT_STRIDE  # the worker's window overlap for an artifact that names none
 SKIP_RATIO = MIN_RANK_RATIO  # the asker skips candidates below this share of the best score
@@ -248,12 +248,13 @@ def thread_scaling(artifact: Path, variant: str, runs: int = 7) -> dict:
 def bf16_check(threads: int) -> dict:
     """Fast bf16 needs AMX or AVX512-BF16; without them bf16 matmul is emulated (slower
     than fp32), so the reader stays fp32/int8. Measured, not assumed."""
-    fast = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16", "amx_tile"})
+    flags = cpu_flags()
+    fast = fast_bf16(flags)  # the rule --reader-variant auto follows
     fp32 = matmul_gflops(threads, n=512, runs=3)
     bf16 = matmul_gflops(threads, n=512, runs=3, dtype=torch.bfloat16)  # slow if emulated
-    return {"cpu_bf16_flags": fast, "fast_bf16": bool(fast),
+    return {"cpu_bf16_flags": sorted(flags & (FAST_BF16_FLAGS | {"amx_tile"})),
+            "fast_bf16": fast,
             "matmul_fp32_gflops": fp32["median_gflops"],
             "matmul_bf16_gflops": bf16["median_gflops"],
-            "decision": ("fast bf16: --reader-variant auto serves the bf16 reader" if fast and
-                         bf16["median_gflops"] > 1.2 * fp32["median_gflops"]
+            "decision": ("fast bf16: --reader-variant auto serves the bf16 reader" if fast
                          else "no fast bf16 on this CPU: auto serves the fp32 reader")}

@@ -239,8 +239,9 @@ HYBRID_RETRIEVAL_WEIGHT = selection.HYBRID.weight
 
 def answer_score(span_score: float, retrieved: float, top: float, weight: float) -> float:
     """Reader span score (start + end logit) plus ``weight`` x the passage's relative
-    retrieval score (selection.Selection with the "relative" feature)."""
-    return span_score + (weight * retrieved / top if top > 0 else 0.0)
+    retrieval score: selection.Selection's score with the "relative" feature, for the benches
+    and tests that score spans outside the asker."""
+    return selection.Selection(weight).score(span_score, retrieved / top if top > 0 else 0.0)
 
 
 class Asker:

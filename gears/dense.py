@@ -13,7 +13,7 @@ import numpy as np
 
 from cluster import keys, routing
 from cluster.partitions import PartitionMap
-from gears.ranking import Key, Ranked, best
+from gears.ranking import Key, Ranked, as_ranked, best
 
 #: Redis' HNSW search breadth when VSIM is given no EF (VSET_DEFAULT_SEARCH_EF in its
 #: vector-set module); a search explores max(EF, COUNT) nodes
@@ -57,14 +57,13 @@ class VectorQuery:
 
 def parse(index: int, reply) -> list[Ranked]:
     """A partition's VSIM reply as Ranked with cosine scores (an error reply raises)."""
-    if isinstance(reply, Exception):
-        raise reply
-    return [Ranked(pid, index, 2.0 * score - 1.0) for pid, score in _pairs(reply)]
+    return as_ranked(keys_of(index, reply))
 
 
 def keys_of(index: int, reply) -> list[Key]:
-    """A partition's VSIM reply as ranking sort keys (``-cosine``, id, partition), best first;
-    the same cosines as ``parse`` (an error reply raises)."""
+    """A partition's VSIM reply as ranking sort keys (``-cosine``, id, partition), best first
+    (an error reply raises). VSIM reports ``(1 + cosine) / 2``; redis-py gives the WITHSCORES
+    reply as a dict (RESP2 callback or RESP3 map) or a flat [member, score, ...] list."""
     if isinstance(reply, Exception):
         raise reply
     if not reply:
@@ -72,13 +71,3 @@ def keys_of(index: int, reply) -> list[Key]:
     items = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2],
                                                               strict=True)
     return [(-(2.0 * float(score) - 1.0), pid, index) for pid, score in items]
-
-
-def _pairs(reply) -> list[tuple[str, float]]:
-    """(passage id, VSIM score) from a WITHSCORES reply: redis-py gives a dict (RESP2 callback
-    or RESP3 map) or a flat [member, score, ...] list."""
-    if not reply:
-        return []
-    items = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2],
-                                                              strict=True)
-    return [(m.decode() if isinstance(m, bytes) else str(m), float(s)) for m, s in items]

@@ -92,10 +92,7 @@ def prepare(client, pmap: PartitionMap, question: str, k: int = 5,
 
 def parse(index: int, reply) -> list[Ranked]:
     """A partition's ``rank`` reply [pid, score, ...] as Ranked (an error reply raises)."""
-    if isinstance(reply, Exception):
-        raise reply
-    return [Ranked(reply[i].decode() if isinstance(reply[i], bytes) else reply[i], index,
-                   float(reply[i + 1])) for i in range(0, len(reply), 2)]
+    return as_ranked(keys_of(index, reply))
 
 
 #: a candidate as a sort key: (-score, passage id as the server sent it, partition). Python
@@ -114,10 +111,15 @@ def keys_of(index: int, reply) -> list[Key]:
                                                                strict=True)]
 
 
+def as_ranked(found: list[Key]) -> list[Ranked]:
+    """Sort keys as Ranked, in the order given."""
+    return [Ranked(pid.decode() if isinstance(pid, bytes) else pid, index, -negative)
+            for negative, pid, index in found]
+
+
 def best_keys(found: list[Key], k: int) -> list[Ranked]:
     """The best ``k`` of sort keys as Ranked, best first (ties by passage id, as ``best``)."""
-    return [Ranked(pid.decode() if isinstance(pid, bytes) else pid, index, -negative)
-            for negative, pid, index in sorted(found)[:k]]
+    return as_ranked(sorted(found)[:k])
 
 
 def best(found: list[Ranked], k: int) -> list[Ranked]:

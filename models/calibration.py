@@ -8,7 +8,7 @@ confidence match how often such answers are right (expected calibration error, E
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +53,19 @@ def confidences(candidates: Sequence[Sequence[float]], temperature: float) -> np
 
 def fit_temperature(candidates: Sequence[Sequence[float]], correct: Sequence[float]) -> float:
     """The temperature whose confidences best predict ``correct`` (negative log-likelihood)."""
+    return best_temperature(lambda t: confidences(candidates, t), correct)
+
+
+def best_temperature(probabilities_at: Callable[[float], Sequence[float]],
+                     correct: Sequence[float]) -> float:
+    """The temperature of TEMPERATURES whose probabilities (``probabilities_at(t)``, one per
+    question) best predict ``correct``, by negative log-likelihood (the first of equals)."""
     y = np.asarray(correct, dtype=np.float64)
     if not y.size:
         raise ValueError("no questions to fit a temperature on")
     best, best_nll = 1.0, np.inf
     for t in TEMPERATURES:
-        p = np.clip(confidences(candidates, t), 1e-9, 1 - 1e-9)
+        p = np.clip(probabilities_at(t), 1e-9, 1 - 1e-9)
         nll = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
         if nll < best_nll:
             best, best_nll = t, nll
@@ -190,14 +197,6 @@ def fit_open_temperature(questions: Sequence[tuple], chosen: Sequence[int | None
                          correct: Sequence[float], weight: float) -> float:
     """The confidence temperature: the one whose pooled probabilities of the ``chosen``
     candidates best predict ``correct`` (their exact match), by negative log-likelihood."""
-    y = np.asarray(correct, dtype=np.float64)
-    if not y.size:
-        raise ValueError("no questions to fit a temperature on")
-    best, best_nll = 1.0, np.inf
-    for t in TEMPERATURES:
-        p = np.clip([answer_probability(q[0], q[1], q[2], weight, t, c) if c is not None
-                     else 0.0 for q, c in zip(questions, chosen, strict=True)], 1e-9, 1 - 1e-9)
-        nll = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-        if nll < best_nll:
-            best, best_nll = t, nll
-    return best
+    return best_temperature(
+        lambda t: [answer_probability(q[0], q[1], q[2], weight, t, c) if c is not None else 0.0
+                   for q, c in zip(questions, chosen, strict=True)], correct)

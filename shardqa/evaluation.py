@@ -302,10 +302,8 @@ def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, 
             hybrid = retrieval_mode == "hybrid"
             body["asking"] = {**asking, "min_rank_ratio": HYBRID_MIN_RANK_RATIO if hybrid
                               else MIN_RANK_RATIO} if min_rank_ratio is None else dict(asking)
-            if retrieval_weight is None:
-                body["asking"]["retrieval_weight"] = (HYBRID_RETRIEVAL_WEIGHT if hybrid
-                                                      else RETRIEVAL_WEIGHT)
             rule = selection.default(retrieval_mode).with_weight(retrieval_weight)
+            body["asking"]["retrieval_weight"] = rule.weight
             body["asking"]["selection"] = asdict(rule)  # the answer choice and confidence
         Path(json_out).write_text(json.dumps(body, indent=2, ensure_ascii=False)
                                   + "\n", encoding="utf-8")
