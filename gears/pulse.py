@@ -33,6 +33,7 @@ class Pulse:
         self.worker_id, self.record, self.every_s = worker_id, record, every_s
         self.client = connect(target)
         self._stopping = threading.Event()
+        self._writing = threading.Lock()  # the loop may beat too (beat_now): one at a time
         self._thread = threading.Thread(target=self._run, name="shardqa-heartbeat",
                                         daemon=True)
 
@@ -47,8 +48,11 @@ class Pulse:
             self._thread.join(timeout=max(2.0, 2 * self.every_s))
 
     def beat(self) -> bool:
+        """Write the record now (from the pulse's thread, or from the loop when what the
+        worker serves has just changed: the asker must not wait a beat to see it)."""
         try:
-            heartbeat.write(self.client, self.worker_id, self.record())
+            with self._writing:  # the record made under the lock: the last write is the newest
+                heartbeat.write(self.client, self.worker_id, self.record())
             return True
         except CLUSTER_TROUBLE as exc:
             log.warning("heartbeat not written (%s); trying again in %gs", exc, self.every_s)

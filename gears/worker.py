@@ -159,12 +159,13 @@ class ShardWorker:
         if self.consumer.moved:  # a slot is moving away: look at the map again now
             self.consumer.moved = False
             self._refresh.soon()
-        if self._refresh.due() or force:
-            self.follow_shard()
+        if (self._refresh.due() or force) and self.follow_shard():
+            self.pulse.beat()  # partitions gained or lost: say so now, not at the next beat
         if self._claim.due() or force:
             self.consumer.claim_stale()
 
-    def follow_shard(self) -> None:
+    def follow_shard(self) -> bool:
+        """Follow a failover and the partitions' moves; True if what it serves changed."""
         change = self.shard.refresh()
         if change.followed:
             self.events.attach(self.shard.node)
@@ -172,6 +173,7 @@ class ShardWorker:
         if change.changed:
             self.consumer.join(change.acquired)
         self.slot.refresh(self.shard.serving)
+        return bool(change.followed or change.changed)
 
     def reconnect(self) -> None:
         """After a redis error: refresh the slot map and follow the shard (never raises)."""
