@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from cluster.errors import ShardqaError
+from models.distillation import Distillation, TeacherLogits, distillation_loss, teacher_logits
 from models.squad import (
     EvalFeature,
     SquadExample,
@@ -65,6 +66,18 @@ class TrainSettings:
     #: an extractive-QA checkpoint to start from instead of ``encoder``, its QA head kept
     #: (e.g. the bundled reader, trained further); weights stored in fp16 load as fp32
     init: str | None = None
+    #: readers whose mean logits are soft targets (``models/distillation.py``); none: plain
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
+    #: train with the int8 export's rounding simulated (``models/int8_aware.py``)
+    int8_aware: bool = False
+
+    @property
+    def distillation(self) -> Distillation | None:
+        if not self.teachers:
+            return None
+        return Distillation(self.teachers, self.distill_weight, self.distill_temperature)
 
     def must_match(self) -> dict:
         """The settings a resumed run may not change (the schedule's length may, paths too)."""
@@ -207,7 +220,17 @@ def train(settings: TrainSettings, out: Path, resume: bool = False, threads: int
     if threads:
         torch.set_num_threads(threads)
     start_epoch, tokenizer, model = _load(settings, out, resume)
+    if settings.int8_aware:
+        from models.int8_aware import simulate_int8
+
+        log(f"int8-aware: {len(simulate_int8(model))} Linear layers round as int8 does")
     run = _prepare(settings, tokenizer, model, log)
+    if settings.teachers:
+        log(f"teachers: {len(settings.teachers)} readers' mean logits over the windows")
+        run.soft = teacher_logits(
+            settings.teachers, run.features, tokenizer.pad_token_id,
+            {"max_seq_len": settings.max_seq_len, "stride": settings.stride,
+             "train": settings.train}, out, progress)
     torch.manual_seed(settings.seed)
     if start_epoch:
         _resume(run, out, start_epoch, settings, log)
@@ -250,6 +273,7 @@ class _Run:
     scheduler: object
     history: list[dict] = field(default_factory=list)
     step: int = 0
+    soft: TeacherLogits | None = None  # the teachers' logits when distilling
 
 
 def _load(settings: TrainSettings, out: Path, resume: bool):
@@ -339,7 +363,7 @@ def _train_epoch(run: _Run, settings: TrainSettings, epoch: int, progress: bool)
     ema = None
     for batch_ids in bar:
         batch = collate([run.features[i] for i in batch_ids], run.tokenizer.pad_token_id)
-        loss = run.model(**batch).loss
+        loss = _loss(run, settings, batch, batch_ids)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings.max_grad_norm)
         run.optimizer.step()
@@ -359,6 +383,16 @@ def _train_epoch(run: _Run, settings: TrainSettings, epoch: int, progress: bool)
             "partial": len(batches) < run.steps_per_epoch,
             "train_loss": loss_sum / max(seen, 1),
             "windows_per_s": seen / max(elapsed, 1e-9), "epoch_seconds": elapsed}
+
+
+def _loss(run: _Run, settings: TrainSettings, batch: dict, batch_ids: list[int]):
+    """The start/end cross-entropy, or with teachers its mix with the distillation loss."""
+    out = run.model(**batch)
+    if run.soft is None:
+        return out.loss
+    soft = run.soft.batch(batch_ids, batch["input_ids"].shape[1])
+    return distillation_loss(out.start_logits, out.end_logits, out.loss, soft,
+                             batch["attention_mask"], settings.distillation)
 
 
 def _evaluate(run: _Run, settings: TrainSettings, progress: bool) -> dict:
@@ -423,13 +457,26 @@ def _save_checkpoint(folder: Path, model, tokenizer, optimizer, scheduler,
 @click.option("--max-steps", default=None, type=click.IntRange(1),
               help="end the schedule (linear decay to 0) and training after this many steps, "
                    "even inside an epoch; the last checkpoint is epoch-N of that partial epoch")
+@click.option("--teacher", "teachers", multiple=True,
+              type=click.Path(exists=True, file_okay=False),
+              help="distil: an extractive-QA checkpoint whose logits (the mean over every "
+                   "--teacher) are soft targets; repeat for several")
+@click.option("--distill-weight", default=TrainSettings.distill_weight, show_default=True,
+              type=click.FloatRange(0, 1), help="the soft targets' share of the loss")
+@click.option("--distill-temperature", default=TrainSettings.distill_temperature,
+              show_default=True, type=click.FloatRange(0, min_open=True),
+              help="softmax temperature of teacher and student in the soft loss")
+@click.option("--int8-aware", is_flag=True,
+              help="train with the int8 export's rounding simulated in every quantized Linear "
+                   "(quantization-aware fine-tuning; dev scores are then int8's)")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="torch CPU threads (default: torch's choice)")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="output folder: epoch-N/ checkpoints and the final checkpoint")
 @click.option("--resume", is_flag=True, help="continue from the latest epoch-N/ in --out")
 def train_command(encoder, init, train_file, dev_file, epochs, max_seq_len, stride,
-                  batch_size, lr, warmup, seed, max_steps, threads, out, resume):
+                  batch_size, lr, warmup, seed, max_steps, teachers, distill_weight,
+                  distill_temperature, int8_aware, threads, out, resume):
     """Fine-tune an extractive-QA reader (encoder + fresh QA head, or --init a reader) on
     SQuAD-format data.
 
@@ -446,7 +493,10 @@ def train_command(encoder, init, train_file, dev_file, epochs, max_seq_len, stri
         train=str(Path(train_file).resolve()),
         dev=str(Path(dev_file).resolve()) if dev_file else None, epochs=epochs,
         max_seq_len=max_seq_len, stride=stride, batch_size=batch_size, lr=lr, warmup=warmup,
-        seed=seed, max_steps=max_steps)
+        seed=seed, max_steps=max_steps,
+        teachers=tuple(str(Path(t).resolve()) for t in teachers),
+        distill_weight=distill_weight, distill_temperature=distill_temperature,
+        int8_aware=int8_aware)
     final = train(settings, Path(out), resume=resume, threads=threads,
                   log=lambda msg: click.echo(msg, err=True))
     summary = f"reader checkpoint in {out}"

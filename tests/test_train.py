@@ -202,3 +202,76 @@ def test_init_refuses_an_encoder_and_the_cli_wants_one_start(setup, tmp_path):
                                                     "--out", str(tmp_path / "o")])
         assert isinstance(result.exception, ShardqaError), result.output
         assert "exactly one of --encoder" in str(result.exception)
+
+
+def test_distillation_loss_is_the_hard_loss_when_the_student_matches_its_teachers():
+    from models.distillation import Distillation, distillation_loss
+
+    torch.manual_seed(1)
+    start, end = torch.randn(3, 10), torch.randn(3, 10)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    hard = torch.tensor(1.7)
+    half = Distillation(("t",), weight=0.5, temperature=2.0)
+    same = distillation_loss(start, end, hard, (start.clone(), end.clone()), mask, half)
+    torch.testing.assert_close(same, torch.tensor(0.85))
+    other = (torch.randn(3, 10), torch.randn(3, 10))
+    assert distillation_loss(start, end, hard, other, mask, half) > same
+    # the teachers' logits past a window's end (padding) do not count
+    padded = (other[0].clone(), other[1].clone())
+    padded[0][1, 6:] = 50.0
+    torch.testing.assert_close(distillation_loss(start, end, hard, padded, mask, half),
+                               distillation_loss(start, end, hard, other, mask, half))
+    plain = Distillation(("t",), weight=0.0)
+    torch.testing.assert_close(distillation_loss(start, end, hard, other, mask, plain), hard)
+
+
+def test_distillation_moves_the_student_towards_its_teachers_and_caches_their_logits(
+        setup, tmp_path):
+    """A reader trained on the data is the teacher of a fresh one trained on soft targets
+    only: the student's start distribution ends closer to the teacher's than it began."""
+    from transformers import AutoModelForQuestionAnswering
+
+    from models.distillation import CACHE_FILE
+    from models.squad import prepare_train_features, read_squad
+    from models.train import collate
+
+    encoder, data = setup
+    teacher = tmp_path / "teacher"
+    train(settings(encoder, data, epochs=4), teacher, threads=1, progress=False,
+          log=lambda _: None)
+    student = TrainSettings(**{**settings(encoder, data, epochs=3).__dict__,
+                               "teachers": (str(teacher),), "distill_weight": 1.0,
+                               "distill_temperature": 1.0, "seed": 5})
+    out = tmp_path / "student"
+    logs: list[str] = []
+    train(student, out, threads=1, progress=False, log=logs.append)
+    assert any("teachers: 1" in line for line in logs)
+    assert (out / CACHE_FILE).exists()
+
+    def start_logits(folder: Path) -> torch.Tensor:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        features = prepare_train_features(read_squad(str(data)), tokenizer, 24, 8)
+        batch = collate(features, tokenizer.pad_token_id)
+        del batch["start_positions"], batch["end_positions"]
+        model = AutoModelForQuestionAnswering.from_pretrained(str(folder),
+                                                              local_files_only=True).eval()
+        with torch.no_grad():
+            return model(**batch).start_logits.masked_fill(batch["attention_mask"] == 0, -1e4)
+
+    def kl(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.nn.functional.kl_div(torch.log_softmax(a, -1),
+                                                torch.log_softmax(b, -1), log_target=True,
+                                                reduction="batchmean"))
+
+    taught = start_logits(teacher)
+    before = start_logits(out / "epoch-1")  # one epoch in
+    after = start_logits(out)
+    assert kl(after, taught) < kl(before, taught)
+    # resume reads the cached logits instead of running the teachers again
+    more = TrainSettings(**{**student.__dict__, "epochs": 4})
+    (teacher / "model.safetensors").rename(teacher / "gone.safetensors")
+    train(more, out, resume=True, threads=1, progress=False, log=lambda _: None)
+    assert (out / "epoch-4").exists()
