@@ -11,7 +11,7 @@ from cluster import heartbeat
 from gears.asker import Asker
 from models import export as export_module
 from models import store
-from models.export import ExportError, export, read_metadata, sha256_file
+from models.export import ExportError, export, read_metadata, sample_inputs, sha256_file
 from models.variants import VariantError, choose_reader_variant, fast_bf16
 from tests.conftest import run_cli
 from tests.corpus import QUESTIONS
@@ -37,11 +37,7 @@ def test_bf16_export_is_parity_checked_and_returns_float32_logits(bf16_artifact)
     fp32 = torch.jit.load(str(bf16_artifact / "reader.pt"))
     weights = {p.dtype for p in module.parameters()}
     assert weights == {torch.bfloat16}
-    ids = torch.randint(5, 3000, (2, 40))
-    mask = torch.ones_like(ids)
-    mask[1, 25:] = 0
-    types = torch.zeros_like(ids)
-    types[:, 10:] = 1
+    ids, mask, types = sample_inputs(3000, (1, 2, 0), batch=2, length=40, seed=0)
     with torch.inference_mode():
         start, end = module(ids, mask, types)
         ref_start, ref_end = fp32(ids, mask, types)

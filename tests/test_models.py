@@ -13,7 +13,7 @@ import torch
 
 from cluster import keys
 from models import store
-from models.export import ExportError, export, read_metadata, sha256_file
+from models.export import ExportError, export, read_metadata, sample_inputs, sha256_file
 from models.reader import Reader
 from models.tokenization import (
     PassageTokens,
@@ -165,12 +165,7 @@ def test_export_artifact_and_parity(tiny_artifact, tiny_checkpoint):
     eager = AutoModelForQuestionAnswering.from_pretrained(
         tiny_checkpoint, local_files_only=True, return_dict=False).eval()
     traced = torch.jit.load(str(tiny_artifact / "reader.pt"))
-    ids = torch.randint(5, 3000, (3, 57))
-    mask = torch.ones_like(ids)
-    mask[1, 30:] = 0
-    mask[2, 11:] = 0
-    types = torch.zeros_like(ids)
-    types[:, 8:] = 1
+    ids, mask, types = sample_inputs(3000, (1, 2, 0), batch=3, length=57, seed=0)
     with torch.inference_mode():
         a = eager(input_ids=ids, attention_mask=mask, token_type_ids=types)
         b = traced(ids, mask, types)
@@ -238,11 +233,7 @@ def test_push_to_every_master_in_chunks_and_load_back(cluster, tiny_artifact):
     assert meta["chunks"] == -(-len(blob) // 100_000) >= 5
     assert meta["written"] == sorted(cluster.masters) == meta["masters"]
     reference = torch.jit.load(str(tiny_artifact / "reader.pt"))
-    ids = torch.randint(5, 3000, (2, 20))
-    mask = torch.ones_like(ids)
-    mask[1, 12:] = 0
-    types = torch.zeros_like(ids)
-    types[:, 6:] = 1
+    ids, mask, types = sample_inputs(3000, (1, 2, 0), batch=2, length=20, seed=1)
     with torch.inference_mode():
         want = reference(ids, mask, types)
     for node in cluster.masters:
