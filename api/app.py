@@ -27,7 +27,15 @@ from api.settings import ServeSettings
 from cluster import heartbeat
 from cluster.errors import ShardqaError
 from gears import health
-from gears.asker import DEFAULT_K, DEFAULT_N, MAX_K, MAX_N, Asker, QuestionError
+from gears.asker import (
+    DEFAULT_K,
+    DEFAULT_N,
+    MAX_K,
+    MAX_N,
+    Asker,
+    QuestionError,
+    check_min_confidence,
+)
 
 log = logging.getLogger("shardqa.api")
 
@@ -210,9 +218,11 @@ class _Answerer:
         self.hit_latency = metrics.latency.labels("true")
         self.miss_latency = metrics.latency.labels("false")
 
-    def answer(self, question, k, n=DEFAULT_N) -> Response:
+    def answer(self, question, k, n=DEFAULT_N, min_confidence=None) -> Response:
+        """``min_confidence``: the request's (None: the server's, ``--min-confidence``)."""
         t0 = time.perf_counter()
-        result = self.asker.cached(question, k, n) or self.read(question, k, n)
+        result = (self.asker.cached(question, k, n, min_confidence=min_confidence)
+                  or self.read(question, k, n, min_confidence))
         elapsed = time.perf_counter() - t0
         self.question_log.answered(result)
         if result.cached:
@@ -228,12 +238,12 @@ class _Answerer:
             self.metrics.batch.observe(size)
         return json_response(result.public(n))
 
-    def read(self, question, k, n):
+    def read(self, question, k, n, min_confidence=None):
         if not self.uncached.acquire(blocking=False):
             raise ShardqaError(f"busy: {self.max_uncached} uncached questions are being read; "
                                "retry in a moment", http_status=503)
         try:
-            return self.asker.ask(question, k, n)
+            return self.asker.ask(question, k, n, min_confidence=min_confidence)
         finally:
             self.uncached.release()
 
@@ -246,8 +256,16 @@ def _parse_int(name: str, raw: str, most: int) -> int:
         raise QuestionError(f"{name} must be an integer from 1 to {most}") from None
 
 
+def _body_min_confidence(body: dict) -> float | None:
+    """POST's ``min_confidence``: absent, None (the server's applies); else a JSON number
+    from 0 to 1 (a string or null is a 400, as for ``n``)."""
+    if "min_confidence" not in body:
+        return None
+    return check_min_confidence(body["min_confidence"], json_field=True)
+
+
 def _qa_routes(app: Flask, answerer: _Answerer) -> None:
-    """GET /qa?q=...&k=...&n=... and POST /qa with a JSON body."""
+    """GET /qa?q=...&k=...&n=...&min_confidence=... and POST /qa with a JSON body."""
 
     @app.get("/qa")
     def qa_get():
@@ -256,7 +274,8 @@ def _qa_routes(app: Flask, answerer: _Answerer) -> None:
             raise QuestionError("missing query parameter q")
         return answerer.answer(
             question, _parse_int("k", request.args.get("k", str(DEFAULT_K)), MAX_K),
-            _parse_int("n", request.args.get("n", str(DEFAULT_N)), MAX_N))
+            _parse_int("n", request.args.get("n", str(DEFAULT_N)), MAX_N),
+            check_min_confidence(request.args.get("min_confidence")))
 
     @app.post("/qa")
     def qa_post():
@@ -271,7 +290,7 @@ def _qa_routes(app: Flask, answerer: _Answerer) -> None:
         if "question" not in body:
             raise QuestionError("missing field 'question'")
         return answerer.answer(body["question"], body.get("k", DEFAULT_K),
-                               body.get("n", DEFAULT_N))
+                               body.get("n", DEFAULT_N), _body_min_confidence(body))
 
 
 def _health_route(app: Flask, asker: Asker) -> None:

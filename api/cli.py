@@ -17,6 +17,14 @@ from gears.retrieval import DEFAULT_MODE, MODES, QUESTION_THREADS
 
 DEFAULTS = ServeSettings()
 
+#: ``--min-confidence`` of ``serve`` and ``ask``: a bad value is one line and exit code 2
+#: (gears.asker checks it, as it checks a request's)
+min_confidence_option = click.option(
+    "--min-confidence", default=asker.MIN_CONFIDENCE, envvar="SHARDQA_MIN_CONFIDENCE",
+    metavar="0..1", callback=lambda _ctx, _param, value: asker.check_min_confidence(value),
+    help="say 'no answer' (with the reason) when the answer's confidence, the one shown, is "
+         "below this; 0: off [default: off] [env SHARDQA_MIN_CONFIDENCE]")
+
 
 @click.command("serve")
 @click.option("--host", default=DEFAULTS.host, show_default=True, envvar="SHARDQA_API_HOST")
@@ -51,6 +59,7 @@ DEFAULTS = ServeSettings()
               help="skip candidates ranked below this share of the best retrieval score; 0 "
                    f"reads all k [default: {asker.HYBRID_MIN_RANK_RATIO:g} hybrid, "
                    f"{asker.MIN_RANK_RATIO:g} BM25 alone]")
+@min_confidence_option
 @click.option("--retrieval", "retrieval_mode", default=DEFAULT_MODE, show_default=True,
               type=click.Choice(MODES), envvar="SHARDQA_RETRIEVAL",
               help="hybrid: BM25 and dense fused where the cluster has vector sets and an "
@@ -69,8 +78,8 @@ DEFAULTS = ServeSettings()
               help="requests/s per client address (0: off)")
 @target_options
 def serve_command(host, port, threads, max_uncached, request_timeout, connection_limit,
-                  timeout, cache_ttl, retrieval_weight, min_rank_ratio, retrieval_mode,
-                  rank_cap, token, token_file, rate_limit, target):
+                  timeout, cache_ttl, retrieval_weight, min_rank_ratio, min_confidence,
+                  retrieval_mode, rank_cap, token, token_file, rate_limit, target):
     """Serve the QA API (GET/POST /qa, /health, /metrics, /openapi.json) and the page at /."""
     from api.app import create_app
     from api.server import serve
@@ -83,7 +92,7 @@ def serve_command(host, port, threads, max_uncached, request_timeout, connection
     questions = asker.Asker(client, timeout_s=timeout, cache_ttl_s=cache_ttl,
                             retrieval_weight=retrieval_weight, min_rank_ratio=min_rank_ratio,
                             rank_cap=rank_cap, retrieval_mode=retrieval_mode,
-                            encoder_threads=QUESTION_THREADS)
+                            encoder_threads=QUESTION_THREADS, min_confidence=min_confidence)
     questions.encoder.current(questions.pmap)  # load the encoder(s) now, not on a question
     app = create_app(questions,
                      token=token, rate_limit=rate_limit,

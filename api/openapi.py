@@ -36,6 +36,8 @@ def _qa_path() -> dict:
                  "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K,
                             "default": DEFAULT_K}},
                 {"name": "n", "in": "query", "required": False, "schema": _N},
+                {"name": "min_confidence", "in": "query", "required": False,
+                 "schema": _MIN_CONFIDENCE},
             ],
             "responses": {"200": _ANSWER_OK, **_errors(400, 401, 429, 503)},
         },
@@ -72,6 +74,11 @@ def _paths() -> dict:
 _N = {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": DEFAULT_N,
       "description": "how many distinct answers: with n > 1 the body has 'answers'"}
 
+_MIN_CONFIDENCE = {
+    "type": "number", "minimum": 0, "maximum": 1,
+    "description": "below this confidence the answer is null with a reason (0: off); "
+                   "absent: the server's --min-confidence"}
+
 _PASSAGE = {"type": "object", "nullable": True, "properties": {
     "id": {"type": "string"}, "title": {"type": "string", "nullable": True},
     "text": {"type": "string", "nullable": True}}}
@@ -99,7 +106,8 @@ _ANSWER = {"type": "object", "properties": {
                        "the answer comes from the others"},
     "reason": {"type": "string",
                "description": "present when passages were read and the reader "
-                              "said 'no answer' (answer is null)"},
+                              "said 'no answer', or the answer's confidence was below "
+                              "min_confidence (answer is null)"},
     "confidence": {"type": "number", "minimum": 0, "maximum": 1,
                    "description": "the answer's probability among the candidate "
                                   "spans of all passages read"},
@@ -127,7 +135,7 @@ def _schemas() -> dict:
         "Question": {"type": "object", "required": ["question"], "properties": {
             "question": {"type": "string", "minLength": 1, "maxLength": MAX_QUESTION_CHARS},
             "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K},
-            "n": _N}},
+            "n": _N, "min_confidence": _MIN_CONFIDENCE}},
         "Answer": _ANSWER,
         "Feedback": _FEEDBACK,
         "Error": {"type": "object", "required": ["error"], "properties": {

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import redis
 
@@ -46,6 +47,10 @@ MAX_N = MAX_SPANS  # answers a question can get: every read computes (and caches
 DEFAULT_N = 1
 ASK_TIMEOUT_S = 10.0  # how long a question waits for the shard workers
 CACHE_TTL_S = 3600  # how long an answer stays in the cache
+#: below this confidence (the one an answer shows: gears.selection's fitted probability) an
+#: answer is shown as "no answer" with the reason; None (or 0) is off. Applied after the
+#: cache (Answer.abstaining), so one cached answer serves every threshold.
+MIN_CONFIDENCE: float | None = None
 
 
 class QuestionError(ShardqaError):
@@ -89,6 +94,25 @@ def validate(question, k, n=DEFAULT_N) -> tuple[str, int, int]:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
         raise QuestionError(f"n must be an integer from 1 to {MAX_N}")
     return q, k, n
+
+
+def check_min_confidence(value, *, json_field: bool = False) -> float | None:
+    """A minimum confidence as a float from 0 to 1, from a number or its text (a flag, an
+    env var, a query parameter); None stays None (not set). ``json_field``: a request
+    body's field, which must be a JSON number (text or null refused, as for ``n``).
+    QuestionError otherwise."""
+    if value is None and not json_field:
+        return None
+    problem = QuestionError("min_confidence must be a number from 0 to 1")
+    if value is None or isinstance(value, bool) or (isinstance(value, str) and json_field):
+        raise problem
+    try:
+        number = float(value) if isinstance(value, int | float | str) else math.nan
+    except (ValueError, OverflowError):
+        raise problem from None
+    if not 0.0 <= number <= 1.0:  # NaN fails too
+        raise problem
+    return number
 
 
 @dataclass
@@ -174,6 +198,26 @@ class Answer:
             answer.passages = rest["passages"]
         return answer
 
+    def abstaining(self, min_confidence: float | None) -> Answer:
+        """This answer as shown under ``min_confidence``: "no answer" with the reason when
+        its confidence is below it (as a SQuAD 2.0 reader's "no answer": no span, no
+        passage), else the further answers below it left out. None or 0: unchanged."""
+        if not min_confidence or self.answer is None:
+            return self
+        if self.confidence is None or self.confidence < min_confidence:
+            shown = "unknown" if self.confidence is None else f"{self.confidence:.2f}"
+            return replace(
+                self, answer=None, score=None, passage_id=None, title=None,
+                passage_text=None, start=None, end=None, confidence=None, answers=[],
+                passages={}, retrieval=self.retrieval and {
+                    "mode": self.retrieval.get("mode"), "bm25": None, "dense": None},
+                reason=f"the best answer's confidence ({shown}) is below the minimum "
+                       f"confidence ({min_confidence:g})")
+        if not self.answers:
+            return self
+        return replace(self, answers=[a for a in self.answers if a.confidence is not None
+                                      and a.confidence >= min_confidence])
+
     def public(self, n: int = DEFAULT_N) -> dict:
         """The API's answer body; with ``n`` > 1 also ``answers``, the ``n`` best distinct
         answers (fewer if the passages read hold fewer), best first."""
@@ -255,14 +299,18 @@ class Asker:
                  retrieval_mode: str = retrieval.DEFAULT_MODE,
                  dense_weight: float = fusion.DENSE_WEIGHT,
                  candidates: int = fusion.CANDIDATES,
-                 encoder_threads: int | None = None):
+                 encoder_threads: int | None = None,
+                 min_confidence: float | None = MIN_CONFIDENCE):
         """``retrieval_mode``: "hybrid" fuses BM25 and dense where the cluster can (else
         BM25 alone), "bm25" never embeds. ``retrieval_weight`` and ``min_rank_ratio``: None
         takes the default of the mode a question is ranked in (BM25's or hybrid's).
         ``encoder_threads``: torch threads of this process for embedding questions
-        (retrieval.QUESTION_THREADS in a process that only asks; None leaves them)."""
+        (retrieval.QUESTION_THREADS in a process that only asks; None leaves them).
+        ``min_confidence``: answers shown below it are "no answer" (None or 0: off); a
+        question's own ``min_confidence`` replaces it."""
         if retrieval_mode not in retrieval.MODES:
             raise ValueError(f"retrieval mode must be one of {retrieval.MODES}")
+        self.min_confidence = check_min_confidence(min_confidence)
         self.client = client
         self.rank_cap = rank_cap
         self.retrieval_mode = retrieval_mode
@@ -294,9 +342,20 @@ class Asker:
         return value
 
     def ask(self, question, k: int = DEFAULT_K, n: int = DEFAULT_N, *,
-            use_cache: bool = True) -> Answer:
+            use_cache: bool = True, min_confidence: float | None = None) -> Answer:
         """The answer (``public(n)`` is its API body: ``n`` only says how many answers a
-        caller wants; every answer holds ``MAX_N``)."""
+        caller wants; every answer holds ``MAX_N``), shown under ``min_confidence`` (None:
+        this asker's; 0: off). The cache holds the answer before the threshold: a threshold
+        set later applies to cached answers too, and needs no entry of its own."""
+        threshold = self._threshold(min_confidence)
+        return self._answer(question, k, n, use_cache).abstaining(threshold)
+
+    def _threshold(self, min_confidence: float | None) -> float | None:
+        if min_confidence is None:
+            return self.min_confidence
+        return check_min_confidence(min_confidence)
+
+    def _answer(self, question, k: int, n: int, use_cache: bool) -> Answer:
         t0 = time.perf_counter()
         q, k, n = validate(question, k, n)
         gen = self.generation()
@@ -329,12 +388,16 @@ class Asker:
                     del self._inflight[cache_key]
         return answer
 
-    def cached(self, question, k: int = DEFAULT_K, n: int = DEFAULT_N) -> Answer | None:
-        """The cached answer, or None on a miss; never sends the shards anything (the API
-        answers hits without waiting for a slot among the uncached reads)."""
+    def cached(self, question, k: int = DEFAULT_K, n: int = DEFAULT_N, *,
+               min_confidence: float | None = None) -> Answer | None:
+        """The cached answer (shown under ``min_confidence``, as ``ask``), or None on a
+        miss; never sends the shards anything (the API answers hits without waiting for a
+        slot among the uncached reads)."""
         t0 = time.perf_counter()
         q, k, n = validate(question, k, n)
-        return self._from_cache(keys.answer_cache(self.generation(), k, cache_form(q)), t0, n)
+        threshold = self._threshold(min_confidence)
+        answer = self._from_cache(keys.answer_cache(self.generation(), k, cache_form(q)), t0, n)
+        return None if answer is None else answer.abstaining(threshold)
 
     def _from_cache(self, cache_key: str, t0: float, n: int = DEFAULT_N) -> Answer | None:
         """A hit as an Answer; an entry that does not parse is a miss (and is overwritten

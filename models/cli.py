@@ -47,7 +47,8 @@ def model_group() -> None:
                    "eval --fit-temperature') [default: 1]")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="readers: say 'no answer' when a passage's best span is less likely than "
-                   "this (for SQuAD 1.1 readers) [default: off]")
+                   "this within the passage (for SQuAD 1.1 readers; not the confidence "
+                   "answers show: for that, 'serve/ask --min-confidence') [default: off]")
 @click.option("--int8-keep-fp32", "keep_fp32", default=None, metavar="LAYERS",
               help="readers: comma-separated Linear layers the int8 variant leaves in fp32, "
                    "or 'none' [default: those SOURCE's shardqa-int8.json names, written by "

@@ -87,6 +87,9 @@ class EvalReport:
     #: open mode: mean passages read per question, and questions per retrieval mode
     passages_read: float | None = None
     retrieval: dict[str, int] | None = None
+    #: with a minimum confidence: how many questions were answered and how many were not
+    #: (abstained, or nothing found), and EM/F1 over the answered ones alone
+    coverage: dict[str, float] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -107,8 +110,9 @@ def percentiles(ms: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> dict:
 
 
 def summarize(results: list[QuestionResult], *, file: str, mode: str, model: str,
-              k: int | None = None) -> EvalReport:
-    """EM/F1 in percent, recall@1/@5/@k (open mode), latency percentiles, cache hit rate."""
+              k: int | None = None, min_confidence: float | None = None) -> EvalReport:
+    """EM/F1 in percent, recall@1/@5/@k (open mode), latency percentiles, cache hit rate;
+    with ``min_confidence``, the coverage too."""
     n = len(results)
     stats = percentiles([r.latency_ms for r in results])
     latency = {name: float(stats.get(name, 0.0)) for name in ("p50", "p95", "p99", "mean")}
@@ -132,7 +136,19 @@ def summarize(results: list[QuestionResult], *, file: str, mode: str, model: str
         passages_read=(sum(r.read or 0 for r in results) / n if n else 0.0)
         if mode == "open" else None,
         retrieval=_modes(results) if mode == "open" else None,
+        coverage=None if min_confidence is None else coverage(results, min_confidence),
     )
+
+
+def coverage(results: list[QuestionResult], min_confidence: float) -> dict[str, float]:
+    """What a minimum confidence buys: questions answered and not (errors aside), and EM
+    and F1 in percent over the answered ones (what a user who abstains gets right)."""
+    answered = [r for r in results if r.prediction and not r.error]
+    n = len(answered)
+    return {"min_confidence": min_confidence, "answered": n,
+            "abstained": sum(1 for r in results if not r.prediction and not r.error),
+            "exact_match": 100.0 * sum(r.exact_match for r in answered) / n if n else 0.0,
+            "f1": 100.0 * sum(r.f1 for r in answered) / n if n else 0.0}
 
 
 def _modes(results: list[QuestionResult]) -> dict[str, int]:

@@ -365,7 +365,9 @@ def export(source: str | Path, name: str, out: Path, *, int8: bool = False,
     ``null_threshold`` (SQuAD 2.0-style checkpoints): a passage says "no answer" when its
     null score beats its best span by more than this; None: the reader always answers.
     ``temperature``: of the confidence softmax (default 1); ``min_confidence``: a passage
-    whose best span is less likely says "no answer" (SQuAD 1.1 readers; default off)."""
+    whose best span is less likely (within the passage) says "no answer" (SQuAD 1.1 readers;
+    default off). Abstaining on the confidence answers show is the asker's
+    (gears.asker.MIN_CONFIDENCE), not this."""
     reading = {"null_threshold": null_threshold, "temperature": temperature,
                "min_confidence": min_confidence}
     with _quiet_libraries():

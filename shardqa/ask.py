@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from api.cli import min_confidence_option
 from cluster.options import target_options
 from gears.asker import ASK_TIMEOUT_S, DEFAULT_K, DEFAULT_N, MAX_K, MAX_N, QuestionError
 from shardqa.client import Answer, AnswerSpan, Client
@@ -52,10 +53,11 @@ class Count(click.ParamType):
 @click.option("--no-cache", is_flag=True, help="skip the answer cache (still writes it)")
 @click.option("--timeout", default=ASK_TIMEOUT_S, show_default=True,
               type=click.FloatRange(0.1, 600), help="seconds to wait for shard workers")
+@min_confidence_option
 @target_options
-def ask_command(question, k, n, as_json, no_cache, timeout, target):
+def ask_command(question, k, n, as_json, no_cache, timeout, min_confidence, target):
     """Ask a question of the corpus in the cluster."""
-    with Client(target, timeout=timeout) as qa:
+    with Client(target, timeout=timeout, min_confidence=min_confidence) as qa:
         answer = qa.ask(question, k, n, use_cache=not no_cache)
     if as_json:
         click.echo(json.dumps(answer.to_dict(), ensure_ascii=False))

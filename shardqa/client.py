@@ -10,7 +10,8 @@
 
 No HTTP and no CLI in between: the same ``Asker`` the API serves with, the loaders' own
 validation and ``IngestReport``, the same health report as ``shardqa status``. ``shardqa
-ask`` is built on it.
+ask`` is built on it. ``connect(..., min_confidence=0.5)`` (or ``ask(...,
+min_confidence=0.5)``) makes an answer shown below that confidence None, with a ``reason``.
 """
 
 from __future__ import annotations
@@ -137,9 +138,13 @@ def _passage_dict(passage: Passage | None) -> dict | None:
 class Client:
     """A connection to one cluster; thread-safe for ``ask``. Close it (or use ``with``)."""
 
-    def __init__(self, target: Target, *, timeout: float = 10.0):
+    def __init__(self, target: Target, *, timeout: float = 10.0,
+                 min_confidence: float | None = None):
+        from gears.asker import check_min_confidence
+
         self.target = target
         self.timeout = timeout
+        self.min_confidence = check_min_confidence(min_confidence)
         self._clients: dict[str, Any] = {}
         self._asker = None
 
@@ -152,16 +157,21 @@ class Client:
             self._clients[role] = connect_cluster(self.target.as_role(role))
         return self._clients[role]
 
-    def ask(self, question: str, k: int = 5, n: int = 1, *, use_cache: bool = True
-            ) -> Answer:
+    def ask(self, question: str, k: int = 5, n: int = 1, *, use_cache: bool = True,
+            min_confidence: float | None = None) -> Answer:
         """The best answer in the corpus from ``k`` passages, with the ``n`` best distinct
         answers in ``answers`` when n > 1; raises QuestionError for an unusable question
-        (or a k out of 1-50, an n out of 1-10)."""
+        (or a k out of 1-50, an n out of 1-10, a min_confidence out of 0-1). Below
+        ``min_confidence`` (None: the client's; 0: off) the answer is None with a
+        ``reason``."""
         from gears.asker import Asker
 
         if self._asker is None:
-            self._asker = Asker(self._client("ask"), timeout_s=self.timeout)
-        return Answer.from_body(self._asker.ask(question, k, n, use_cache=use_cache).public(n))
+            self._asker = Asker(self._client("ask"), timeout_s=self.timeout,
+                                min_confidence=self.min_confidence)
+        answer = self._asker.ask(question, k, n, use_cache=use_cache,
+                                 min_confidence=min_confidence)
+        return Answer.from_body(answer.public(n))
 
     def ingest(self, documents: Iterable | str | os.PathLike, *, fmt: str = "auto",
                on_error: str = "skip", wait: bool = True, timeout: float = 600,
@@ -227,14 +237,17 @@ def _documents(documents, fmt: str) -> Iterator:
 
 
 def connect(url: str | None = None, *, dir: str | os.PathLike | None = None,
-            timeout: float = 10.0) -> Client:
+            timeout: float = 10.0, min_confidence: float | None = None) -> Client:
     """A client of the cluster at ``url`` (``redis://[USER:PASSWORD@]HOST:PORT``) or in the
     local cluster folder ``dir``; with neither, ``SHARDQA_REDIS_URL`` / ``SHARDQA_DIR`` /
     ``.shardqa/cluster``, as every shardqa command finds it. ``timeout``: seconds to wait
-    for the shard workers' reply to a question."""
+    for the shard workers' reply to a question. ``min_confidence``: answers below it are
+    "no answer" (None: ``SHARDQA_MIN_CONFIDENCE`` if set, as ``shardqa ask``; else off)."""
     if url and dir:
         raise ShardqaError("connect() takes a url or a dir, not both")
+    if min_confidence is None:
+        min_confidence = os.environ.get("SHARDQA_MIN_CONFIDENCE") or None
     target = Target(directory=str(Path(dir))) if dir else Target.from_env(url=url)
-    client = Client(target, timeout=timeout)
+    client = Client(target, timeout=timeout, min_confidence=min_confidence)
     client._client("ask")  # fail now, with a clear message, if the cluster is unreachable
     return client

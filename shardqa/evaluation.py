@@ -132,6 +132,11 @@ def render(report: EvalReport) -> Table:
     for name, value in report.fitted.items():
         table.add_row(f"fitted {name}" if name != "ece_before" else "ECE before fitting",
                       f"{value:.4g}")
+    if report.coverage:
+        cover = report.coverage
+        table.add_row(f"answered / abstained (min confidence {cover['min_confidence']:g})",
+                      f"{cover['answered']:,} / {cover['abstained']:,}")
+        table.add_row("answered EM / F1", f"{cover['exact_match']:.2f} / {cover['f1']:.2f}")
     if report.passages_read is not None:
         table.add_row("passages read per question", f"{report.passages_read:.2f}")
     if report.retrieval:
@@ -166,7 +171,8 @@ def reader_report(file: str, examples: list[SquadExample], model_path: str | Non
     before = [(r.confidence, r.exact_match) for r in results if r.prediction and r.confidence]
     fitted = fit_reading(results, examples, null_threshold=fit.null_threshold,
                          temperature=fit.temperature, current_temperature=reader.temperature)
-    report = summarize(results, file=file, mode="reader", model=described)
+    report = summarize(results, file=file, mode="reader", model=described,
+                       min_confidence=fit.min_confidence)
     report.fitted = fitted
     if fit.plot:
         after = [(r.confidence, r.exact_match) for r in results if r.prediction and r.confidence]
@@ -189,7 +195,8 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
                 progress: bool, plot: str | None = None, asking: dict | None = None,
                 use_cache: bool = True) -> EvalReport:
     """Open mode: (ingest the file, then) ask every question of the running system.
-    ``asking``: Asker settings (retrieval_mode, min_rank_ratio, retrieval_weight)."""
+    ``asking``: Asker settings (retrieval_mode, min_rank_ratio, retrieval_weight,
+    min_confidence: answers shown below it abstain, as the API's)."""
     from cluster.connection import connect
     from gears.asker import Asker
 
@@ -207,7 +214,8 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
     if plot and answered:
         reliability_plot({"answers": tuple(zip(*answered, strict=True))}, Path(plot),
                          f"reliability (open mode): {Path(file).name}")
-    return summarize(results, file=file, mode="open", model=described, k=k)
+    return summarize(results, file=file, mode="open", model=described, k=k,
+                     min_confidence=(asking or {}).get("min_confidence"))
 
 
 @click.command("eval")
@@ -251,7 +259,10 @@ def open_report(file: str, examples: list[SquadExample], target, *, k: int, inge
 @click.option("--fit-temperature", is_flag=True,
               help="reader mode: fit the confidence temperature here (reports ECE before/after)")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
-              help="reader mode: say 'no answer' below this confidence [default: off]")
+              help="say 'no answer' below this confidence and report how many answered and "
+                   "their EM/F1; reader mode: the reader's within-passage confidence (as "
+                   "the export's setting), open mode: the confidence an answer shows (as "
+                   "'serve --min-confidence') [default: off]")
 @click.option("--reliability-plot", "plot", type=click.Path(dir_okay=False), default=None,
               help="write a reliability diagram (PNG) of the answers' confidences")
 @click.option("--save-fit", is_flag=True,
@@ -282,14 +293,14 @@ def eval_command(file, mode, model_path, variant, max_seq_len, stride, threads, 
                                max_seq_len=max_seq_len, stride=stride, threads=threads,
                                progress=progress, fit=fit)
     else:
-        if fit_null_threshold or fit_temperature or min_confidence is not None or save_fit:
-            raise EvaluationError("--fit-*, --min-confidence and --save-fit are for --mode "
-                                  "reader (open mode reads with the pushed model's settings)")
+        if fit_null_threshold or fit_temperature or save_fit:
+            raise EvaluationError("--fit-* and --save-fit are for --mode reader (open mode "
+                                  "reads with the pushed model's settings)")
         if model_path is not None:
             raise EvaluationError("--model is for --mode reader; open mode uses the model "
                                   "pushed to the cluster")
         asking = {"retrieval_mode": retrieval_mode, "min_rank_ratio": min_rank_ratio,
-                  "retrieval_weight": retrieval_weight}
+                  "retrieval_weight": retrieval_weight, "min_confidence": min_confidence}
         report = open_report(file, examples, target, k=k, ingest=not no_ingest,
                              progress=progress, plot=plot, asking=asking,
                              use_cache=not no_cache)

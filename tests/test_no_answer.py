@@ -11,7 +11,7 @@ import pytest
 
 from cluster import keys, partitions
 from gears import ranking, selection
-from gears.asker import MAX_N, MIN_RANK_RATIO, Asker
+from gears.asker import MAX_N, MIN_RANK_RATIO, Asker, cache_form
 from models.calibration import confidences, fit_null_threshold, fit_temperature, reliability
 from models.decoding import answer_confidence, log_partition, says_no_answer, span_band
 from models.export import export, read_metadata
@@ -226,3 +226,153 @@ def test_pipeline_confidence_is_the_softmax_over_the_passages_read(shared_pipeli
                         if normalize_answer(c[1]) == key) if key else e.max()) / e.sum()
         assert answer.score == pytest.approx(scores.max(), rel=1e-4)
         assert answer.confidence == pytest.approx(expected, rel=1e-4)
+
+
+# --- a minimum on the confidence shown (issue 17.3) ---------------------------------------
+
+BELOW = "below the minimum confidence"
+BAD_MIN = "min_confidence must be a number from 0 to 1"
+
+
+#: a question asked with a minimum before it is cached
+FRESH = f"{QUESTIONS[0]} (minimum)"
+
+
+@pytest.fixture(scope="module")
+def shown(shared_pipeline):
+    """Every test question's answer with no minimum, and a minimum above all their
+    confidences and FRESH's (the answers are cached now, before any minimum is set; FRESH's
+    entry is deleted again)."""
+    asker = Asker(shared_pipeline, timeout_s=30)
+    plain = {q: asker.ask(q, n=MAX_N) for q in QUESTIONS}
+    fresh = asker.ask(FRESH)
+    shared_pipeline.delete(keys.answer_cache(fresh.generation, fresh.k, cache_form(FRESH)))
+    assert all(a.answer is not None and 0 < a.confidence for a in [*plain.values(), fresh])
+    top = max(a.confidence for a in [*plain.values(), fresh])
+    assert top < 1
+    return plain, round((top + 1) / 2, 6)
+
+
+def test_api_min_confidence_abstains_on_the_shown_confidence(shown, redis_cluster, tmp_path,
+                                                             monkeypatch):
+    """``shardqa serve`` with SHARDQA_MIN_CONFIDENCE above every confidence answers null with
+    the reason, cached answers included; a request's min_confidence replaces it (0: the
+    answer unchanged); bad values are a 400 saying so."""
+    import urllib.parse
+
+    from tests.test_api import http, start_serve
+
+    plain, above = shown
+    monkeypatch.setenv("SHARDQA_MIN_CONFIDENCE", str(above))
+    proc, url = start_serve(redis_cluster.target.directory, tmp_path, "--timeout", "30")
+    try:
+        def get(**query):
+            return http("GET", f"{url}/qa?{urllib.parse.urlencode(query)}")
+
+        def post(**body):
+            return http("POST", url + "/qa", json.dumps(body).encode(),
+                        {"Content-Type": "application/json"})
+
+        for question, answer in plain.items():
+            status, body, _ = get(q=question, n=3)
+            assert status == 200, body
+            assert body["cached"] is True  # cached before the minimum: it applies all the same
+            assert body["answer"] is None and body["passage"] is None and body["score"] is None
+            assert BELOW in body["reason"] and f"({answer.confidence:.2f})" in body["reason"]
+            assert "confidence" not in body and body["answers"] == []
+            # 0 changes nothing: the request's minimum replaces the server's
+            for status, same, _ in (get(q=question, n=3, min_confidence=0),
+                                    post(question=question, n=3, min_confidence=0)):
+                assert status == 200 and same["cached"] is True
+                assert same == {**answer.public(3), "cached": True,
+                                "timings_ms": same["timings_ms"]}
+            # at the answer's own confidence it stays; its further answers below it go
+            status, kept, _ = get(q=question, n=MAX_N, min_confidence=answer.confidence)
+            assert status == 200 and kept["answer"] == answer.answer
+            assert [a["answer"] for a in kept["answers"]] == [
+                a.answer for a in answer.answers if a.confidence >= answer.confidence]
+        # a question not cached yet: abstains, and the cache keeps the answer itself
+        status, body, _ = post(question=FRESH)
+        assert status == 200 and body["cached"] is False and body["answer"] is None
+        assert BELOW in body["reason"] and body["passages_read"]
+        status, body, _ = post(question=FRESH, min_confidence=0.0)
+        assert status == 200 and body["cached"] is True and body["answer"]
+        assert 0 < body["confidence"] < above
+        for query in ("-0.1", "1.5", "abc", "nan", "inf", ""):
+            status, body, _ = get(q=QUESTIONS[0], min_confidence=query)
+            assert status == 400, query
+            assert body == {"error": {"status": 400, "message": BAD_MIN}}
+        for value in ("0.5", None, True, -1, 2):
+            status, body, _ = post(question=QUESTIONS[0], min_confidence=value)
+            assert status == 400, value
+            assert body == {"error": {"status": 400, "message": BAD_MIN}}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_ask_and_python_api_min_confidence(shown, redis_cluster):
+    """``shardqa ask --min-confidence`` and the Python API abstain alike; bad values are
+    one line and exit code 2 (a QuestionError in Python)."""
+    import shardqa
+    from gears.asker import QuestionError
+
+    plain, above = shown
+    question = QUESTIONS[1]
+    directory = redis_cluster.target.directory
+    out = run_cli("ask", question, "--min-confidence", str(above), "--json", "--dir", directory)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["answer"] is None and BELOW in body["reason"]
+    out = run_cli("ask", question, "--dir", directory, env={"SHARDQA_MIN_CONFIDENCE": str(above)})
+    assert out.returncode == 0 and "no answer:" in out.stdout and BELOW in out.stdout
+    out = run_cli("ask", question, "--min-confidence", "0", "--dir", directory)
+    assert out.returncode == 0 and plain[question].answer in out.stdout
+    for bad in ("-1", "1.01", "x"):
+        out = run_cli("ask", question, "--min-confidence", bad, "--dir", directory)
+        assert out.returncode == 2 and out.stderr.strip() == f"error: {BAD_MIN}", out.stderr
+    with shardqa.connect(dir=directory, timeout=30, min_confidence=above) as qa:
+        answer = qa.ask(question)
+        assert answer.answer is None and answer.passage is None and BELOW in answer.reason
+        same = qa.ask(question, min_confidence=0)
+        assert same.answer == plain[question].answer
+        assert same.confidence == plain[question].confidence
+        with pytest.raises(QuestionError, match=BAD_MIN):
+            qa.ask(question, min_confidence=-0.5)
+    with pytest.raises(QuestionError, match=BAD_MIN):
+        shardqa.connect(dir=directory, min_confidence=2)
+
+
+def test_eval_open_min_confidence_reports_coverage(shown, squad2_file, redis_cluster,
+                                                   tmp_path):
+    """``shardqa eval --mode open --min-confidence X`` abstains on the confidence shown and
+    reports how many answered and their F1 (last in this module: it ingests the file)."""
+    directory = redis_cluster.target.directory
+    plain = run_cli("eval", str(squad2_file), "--mode", "open", "--json",
+                    str(tmp_path / "plain.json"), "--quiet", "--dir", directory)
+    assert plain.returncode == 0, plain.stderr
+    report = json.loads((tmp_path / "plain.json").read_text())
+    assert report["coverage"] is None
+    examples = read_squad(squad2_file)
+    asker = Asker(redis_cluster.client(), timeout_s=30)
+    confidence = {e.id: asker.ask(e.question).confidence or 0.0 for e in examples}
+    least = float(np.median(list(confidence.values())))
+    out = tmp_path / "min.json"
+    proc = run_cli("eval", str(squad2_file), "--mode", "open", "--no-ingest",
+                   "--min-confidence", str(least), "--json", str(out), "--quiet",
+                   "--dir", directory)
+    assert proc.returncode == 0, proc.stderr
+    assert "answered / abstained" in proc.stdout and "answered EM / F1" in proc.stdout
+    got = json.loads(out.read_text())
+    answered = [e for e in examples if confidence[e.id] >= least]
+    assert 0 < len(answered) < len(examples)
+    cover = got["coverage"]
+    assert cover["min_confidence"] == least and got["asking"]["min_confidence"] == least
+    assert cover["answered"] == len(answered)
+    assert cover["abstained"] == len(examples) - len(answered)
+    for e in examples:  # the answered keep their answer; the others say nothing
+        expected = report["predictions"][e.id] if confidence[e.id] >= least else ""
+        assert got["predictions"][e.id] == expected
+    f1 = 100 * sum(score_answer(got["predictions"][e.id], e.answers)[1]
+                   for e in answered) / len(answered)
+    assert cover["f1"] == pytest.approx(f1)

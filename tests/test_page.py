@@ -205,6 +205,32 @@ def test_page_sends_the_token_kept_in_the_session(api, browser):
     assert browser.find_element(By.ID, "token").get_attribute("value") == TOKEN
 
 
+def test_page_sends_the_minimum_confidence_chosen(api, browser):
+    """*Min. confidence*: the server's unless chosen; an answer below it shows the API's
+    "no answer" and its reason."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, _ = api
+    browser.get(url + "/")
+    assert "min_confidence" not in browser.execute_script("return question()")
+    for label, least in (("90%", 0.9), ("off", 0.0)):
+        Select(browser.find_element(By.ID, "min-confidence")).select_by_visible_text(label)
+        assert browser.execute_script("return question()")["min_confidence"] == least
+        ask(browser, QUESTIONS[3], k="5")
+        shown(browser, "result")
+        query = urllib.parse.urlencode({"q": QUESTIONS[3], "min_confidence": least})
+        with urllib.request.urlopen(f"{url}/qa?{query}", timeout=60) as resp:
+            expected = json.loads(resp.read())
+        text = browser.find_element(By.ID, "answer").text
+        if expected["answer"] is None:
+            assert least and text == f"No answer: {expected['reason']}."
+            assert not browser.find_element(By.ID, "passage").is_displayed()
+        else:
+            assert text == expected["answer"]
+            assert expected["confidence"] >= least
+
+
 def test_page_renders_retrieval_and_further_answers(api, browser):
     """Fields newer servers add (hybrid retrieval, n answers): rendered when present."""
     from selenium.webdriver.common.by import By

@@ -122,6 +122,16 @@ function showAnswer(body) {
   $("result").hidden = false;
 }
 
+// The request body; min_confidence only when chosen (else the server's --min-confidence).
+function question() {
+  const body = {
+    question: $("question").value, k: Number($("k").value), n: Number($("n").value),
+  };
+  const least = $("min-confidence").value;
+  if (least !== "") body.min_confidence = Number(least);
+  return body;
+}
+
 async function ask(event) {
   event.preventDefault();
   const button = $("submit");
@@ -134,9 +144,7 @@ async function ask(event) {
   try {
     const response = await fetch("qa", {
       method: "POST", headers,
-      body: JSON.stringify({
-        question: $("question").value, k: Number($("k").value), n: Number($("n").value),
-      }),
+      body: JSON.stringify(question()),
     });
     let body = null;
     try { body = await response.json(); } catch (_) { body = null; }
