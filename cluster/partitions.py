@@ -157,12 +157,12 @@ def master_slot_ranges(client) -> list[list[tuple[int, int]]]:
 def slot_table(client) -> dict[tuple[int, int], dict]:
     """(first, last) slot -> {"primary": "host:port", "replicas": [...]}, live from the cluster."""
     raw = client.cluster_slots()
-    # a node that never met another (a one-master cluster) reports itself with no host:
-    # it is the node the client reached
-    known = client.get_default_node().host
 
     def address(node) -> str:
-        return f"{node[0] or known}:{node[1]}"
+        # a node that never met another (a one-master cluster) reports itself with no host:
+        # it is the node the client reached. Asked only then: while the client refreshes its
+        # slot map (a rebalance under load) it may have no default node for a moment
+        return f"{node[0] or client.get_default_node().host}:{node[1]}"
 
     table: dict[tuple[int, int], dict] = {}
     for (lo, hi), info in raw.items():
