@@ -75,32 +75,23 @@ def teacher_logits(teachers: tuple[str, ...], features: list[TrainFeature], pad_
 
 
 def _add_logits(teacher: str, features: list[TrainFeature], pad_id: int,
-                sums: list[tuple[torch.Tensor, torch.Tensor]], progress: bool,
-                batch_size: int = 32) -> None:
+                sums: list[tuple[torch.Tensor, torch.Tensor]], progress: bool) -> None:
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForQuestionAnswering
 
-    from models.train import collate
+    from models.train import _bar_interval, batched_logits
 
     model = AutoModelForQuestionAnswering.from_pretrained(
-        teacher, local_files_only=True, dtype=torch.float32).eval()
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
-    bar = tqdm(total=len(order), desc=f"teacher {Path(teacher).name}", unit="win",
-               disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 30.0,
-               file=sys.stderr)
-    with torch.no_grad():
-        for begin in range(0, len(order), batch_size):
-            ids = order[begin:begin + batch_size]
-            batch = collate([features[i] for i in ids], pad_id)
-            batch.pop("start_positions", None)
-            batch.pop("end_positions", None)
-            out = model(**batch)
-            for row, i in enumerate(ids):
-                size = len(features[i].input_ids)
-                sums[i][0].add_(out.start_logits[row, :size])
-                sums[i][1].add_(out.end_logits[row, :size])
-            bar.update(len(ids))
+        teacher, local_files_only=True, dtype=torch.float32)
+    bar = tqdm(total=len(features), desc=f"teacher {Path(teacher).name}", unit="win",
+               disable=not progress, mininterval=_bar_interval(), file=sys.stderr)
+    for ids, out in batched_logits(model, features, pad_id):
+        for row, i in enumerate(ids):
+            size = len(features[i].input_ids)
+            sums[i][0].add_(out.start_logits[row, :size])
+            sums[i][1].add_(out.end_logits[row, :size])
+        bar.update(len(ids))
     bar.close()
 
 

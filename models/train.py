@@ -137,37 +137,47 @@ def predict(model, tokenizer, examples: list[SquadExample], max_seq_len: int, st
             batch_size: int = 32, max_answer_tokens: int = 30,
             progress: bool = True) -> dict[str, str]:
     """Best answer text per example id, over all its windows (eager model, no grad)."""
-    import torch
     from tqdm import tqdm
 
     from models.decoding import best_span
 
     features: list[EvalFeature] = prepare_eval_features(examples, tokenizer, max_seq_len,
                                                         stride)
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
     best: dict[int, tuple[float, str]] = {}
-    model.eval()
     bar = tqdm(total=len(features), desc="dev", unit="win", disable=not progress,
                mininterval=_bar_interval(), file=sys.stderr)
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            chunk = [features[i] for i in order[start:start + batch_size]]
-            out = model(**collate(chunk, tokenizer.pad_token_id))
-            starts = out.start_logits.float().numpy()
-            ends = out.end_logits.float().numpy()
-            for row, f in enumerate(chunk):
-                span = best_span(starts[row], ends[row], f.context_start, f.context_end,
-                                 max_answer_tokens)
-                if span is None:
-                    continue
-                i, j, score = span
-                context = examples[f.example_index].context
-                text = context[f.offsets[i][0]:f.offsets[j][1]]
-                if f.example_index not in best or score > best[f.example_index][0]:
-                    best[f.example_index] = (score, text)
-            bar.update(len(chunk))
+    for ids, out in batched_logits(model, features, tokenizer.pad_token_id, batch_size):
+        starts = out.start_logits.float().numpy()
+        ends = out.end_logits.float().numpy()
+        for row, f in enumerate(features[i] for i in ids):
+            span = best_span(starts[row], ends[row], f.context_start, f.context_end,
+                             max_answer_tokens)
+            if span is None:
+                continue
+            i, j, score = span
+            context = examples[f.example_index].context
+            text = context[f.offsets[i][0]:f.offsets[j][1]]
+            if f.example_index not in best or score > best[f.example_index][0]:
+                best[f.example_index] = (score, text)
+        bar.update(len(ids))
     bar.close()
     return {examples[i].id: text for i, (_, text) in best.items()}
+
+
+def batched_logits(model, features: list, pad_id: int, batch_size: int = 32):
+    """(feature indices, model output) per batch of similar-length windows, shortest first,
+    the model in eval mode without gradients: what dev scoring and teachers' logits share."""
+    import torch
+
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            ids = order[start:start + batch_size]
+            batch = collate([features[i] for i in ids], pad_id)
+            batch.pop("start_positions", None)
+            batch.pop("end_positions", None)
+            yield ids, model(**batch)
 
 
 def _bar_interval() -> float:
